@@ -1,0 +1,148 @@
+// The compute-backend interface (after ggml's backend interface): one set of ops for the Llama forward
+// pass, implemented by the plain reference (kernels/reference), the CPU backend (kernels/cpu, AVX-512 /
+// AVX2 with runtime dispatch) and the CUDA backend (kernels/cuda, cuBLAS).
+//
+// Conventions:
+//  - Activations are float32, row-major, in backend memory (host memory for CPU backends, device memory
+//    for CUDA). Weights are in backend memory in their stored dtype (F32, BF16 or F16).
+//  - Weights use the Hugging Face layout [out_features, in_features]; Matmul computes y = x · Wᵀ.
+//  - Batch invariance: the result for one row (token) must be bitwise identical whatever other rows are
+//    in the call and whatever the thread count. Greedy output must not change under concurrency.
+//  - Ops may run asynchronously (CUDA stream); Download() and Synchronize() wait for them.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "common/dtype.h"
+
+namespace tpserve::kernels {
+
+// A weight matrix [rows, cols] in backend memory. A 1-D weight (norm) has rows = 1.
+struct WeightView {
+  const void* data = nullptr;
+  DType dtype = DType::kF32;
+  int64_t rows = 0;  // output features
+  int64_t cols = 0;  // input features
+};
+
+struct KvCacheSpec {
+  int num_layers = 0;
+  int num_blocks = 0;
+  int block_size = 16;
+  int num_kv_heads = 0;  // this worker's KV heads
+  int head_dim = 0;
+};
+
+// A paged KV cache owned by a backend. Per layer, K and V are each
+// [num_blocks, block_size, num_kv_heads, head_dim] in a dtype of the backend's choosing
+// (float32 on CPU, bfloat16 on CUDA).
+class KvCache {
+ public:
+  virtual ~KvCache() = default;
+  virtual const KvCacheSpec& spec() const = 0;
+  virtual size_t bytes() const = 0;
+};
+
+// Describes one forward step's attention: a batch of sequences, each contributing query tokens
+// (a prefill chunk or one decode token). All arrays are in backend memory.
+// Token t of sequence s (t in [query_start[s], query_start[s+1])) sits at positions[t] and attends
+// causally to cached keys at positions [0, positions[t]].
+struct AttentionBatch {
+  int num_seqs = 0;
+  int num_tokens = 0;
+  int max_blocks_per_seq = 0;  // row stride of block_tables
+  int max_query_len = 0;
+  int max_context_len = 0;
+  const int32_t* query_start = nullptr;   // [num_seqs + 1] prefix sums of query tokens
+  const int32_t* context_lens = nullptr;  // [num_seqs] cached tokens after this step's writes
+  const int32_t* block_tables = nullptr;  // [num_seqs, max_blocks_per_seq]
+  const int32_t* slot_mapping = nullptr;  // [num_tokens] block * block_size + offset of token t's K/V
+  const int32_t* positions = nullptr;     // [num_tokens]
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;   // e.g. "reference", "cpu-avx512", "cuda:0 (NVIDIA H100)"
+  virtual bool is_host() const = 0;       // pointers are host memory
+  virtual void* native_stream() { return nullptr; }  // cudaStream_t for CUDA
+
+  // ---- memory ----
+  virtual void* Alloc(size_t bytes) = 0;  // aligned to at least 64 bytes; never nullptr (CHECKs)
+  virtual void Free(void* p) = 0;
+  virtual void Upload(void* dst, const void* host_src, size_t bytes) = 0;
+  virtual void Download(void* host_dst, const void* src, size_t bytes) = 0;  // waits for prior ops
+  virtual void Synchronize() = 0;
+  // Free device memory a KV cache could use after weights are loaded (host backends: 0 = unknown).
+  virtual size_t FreeMemoryBytes() { return 0; }
+
+  // ---- ops ----
+  // y[m, w.rows] = x[m, w.cols] · wᵀ
+  virtual void Matmul(const float* x, int64_t m, const WeightView& w, float* y) = 0;
+
+  // out[i, :] = table[ids[i] - vocab_begin, :] when ids[i] is in [vocab_begin, vocab_begin + table.rows),
+  // else zeros (the vocab-split embedding; an all-reduce completes it). out: [n, table.cols]
+  virtual void Embedding(const int32_t* ids, int64_t n, const WeightView& table, int64_t vocab_begin,
+                         float* out) = 0;
+
+  // out[r, :] = x[r, :] / sqrt(mean(x[r, :]²) + eps) * w;  x, out: [rows, w.cols]; may alias.
+  virtual void RmsNorm(const float* x, int64_t rows, const WeightView& w, float eps, float* out) = 0;
+
+  // residual += x; out = RmsNorm(residual). residual, x, out: [rows, w.cols]
+  virtual void AddRmsNorm(float* residual, const float* x, int64_t rows, const WeightView& w, float eps,
+                          float* out) = 0;
+
+  // y += x, n elements.
+  virtual void Add(float* y, const float* x, int64_t n) = 0;
+
+  // RoPE in rotate_half order (HF Llama), in place. q: [n, nq * head_dim], k: [n, nk * head_dim].
+  // inv_freq[i] = theta^(-2i/head_dim); angle = position * inv_freq[i]; pairs (i, i + head_dim/2).
+  virtual void Rope(float* q, float* k, const int32_t* positions, int64_t n, int nq, int nk,
+                    int head_dim, float theta) = 0;
+
+  // out[r, i] = silu(gate_up[r, i]) * gate_up[r, inter + i];  gate_up: [rows, 2 * inter]
+  virtual void SiluMul(const float* gate_up, int64_t rows, int64_t inter, float* out) = 0;
+
+  // out[i, :] = x[rows[i], :]; rows: [n] in backend memory; x: [*, dim]
+  virtual void GatherRows(const float* x, const int32_t* rows, int64_t n, int64_t dim, float* out) = 0;
+
+  // ---- paged KV cache and attention ----
+  virtual absl::StatusOr<std::unique_ptr<KvCache>> CreateKvCache(const KvCacheSpec& spec) = 0;
+  // Bytes one block takes across all layers, K and V, for this backend's KV dtype.
+  virtual size_t KvBlockBytes(const KvCacheSpec& spec) const = 0;
+
+  // Stores k, v ([num_tokens, nk * head_dim]) at batch.slot_mapping in layer `layer`.
+  virtual void WriteKv(KvCache& cache, int layer, const float* k, const float* v,
+                       const AttentionBatch& batch) = 0;
+
+  // Causal GQA attention of q ([num_tokens, nq * head_dim]) over the cache (after WriteKv):
+  // head h reads KV head h / (nq / nk). out: [num_tokens, nq * head_dim]. scale = 1/sqrt(head_dim).
+  virtual void Attention(const KvCache& cache, int layer, const float* q, const AttentionBatch& batch,
+                         int nq, float scale, float* out) = 0;
+};
+
+// ---- factories ----
+
+// The plain reference: simple loops, float32 math (float64 accumulators where cheap), single thread.
+std::unique_ptr<Backend> CreateReferenceBackend();
+
+enum class CpuIsa { kAuto, kAvx512, kAvx2, kScalar };
+struct CpuBackendOptions {
+  int threads = 0;            // 0 => std::thread::hardware_concurrency()
+  CpuIsa isa = CpuIsa::kAuto;  // tests force kAvx2 / kScalar to cover every path
+};
+// Fails (INVALID_ARGUMENT) when the requested ISA is not supported by this CPU.
+absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(const CpuBackendOptions& options);
+const char* CpuIsaName(CpuIsa isa);
+CpuIsa DetectCpuIsa();  // best ISA this machine supports
+
+// CUDA device `device`. UNAVAILABLE when built without CUDA or when no driver/device is present.
+absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(int device);
+// Number of usable CUDA devices (0 without CUDA build, driver or GPU). Never crashes.
+int CudaDeviceCount();
+
+}  // namespace tpserve::kernels

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages tpserve builds and tests with. Idempotent: packages already present are
+# skipped, and apt waits for a held dpkg lock instead of failing.
+set -euo pipefail
+
+PKGS=(
+  build-essential cmake ninja-build ccache pkg-config git
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  libabsl-dev prometheus-cpp-dev libsentencepiece-dev sentencepiece
+  libgloo-dev nlohmann-json3-dev libssl-dev zlib1g-dev
+  libgtest-dev libgmock-dev libbenchmark-dev
+  curl
+)
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+missing=()
+for p in "${PKGS[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all ${#PKGS[@]} packages already installed"
+  exit 0
+fi
+
+echo "install-deps: installing ${missing[*]}"
+APT_OPTS=(-o DPkg::Lock::Timeout=300 -y -q --no-install-recommends)
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get "${APT_OPTS[@]:0:1}" "${APT_OPTS[@]:1:1}" update -q
+$SUDO apt-get "${APT_OPTS[@]}" install "${missing[@]}"

@@ -1,0 +1,50 @@
+// Implementation of tests/util/test_env.h.
+#include "tests/util/test_env.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+
+namespace tpserve::testing {
+
+static bool Exists(const std::string& p) {
+  struct stat st;
+  return ::stat(p.c_str(), &st) == 0;
+}
+
+std::string SharedDir() {
+  const char* env = std::getenv("TPSERVE_SHARED_DIR");
+  std::string dir = env ? env : TPSERVE_SHARED_DIR;
+  return Exists(dir) ? dir : "";
+}
+
+std::string SharedPath(const std::string& rel) {
+  std::string dir = SharedDir();
+  if (dir.empty()) return "";
+  std::string p = dir + "/" + rel;
+  return Exists(p) ? p : "";
+}
+
+std::string BinDir() { return TPSERVE_BIN_DIR; }
+std::string SourceDir() { return TPSERVE_SOURCE_DIR; }
+
+std::string MakeTempDir(const std::string& tag) {
+  const char* tmp = std::getenv("TMPDIR");
+  std::string tmpl = std::string(tmp ? tmp : "/tmp") + "/tpserve-" + tag + "-XXXXXX";
+  if (::mkdtemp(tmpl.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
+  return tmpl;
+}
+
+std::string ReadFileOrDie(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw std::runtime_error("cannot read " + path);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+}  // namespace tpserve::testing

@@ -1,0 +1,25 @@
+// Where tests find shared data, built binaries and scratch space.
+#pragma once
+
+#include <string>
+
+#include "gtest/gtest.h"
+
+namespace tpserve::testing {
+
+// ../shared (models, references). Empty when absent.
+std::string SharedDir();
+// "<shared>/<rel>" or "" when ../shared or the path is absent.
+std::string SharedPath(const std::string& rel);
+std::string BinDir();     // build/bin
+std::string SourceDir();  // repository root
+// A fresh directory under $TMPDIR, removed by the caller or at exit.
+std::string MakeTempDir(const std::string& tag);
+std::string ReadFileOrDie(const std::string& path);
+
+}  // namespace tpserve::testing
+
+// Skips the current test with a message when a ../shared path is missing.
+#define TP_REQUIRE_SHARED(var, rel)                                                   \
+  std::string var = ::tpserve::testing::SharedPath(rel);                              \
+  if (var.empty()) GTEST_SKIP() << "../shared/" << (rel) << " is absent; skipping"

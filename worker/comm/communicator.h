@@ -1,0 +1,65 @@
+// Collectives between the tensor-parallel workers of one group (NCCL on GPUs, Gloo TCP on CPUs).
+// Created and connected at load time so that failures show at startup. The reduction order is fixed, so
+// every rank ends each all-reduce with bitwise-identical results.
+// Thread-compatible: one forward pass at a time calls into it.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+
+namespace tpserve::comm {
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual int rank() const = 0;
+  virtual int world_size() const = 0;
+  virtual std::string name() const = 0;  // "gloo", "nccl", "local"
+
+  // In place: data[i] = sum over ranks of data[i]. `data` is backend memory (device memory for NCCL).
+  virtual absl::Status AllReduceSum(float* data, size_t count) = 0;
+  // recv = [rank 0's send, rank 1's send, ...], each `count` floats. recv: [world_size * count].
+  virtual absl::Status AllGather(const float* send, size_t count, float* recv) = 0;
+};
+
+// Rendezvous key-value store (served by the coordinator's WorkerControl.StoreSet/StoreGet).
+class Store {
+ public:
+  virtual ~Store() = default;
+  virtual absl::Status Set(const std::string& key, const std::string& value) = 0;
+  // Waits until the key exists (DEADLINE_EXCEEDED after `timeout`).
+  virtual absl::StatusOr<std::string> Get(const std::string& key, absl::Duration timeout) = 0;
+};
+
+// world_size == 1: no-op collectives.
+std::unique_ptr<Communicator> CreateLocalCommunicator();
+
+struct GlooOptions {
+  int rank = 0;
+  int world_size = 1;
+  std::string host;            // interface address to bind for pair connections ("" => hostname)
+  std::string prefix;          // key namespace in the store, unique per group generation
+  absl::Duration timeout = absl::Seconds(120);
+};
+// Gloo over TCP, rendezvous through `store` (which must outlive the call only).
+absl::StatusOr<std::unique_ptr<Communicator>> CreateGlooCommunicator(const GlooOptions& options,
+                                                                     Store& store);
+
+struct NcclOptions {
+  int rank = 0;
+  int world_size = 1;
+  int device = 0;
+  std::string prefix;
+  void* stream = nullptr;  // cudaStream_t the forward pass runs on
+  absl::Duration timeout = absl::Seconds(120);
+};
+// NCCL: rank 0 creates the ncclUniqueId and publishes it through `store`. UNAVAILABLE without CUDA.
+absl::StatusOr<std::unique_ptr<Communicator>> CreateNcclCommunicator(const NcclOptions& options,
+                                                                     Store& store);
+
+}  // namespace tpserve::comm
