@@ -1,0 +1,317 @@
+// Iteration-level continuous-batching scheduler with chunked prefill, recompute preemption and prefix reuse.
+#include "coordinator/engine/scheduler.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/log.h"
+
+namespace tpserve::coordinator {
+
+absl::Status ValidateSchedulerConfig(const SchedulerConfig& c) {
+  auto bad = [](const char* field, int64_t v, const char* want) {
+    return absl::InvalidArgumentError(absl::StrCat("scheduler config: ", field, " = ", v, " (", want, ")"));
+  };
+  if (c.num_blocks <= 0) return bad("num_blocks", c.num_blocks, "must be > 0");
+  if (c.block_size <= 0) return bad("block_size", c.block_size, "must be > 0");
+  if (c.max_num_seqs <= 0) return bad("max_num_seqs", c.max_num_seqs, "must be > 0");
+  if (c.max_num_batched_tokens <= 0) {
+    return bad("max_num_batched_tokens", c.max_num_batched_tokens, "must be > 0");
+  }
+  if (c.max_model_len <= 0) return bad("max_model_len", c.max_model_len, "must be > 0");
+  if (c.max_queued_requests < 0) return bad("max_queued_requests", c.max_queued_requests, "must be >= 0");
+  return absl::OkStatus();
+}
+
+Scheduler::Scheduler(const SchedulerConfig& config)
+    : config_(config),
+      blocks_(BlockManagerOptions{config.num_blocks, config.block_size, config.enable_prefix_caching}) {
+  const absl::Status s = ValidateSchedulerConfig(config);
+  TP_CHECK(s.ok()) << s;
+}
+
+absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(const SchedulerConfig& config) {
+  absl::Status s = ValidateSchedulerConfig(config);
+  if (!s.ok()) return s;
+  return std::make_unique<Scheduler>(config);
+}
+
+absl::Status Scheduler::AddSequence(uint64_t seq_id, std::vector<int32_t> prompt_ids, int max_new_tokens,
+                                    int priority) {
+  if (prompt_ids.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("seq ", seq_id, ": prompt_ids is empty"));
+  }
+  for (size_t i = 0; i < prompt_ids.size(); ++i) {
+    if (prompt_ids[i] < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("seq ", seq_id, ": prompt_ids[", i, "] = ", prompt_ids[i], " is negative"));
+    }
+  }
+  if (max_new_tokens < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("seq ", seq_id, ": max_new_tokens = ", max_new_tokens, " must be >= 1"));
+  }
+  const int64_t prompt_len = static_cast<int64_t>(prompt_ids.size());
+  const int64_t total = prompt_len + max_new_tokens;
+  if (total > config_.max_model_len) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "seq ", seq_id, ": prompt (", prompt_len, " tokens) + max_new_tokens (", max_new_tokens, ") = ", total,
+        " exceeds max_model_len ", config_.max_model_len, "; shorten the prompt or lower max_new_tokens"));
+  }
+  // The last generated token is never fed back, so the KV holds at most total - 1 tokens.
+  const int64_t max_kv_tokens = total - 1;
+  const int64_t blocks_needed = blocks_.BlocksFor(max_kv_tokens);
+  if (blocks_needed > config_.num_blocks) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "seq ", seq_id, ": needs up to ", blocks_needed, " KV blocks (", max_kv_tokens, " tokens / block_size ",
+        config_.block_size, ") but the whole pool has num_blocks = ", config_.num_blocks,
+        "; shorten the prompt or lower max_new_tokens"));
+  }
+  if (!config_.enable_chunked_prefill && max_kv_tokens > config_.max_num_batched_tokens) {
+    // A recompute after preemption prefills every token at once.
+    return absl::InvalidArgumentError(absl::StrCat(
+        "seq ", seq_id, ": up to ", max_kv_tokens, " tokens must prefill in one step but max_num_batched_tokens = ",
+        config_.max_num_batched_tokens, " and chunked prefill is off"));
+  }
+  if (seqs_.contains(seq_id)) {
+    return absl::AlreadyExistsError(absl::StrCat("seq ", seq_id, " is already scheduled"));
+  }
+  if (num_waiting() >= config_.max_queued_requests) {
+    return absl::ResourceExhaustedError(absl::StrCat("request queue is full: ", num_waiting(),
+                                                     " requests waiting, max_queued_requests = ",
+                                                     config_.max_queued_requests, "; retry later"));
+  }
+  auto seq = std::make_unique<Sequence>();
+  seq->seq_id = seq_id;
+  seq->priority = priority;
+  seq->arrival = next_arrival_++;
+  seq->prompt_len = static_cast<int>(prompt_len);
+  seq->max_new_tokens = max_new_tokens;
+  seq->token_ids = std::move(prompt_ids);
+  seq->status = SequenceStatus::kWaiting;
+  waiting_.insert(seq.get());
+  seqs_.emplace(seq_id, std::move(seq));
+  return absl::OkStatus();
+}
+
+const Sequence* Scheduler::sequence(uint64_t seq_id) const {
+  auto it = seqs_.find(seq_id);
+  return it == seqs_.end() ? nullptr : it->second.get();
+}
+
+void Scheduler::Remove(uint64_t seq_id) {
+  auto it = seqs_.find(seq_id);
+  if (it == seqs_.end()) return;
+  Sequence* seq = it->second.get();
+  if (seq->status == SequenceStatus::kRunning) {
+    blocks_.Release(seq->block_table);
+    running_.erase(seq);
+  } else {
+    TP_CHECK(seq->block_table.empty()) << "waiting seq " << seq_id << " holds blocks";
+    waiting_.erase(seq);
+  }
+  if (seq->ever_scheduled) finished_since_schedule_.push_back(seq_id);
+  seqs_.erase(it);
+}
+
+void Scheduler::Abort(uint64_t seq_id) { Remove(seq_id); }
+
+void Scheduler::Finish(uint64_t seq_id) { Remove(seq_id); }
+
+void Scheduler::Preempt(Sequence* seq, StepState* step, SchedulerOutput* out) {
+  TP_CHECK(seq->status == SequenceStatus::kRunning) << "preempting seq " << seq->seq_id;
+  blocks_.Release(seq->block_table);
+  seq->block_table.clear();
+  seq->num_computed_tokens = 0;
+  seq->num_registered_blocks = 0;
+  seq->status = SequenceStatus::kWaiting;
+  ++seq->num_preemptions;
+  running_.erase(seq);
+  waiting_.insert(seq);  // never dropped: ignores max_queued_requests
+  out->preempted.push_back(seq->seq_id);
+  step->preempted_any = true;
+  ++num_preemptions_;
+}
+
+Sequence* Scheduler::PickVictim(const Sequence* self, const StepState& step) const {
+  for (auto it = running_.rbegin(); it != running_.rend(); ++it) {
+    Sequence* s = *it;
+    if (s == self) continue;
+    if (SeniorTo(*s, *self)) return nullptr;  // only seniors left
+    if (step.scheduled.contains(s->seq_id) || s->reached_max_tokens()) continue;
+    return s;
+  }
+  return nullptr;
+}
+
+bool Scheduler::GrowBlocks(Sequence* seq, int num_tokens, StepState* step, SchedulerOutput* out) {
+  const int need = blocks_.BlocksFor(num_tokens) - static_cast<int>(seq->block_table.size());
+  if (need <= 0) return true;
+  while (blocks_.num_free_blocks() < need) {
+    Sequence* victim = PickVictim(seq, *step);
+    if (victim == nullptr) return false;
+    Preempt(victim, step, out);
+  }
+  auto fresh = blocks_.Allocate(need);
+  TP_CHECK(fresh.ok()) << fresh.status();
+  seq->block_table.insert(seq->block_table.end(), fresh->begin(), fresh->end());
+  return true;
+}
+
+void Scheduler::Emit(Sequence* seq, int num_tokens, StepState* step, SchedulerOutput* out) {
+  const int start = seq->num_computed_tokens;
+  TP_CHECK(num_tokens > 0 && start + num_tokens <= seq->num_tokens()) << "seq " << seq->seq_id;
+  TP_CHECK(static_cast<int>(seq->block_table.size()) == blocks_.BlocksFor(start + num_tokens))
+      << "seq " << seq->seq_id << " holds " << seq->block_table.size() << " blocks for "
+      << start + num_tokens << " tokens";
+  ScheduledSeq s;
+  s.seq_id = seq->seq_id;
+  s.token_ids.assign(seq->token_ids.begin() + start, seq->token_ids.begin() + start + num_tokens);
+  s.start_position = start;
+  s.block_table = seq->block_table;
+  s.sample = start + num_tokens == seq->num_tokens();
+  s.is_new = seq->needs_start;
+  s.num_cached_tokens = seq->num_cached_tokens;
+  seq->needs_start = false;
+  seq->ever_scheduled = true;
+  step->token_budget -= num_tokens;
+  step->scheduled.insert(seq->seq_id);
+  out->num_batched_tokens += num_tokens;
+  out->seqs.push_back(std::move(s));
+}
+
+void Scheduler::AdmitWaiting(StepState* step, SchedulerOutput* out) {
+  const int bs = config_.block_size;
+  while (!waiting_.empty() && num_running() < config_.max_num_seqs && step->token_budget > 0) {
+    Sequence* seq = *waiting_.begin();
+    const int n_tokens = seq->num_tokens();
+    std::vector<int32_t> hits;
+    if (blocks_.prefix_caching_enabled()) {
+      ExtendBlockHashes(seq->token_ids, bs, &seq->block_hashes);
+      // Keep at least the last known token to run: the model needs it to produce logits.
+      hits = blocks_.MatchPrefix(seq->block_hashes, seq->token_ids, (n_tokens - 1) / bs);
+    }
+    const int cached = static_cast<int>(hits.size()) * bs;
+    const int remaining = n_tokens - cached;
+    int chunk = remaining;
+    if (remaining > step->token_budget) {
+      if (!config_.enable_chunked_prefill) break;
+      chunk = step->token_budget;
+    }
+    const int need = blocks_.BlocksFor(cached + chunk) - static_cast<int>(hits.size());
+    if (blocks_.NumFreeAfterSharing(hits) < need) break;  // head-of-line: keep FCFS order fair
+
+    blocks_.Share(hits);
+    auto fresh = blocks_.Allocate(need);
+    TP_CHECK(fresh.ok()) << fresh.status();
+    seq->block_table = std::move(hits);
+    seq->block_table.insert(seq->block_table.end(), fresh->begin(), fresh->end());
+    seq->num_computed_tokens = cached;
+    seq->num_registered_blocks = cached / bs;
+    seq->num_cached_tokens = cached;
+    seq->prefill_len = n_tokens;
+    seq->needs_start = true;
+    seq->status = SequenceStatus::kRunning;
+    waiting_.erase(waiting_.begin());
+    running_.insert(seq);
+    blocks_.RecordPrefixQuery(n_tokens, cached);
+    Emit(seq, chunk, step, out);
+  }
+}
+
+SchedulerOutput Scheduler::Schedule() {
+  SchedulerOutput out;
+  out.finished = std::move(finished_since_schedule_);
+  finished_since_schedule_.clear();
+  StepState step;
+  step.token_budget = config_.max_num_batched_tokens;
+  // Snapshot: Preempt() edits running_ while we walk it.
+  const std::vector<Sequence*> order(running_.begin(), running_.end());
+
+  // 1. Decodes: one token each, so they are never stalled behind a long prompt.
+  for (Sequence* seq : order) {
+    if (step.token_budget <= 0) break;
+    if (seq->status != SequenceStatus::kRunning || !seq->prefill_done() || seq->reached_max_tokens()) continue;
+    const int pending = seq->num_tokens() - seq->num_computed_tokens;
+    if (pending <= 0) continue;  // no sampled token arrived for it; nothing to run
+    const int n = std::min(pending, step.token_budget);
+    if (!GrowBlocks(seq, seq->num_computed_tokens + n, &step, &out)) {
+      Preempt(seq, &step, &out);  // it is the most junior that could give blocks back
+      continue;
+    }
+    Emit(seq, n, &step, &out);
+  }
+
+  // 2. Prefills already under way, chunked to the remaining budget and to the blocks that can be had.
+  for (Sequence* seq : order) {
+    if (step.token_budget <= 0) break;
+    if (seq->status != SequenceStatus::kRunning || seq->prefill_done()) continue;
+    const int remaining = seq->num_tokens() - seq->num_computed_tokens;
+    int n = remaining;
+    if (remaining > step.token_budget) {
+      if (!config_.enable_chunked_prefill) continue;
+      n = step.token_budget;
+    }
+    if (!GrowBlocks(seq, seq->num_computed_tokens + n, &step, &out)) {
+      if (!config_.enable_chunked_prefill) continue;
+      // No junior left to preempt: run what fits in the blocks that are free; keep our blocks otherwise.
+      const int capacity =
+          (static_cast<int>(seq->block_table.size()) + blocks_.num_free_blocks()) * config_.block_size -
+          seq->num_computed_tokens;
+      n = std::min(n, capacity);
+      if (n <= 0) continue;
+      TP_CHECK(GrowBlocks(seq, seq->num_computed_tokens + n, &step, &out));
+    }
+    Emit(seq, n, &step, &out);
+  }
+
+  // 3. Admissions, unless this step had to preempt (memory is tight; let the preempted go first).
+  if (!step.preempted_any) AdmitWaiting(&step, &out);
+  return out;
+}
+
+void Scheduler::CacheComputedBlocks(Sequence* seq) {
+  if (!blocks_.prefix_caching_enabled()) return;
+  const int bs = config_.block_size;
+  const int full = seq->num_computed_tokens / bs;
+  if (full <= seq->num_registered_blocks) return;
+  ExtendBlockHashes(seq->token_ids, bs, &seq->block_hashes);
+  for (int b = seq->num_registered_blocks; b < full; ++b) {
+    const BlockHash parent = b == 0 ? kRootBlockHash : seq->block_hashes[b - 1];
+    blocks_.CacheFullBlock(seq->block_table[b], seq->block_hashes[b], parent,
+                           absl::MakeConstSpan(seq->token_ids).subspan(static_cast<size_t>(b) * bs, bs));
+  }
+  seq->num_registered_blocks = full;
+}
+
+void Scheduler::OnStepComplete(const SchedulerOutput& out,
+                               const absl::flat_hash_map<uint64_t, int32_t>& sampled) {
+  for (const ScheduledSeq& s : out.seqs) {
+    auto it = seqs_.find(s.seq_id);
+    if (it == seqs_.end()) continue;  // aborted or finished while the step ran
+    Sequence* seq = it->second.get();
+    if (seq->status != SequenceStatus::kRunning || seq->num_computed_tokens != s.start_position ||
+        seq->num_computed_tokens + static_cast<int>(s.token_ids.size()) > seq->num_tokens()) {
+      TP_LOG(WARNING) << "seq " << s.seq_id << ": ignoring a stale step result (start_position "
+                      << s.start_position << ", computed " << seq->num_computed_tokens << ")";
+      continue;
+    }
+    seq->num_computed_tokens += static_cast<int>(s.token_ids.size());
+    if (s.sample && seq->num_computed_tokens == seq->num_tokens()) {
+      auto tok = sampled.find(s.seq_id);
+      if (tok != sampled.end()) seq->token_ids.push_back(tok->second);
+    }
+    CacheComputedBlocks(seq);
+  }
+}
+
+std::vector<int> Scheduler::BlockOwnerCounts() const {
+  std::vector<int> owners(config_.num_blocks, 0);
+  for (const Sequence* seq : running_) {
+    for (int32_t b : seq->block_table) ++owners[b];
+  }
+  return owners;
+}
+
+}  // namespace tpserve::coordinator

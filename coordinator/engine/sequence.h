@@ -1,0 +1,51 @@
+// One request's scheduling state: its tokens (prompt + generated), KV progress and block table.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "coordinator/engine/prefix_cache.h"
+
+namespace tpserve::coordinator {
+
+enum class SequenceStatus { kWaiting, kRunning };
+
+// Owned by the Scheduler; the engine reads it through Scheduler::sequence() (e.g. to build SequenceStart:
+// history = token_ids, num_generated, prompt_len). Not thread-safe, like the Scheduler.
+struct Sequence {
+  uint64_t seq_id = 0;
+  int priority = 0;          // lower runs first
+  uint64_t arrival = 0;      // AddSequence order; with priority, the sequence's seniority
+  int prompt_len = 0;
+  int max_new_tokens = 0;
+  std::vector<int32_t> token_ids;  // prompt + generated so far
+
+  SequenceStatus status = SequenceStatus::kWaiting;
+  // Tokens whose KV is in this sequence's blocks, [0, num_computed_tokens). Reset to 0 on preemption.
+  int num_computed_tokens = 0;
+  // Prefill target of the current admission: prompt_len the first time, every token known after a
+  // preemption (recompute). The sequence is decoding once num_computed_tokens reaches it.
+  int prefill_len = 0;
+  std::vector<int32_t> block_table;       // [BlocksFor(num_computed_tokens + tokens in flight)]
+  std::vector<BlockHash> block_hashes;    // chained hashes of token_ids' full blocks, filled lazily
+  int num_registered_blocks = 0;          // leading block_table entries already offered to the prefix cache
+  int num_cached_tokens = 0;              // tokens served from the prefix cache at the latest admission
+  bool needs_start = false;               // next schedule is the first since (re)admission
+  bool ever_scheduled = false;            // workers may hold state for it
+  int num_preemptions = 0;
+
+  int num_tokens() const { return static_cast<int>(token_ids.size()); }
+  int num_generated() const { return num_tokens() - prompt_len; }
+  // Generated max_new_tokens: waits for the engine's Finish() and is never scheduled again.
+  bool reached_max_tokens() const { return num_generated() >= max_new_tokens; }
+  bool prefill_done() const { return num_computed_tokens >= prefill_len; }
+};
+
+// Seniority order used everywhere: lower priority value first, then earlier arrival. Preemption victims are
+// taken from the other end, so an older request keeps its place across preempt/recompute cycles.
+inline bool SeniorTo(const Sequence& a, const Sequence& b) {
+  if (a.priority != b.priority) return a.priority < b.priority;
+  return a.arrival < b.arrival;
+}
+
+}  // namespace tpserve::coordinator
