@@ -1,0 +1,141 @@
+// Small memory-bound CUDA ops: embedding lookup, add, SiLU·mul, row gather, RoPE, f32 -> 16-bit.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/device_utils.cuh"
+
+namespace tpserve::kernels::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+// Grid-stride loops cap the grid; 4 waves of 132 SMs x 8 blocks is plenty for streaming.
+constexpr int64_t kMaxGrid = 4096;
+
+unsigned int StreamGrid(int64_t n) { return static_cast<unsigned int>(std::min<int64_t>(CeilDivU(n, kThreads), kMaxGrid)); }
+
+__global__ void EmbeddingKernel(const int32_t* ids, const void* table, int dtype, int64_t vocab_rows,
+                                int64_t dim, int64_t vocab_begin, float* out) {
+  const int64_t i = blockIdx.x;
+  const int64_t row = static_cast<int64_t>(ids[i]) - vocab_begin;
+  float* o = out + i * dim;
+  if (row < 0 || row >= vocab_rows) {
+    for (int64_t c = threadIdx.x; c < dim; c += blockDim.x) o[c] = 0.0f;
+    return;
+  }
+  for (int64_t c = threadIdx.x; c < dim; c += blockDim.x) o[c] = LoadWeight(table, dtype, row * dim + c);
+}
+
+__global__ void AddKernel(float* y, const float* x, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    y[i] += x[i];
+  }
+}
+
+__global__ void SiluMulKernel(const float* gate_up, int64_t rows, int64_t inter, float* out) {
+  const int64_t total = rows * inter;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = i / inter;
+    const int64_t c = i - r * inter;
+    const float g = gate_up[r * 2 * inter + c];
+    const float u = gate_up[r * 2 * inter + inter + c];
+    out[i] = g / (1.0f + expf(-g)) * u;
+  }
+}
+
+__global__ void GatherRowsKernel(const float* x, const int32_t* rows, int64_t dim, float* out) {
+  const int64_t i = blockIdx.x;
+  const float* src = x + static_cast<int64_t>(rows[i]) * dim;
+  float* dst = out + i * dim;
+  for (int64_t c = threadIdx.x; c < dim; c += blockDim.x) dst[c] = src[c];
+}
+
+// One block per token; thread j rotates pair (i, i + half) of one q or k head.
+// Angles follow HF Llama in float32: inv_freq = 1 / theta^(2i/d), angle = position * inv_freq.
+__global__ void RopeKernel(float* q, float* k, const int32_t* positions, int nq, int nk, int head_dim,
+                           float theta) {
+  const int64_t t = blockIdx.x;
+  const int half = head_dim / 2;
+  const float pos = static_cast<float>(positions[t]);
+  const int pairs = (nq + nk) * half;
+  for (int j = threadIdx.x; j < pairs; j += blockDim.x) {
+    const int head = j / half;
+    const int i = j - head * half;
+    float* base = head < nq ? q + (t * nq + head) * head_dim : k + (t * nk + (head - nq)) * head_dim;
+    const float inv_freq = 1.0f / powf(theta, static_cast<float>(2 * i) / static_cast<float>(head_dim));
+    float s, c;
+    sincosf(pos * inv_freq, &s, &c);
+    const float x1 = base[i];
+    const float x2 = base[i + half];
+    base[i] = x1 * c - x2 * s;
+    base[i + half] = x2 * c + x1 * s;
+  }
+}
+
+__global__ void ConvertToBf16Kernel(const float* src, int64_t n, __nv_bfloat16* dst) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    dst[i] = __float2bfloat16_rn(src[i]);
+  }
+}
+
+__global__ void ConvertToF16Kernel(const float* src, int64_t n, __half* dst) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    dst[i] = __float2half_rn(src[i]);
+  }
+}
+
+}  // namespace
+
+void LaunchEmbedding(const int32_t* ids, int64_t n, const void* table, int dtype, int64_t vocab_rows,
+                     int64_t dim, int64_t vocab_begin, float* out, cudaStream_t stream) {
+  if (n <= 0 || dim <= 0) return;
+  EmbeddingKernel<<<static_cast<unsigned int>(n), kThreads, 0, stream>>>(
+      ids, table, dtype, vocab_rows, dim, vocab_begin, out);
+  TP_CUDA_CHECK_LAUNCH("Embedding");
+}
+
+void LaunchAdd(float* y, const float* x, int64_t n, cudaStream_t stream) {
+  if (n <= 0) return;
+  AddKernel<<<StreamGrid(n), kThreads, 0, stream>>>(y, x, n);
+  TP_CUDA_CHECK_LAUNCH("Add");
+}
+
+void LaunchSiluMul(const float* gate_up, int64_t rows, int64_t inter, float* out, cudaStream_t stream) {
+  if (rows <= 0 || inter <= 0) return;
+  SiluMulKernel<<<StreamGrid(rows * inter), kThreads, 0, stream>>>(gate_up, rows, inter, out);
+  TP_CUDA_CHECK_LAUNCH("SiluMul");
+}
+
+void LaunchGatherRows(const float* x, const int32_t* rows, int64_t n, int64_t dim, float* out,
+                      cudaStream_t stream) {
+  if (n <= 0 || dim <= 0) return;
+  GatherRowsKernel<<<static_cast<unsigned int>(n), kThreads, 0, stream>>>(x, rows, dim, out);
+  TP_CUDA_CHECK_LAUNCH("GatherRows");
+}
+
+void LaunchRope(float* q, float* k, const int32_t* positions, int64_t n, int nq, int nk, int head_dim,
+                float theta, cudaStream_t stream) {
+  if (n <= 0 || head_dim < 2 || nq + nk <= 0) return;
+  RopeKernel<<<static_cast<unsigned int>(n), 128, 0, stream>>>(q, k, positions, nq, nk, head_dim, theta);
+  TP_CUDA_CHECK_LAUNCH("Rope");
+}
+
+void LaunchConvertF32(const float* src, int64_t n, int dtype, void* dst, cudaStream_t stream) {
+  if (n <= 0) return;
+  if (dtype == kDevBF16) {
+    ConvertToBf16Kernel<<<StreamGrid(n), kThreads, 0, stream>>>(src, n, static_cast<__nv_bfloat16*>(dst));
+  } else {
+    TP_CHECK(dtype == kDevF16) << "LaunchConvertF32 to dtype " << dtype;
+    ConvertToF16Kernel<<<StreamGrid(n), kThreads, 0, stream>>>(src, n, static_cast<__half*>(dst));
+  }
+  TP_CUDA_CHECK_LAUNCH("ConvertF32");
+}
+
+}  // namespace tpserve::kernels::cuda
