@@ -1,0 +1,363 @@
+// The CPU backend: runtime ISA dispatch (AVX-512 / AVX2 / baseline) to the kernel tables of
+// kernels/cpu/cpu_kernels.h, work split across a persistent thread pool, host memory, float32 paged KV.
+#include <cpuid.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "common/log.h"
+#include "kernels/backend.h"
+#include "kernels/cpu/cpu_kernels.h"
+#include "kernels/cpu/thread_pool.h"
+
+namespace tpserve::kernels {
+namespace {
+
+using cpu::AttentionJob;
+using cpu::CpuKernels;
+using cpu::MatmulJob;
+using cpu::ThreadPool;
+
+bool HasF16c() {
+  unsigned a, b, c, d;
+  if (!__get_cpuid(1, &a, &b, &c, &d)) return false;
+  return (c & bit_F16C) != 0;
+}
+
+bool HasAvx512Bf16() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512bf16");
+}
+
+void* AlignedAlloc(size_t bytes) {
+  const size_t rounded = std::max<size_t>(64, (bytes + 63) / 64 * 64);
+  void* p = std::aligned_alloc(64, rounded);
+  TP_CHECK(p != nullptr) << "out of host memory allocating " << bytes << " bytes";
+  return p;
+}
+
+// Per layer K and V, each [num_blocks, block_size, num_kv_heads, head_dim] float32. Not zeroed:
+// attention only reads slots that WriteKv filled.
+class CpuKvCache : public KvCache {
+ public:
+  explicit CpuKvCache(const KvCacheSpec& spec) : spec_(spec) {
+    for (int l = 0; l < spec.num_layers; ++l) {
+      k_.push_back(static_cast<float*>(AlignedAlloc(LayerBytes())));
+      v_.push_back(static_cast<float*>(AlignedAlloc(LayerBytes())));
+    }
+  }
+  ~CpuKvCache() override {
+    for (float* p : k_) std::free(p);
+    for (float* p : v_) std::free(p);
+  }
+  const KvCacheSpec& spec() const override { return spec_; }
+  size_t bytes() const override { return LayerBytes() * 2 * spec_.num_layers; }
+  size_t LayerBytes() const {
+    return static_cast<size_t>(spec_.num_blocks) * spec_.block_size * spec_.num_kv_heads * spec_.head_dim *
+           sizeof(float);
+  }
+  float* k(int layer) const { return k_[layer]; }
+  float* v(int layer) const { return v_[layer]; }
+
+ private:
+  KvCacheSpec spec_;
+  std::vector<float*> k_, v_;
+};
+
+// cos/sin of position * inv_freq for positions [0, rows), computed exactly as the reference does
+// (float32 inv_freq and angle, as HF), so RoPE matches the reference bitwise.
+struct RopeTable {
+  int rows = 0;
+  std::vector<float> cos, sin;  // [rows, head_dim / 2]
+};
+
+// Thread-safety: one op at a time (ops share the pool and per-call scratch buffers).
+class CpuBackend : public Backend {
+ public:
+  CpuBackend(CpuIsa isa, const CpuKernels& kernels, int threads)
+      : isa_(isa), k_(kernels), pool_(threads) {}
+
+  std::string name() const override { return absl::StrCat("cpu-", k_.name); }
+  bool is_host() const override { return true; }
+
+  void* Alloc(size_t bytes) override { return AlignedAlloc(bytes); }
+  void Free(void* p) override { std::free(p); }
+  void Upload(void* dst, const void* src, size_t bytes) override {
+    if (bytes) std::memcpy(dst, src, bytes);
+  }
+  void Download(void* dst, const void* src, size_t bytes) override {
+    if (bytes) std::memcpy(dst, src, bytes);
+  }
+  void Synchronize() override {}
+
+  void Matmul(const float* x, int64_t m, const WeightView& w, float* y) override {
+    if (m <= 0 || w.rows <= 0) return;
+    MatmulJob job;
+    job.x = x;
+    job.m = m;
+    job.k = w.cols;
+    job.w = w.data;
+    job.wdt = w.dtype;
+    job.n = w.rows;
+    job.y = y;
+    if (k_.bf16_dot(w.dtype)) {
+      const int64_t total = m * w.cols;
+      if (static_cast<int64_t>(xb_.size()) < total) xb_.resize(total);
+      uint16_t* xb = xb_.data();
+      pool_.ParallelFor(total, 1 << 16, [&](int64_t b, int64_t e) { k_.round_to_bf16(x + b, e - b, xb + b); });
+      job.xb = xb;
+    }
+    // Columns split in multiples of 16 output features; the value of each element is independent of
+    // the split (cpu_kernels.h), only the load balance changes.
+    const int64_t units = (w.rows + 15) / 16;
+    const int64_t flops = 2 * m * w.rows * w.cols;
+    pool_.ParallelFor(units, flops > (1 << 18) ? 2 : units + 1, [&](int64_t b, int64_t e) {
+      k_.matmul(job, b * 16, std::min(w.rows, e * 16));
+    });
+  }
+
+  void Embedding(const int32_t* ids, int64_t n, const WeightView& table, int64_t vocab_begin,
+                 float* out) override {
+    const int64_t d = table.cols;
+    const size_t esize = DTypeSize(table.dtype);
+    pool_.ParallelFor(n, 8, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        const int64_t row = static_cast<int64_t>(ids[i]) - vocab_begin;
+        if (row >= 0 && row < table.rows) {
+          k_.convert_row(static_cast<const char*>(table.data) + row * d * esize, table.dtype, d, out + i * d);
+        } else {
+          std::memset(out + i * d, 0, d * sizeof(float));
+        }
+      }
+    });
+  }
+
+  void RmsNorm(const float* x, int64_t rows, const WeightView& w, float eps, float* out) override {
+    const int64_t d = w.cols;
+    pool_.ParallelFor(rows, 8, [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) k_.rms_norm_row(x + r * d, d, w.data, w.dtype, eps, out + r * d);
+    });
+  }
+
+  void AddRmsNorm(float* residual, const float* x, int64_t rows, const WeightView& w, float eps,
+                  float* out) override {
+    const int64_t d = w.cols;
+    pool_.ParallelFor(rows, 8, [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) {
+        k_.add_rms_norm_row(residual + r * d, x + r * d, d, w.data, w.dtype, eps, out + r * d);
+      }
+    });
+  }
+
+  void Add(float* y, const float* x, int64_t n) override {
+    pool_.ParallelFor(n, 1 << 16, [&](int64_t b, int64_t e) { k_.add(y + b, x + b, e - b); });
+  }
+
+  void Rope(float* q, float* k, const int32_t* positions, int64_t n, int nq, int nk, int head_dim,
+            float theta) override {
+    if (n <= 0) return;
+    int32_t max_pos = 0;
+    for (int64_t t = 0; t < n; ++t) {
+      TP_CHECK(positions[t] >= 0) << "negative position " << positions[t] << " at token " << t;
+      max_pos = std::max(max_pos, positions[t]);
+    }
+    const RopeTable& table = RopeTableFor(theta, head_dim, max_pos + 1);
+    const int half = head_dim / 2;
+    pool_.ParallelFor(n, 16, [&](int64_t b, int64_t e) {
+      for (int64_t t = b; t < e; ++t) {
+        const float* c = table.cos.data() + static_cast<int64_t>(positions[t]) * half;
+        const float* s = table.sin.data() + static_cast<int64_t>(positions[t]) * half;
+        k_.rope(q + t * nq * head_dim, nq, head_dim, c, s);
+        k_.rope(k + t * nk * head_dim, nk, head_dim, c, s);
+      }
+    });
+  }
+
+  void SiluMul(const float* gate_up, int64_t rows, int64_t inter, float* out) override {
+    // Split the flattened [rows, inter] output so one long decode row still uses every thread.
+    pool_.ParallelFor(rows * inter, 1 << 14, [&](int64_t b, int64_t e) {
+      while (b < e) {
+        const int64_t r = b / inter, i = b % inter;
+        const int64_t len = std::min(e - b, inter - i);
+        const float* g = gate_up + r * 2 * inter + i;
+        k_.silu_mul(g, g + inter, len, out + r * inter + i);
+        b += len;
+      }
+    });
+  }
+
+  void GatherRows(const float* x, const int32_t* rows, int64_t n, int64_t dim, float* out) override {
+    for (int64_t i = 0; i < n; ++i) {
+      std::memcpy(out + i * dim, x + static_cast<int64_t>(rows[i]) * dim, dim * sizeof(float));
+    }
+  }
+
+  absl::StatusOr<std::unique_ptr<KvCache>> CreateKvCache(const KvCacheSpec& spec) override {
+    if (spec.num_layers <= 0 || spec.num_blocks <= 0 || spec.block_size <= 0 || spec.num_kv_heads <= 0 ||
+        spec.head_dim <= 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "KvCacheSpec needs positive num_layers, num_blocks, block_size, num_kv_heads and head_dim; got ",
+          spec.num_layers, ", ", spec.num_blocks, ", ", spec.block_size, ", ", spec.num_kv_heads, ", ",
+          spec.head_dim));
+    }
+    return std::unique_ptr<KvCache>(new CpuKvCache(spec));
+  }
+
+  size_t KvBlockBytes(const KvCacheSpec& spec) const override {
+    return static_cast<size_t>(spec.num_layers) * 2 * spec.block_size * spec.num_kv_heads * spec.head_dim *
+           sizeof(float);
+  }
+
+  // Negative slots (padding tokens) are skipped.
+  void WriteKv(KvCache& cache, int layer, const float* k, const float* v, const AttentionBatch& batch) override {
+    auto* c = dynamic_cast<CpuKvCache*>(&cache);
+    TP_CHECK(c != nullptr) << "KV cache was not created by the CPU backend";
+    const KvCacheSpec& s = c->spec();
+    TP_CHECK(layer >= 0 && layer < s.num_layers) << "layer " << layer;
+    const int64_t row = static_cast<int64_t>(s.num_kv_heads) * s.head_dim;
+    for (int t = 0; t < batch.num_tokens; ++t) {
+      const int64_t slot = batch.slot_mapping[t];
+      if (slot < 0) continue;
+      TP_CHECK(slot < static_cast<int64_t>(s.num_blocks) * s.block_size) << "slot " << slot;
+      std::memcpy(c->k(layer) + slot * row, k + t * row, row * sizeof(float));
+      std::memcpy(c->v(layer) + slot * row, v + t * row, row * sizeof(float));
+    }
+  }
+
+  void Attention(const KvCache& cache, int layer, const float* q, const AttentionBatch& batch, int nq,
+                 float scale, float* out) override {
+    const auto* c = dynamic_cast<const CpuKvCache*>(&cache);
+    TP_CHECK(c != nullptr) << "KV cache was not created by the CPU backend";
+    const KvCacheSpec& s = c->spec();
+    const int nk = s.num_kv_heads, hd = s.head_dim;
+    TP_CHECK(nq % nk == 0) << "nq " << nq << " not a multiple of nk " << nk;
+    const int group = nq / nk;
+    const int nt = batch.num_tokens;
+    if (nt <= 0) return;
+    // Jobs are (token, kv head); split by cost (context length) so long prefill tails do not land on
+    // one thread.
+    seq_of_.resize(nt);
+    cost_prefix_.assign(nt + 1, 0);
+    for (int sq = 0; sq < batch.num_seqs; ++sq) {
+      for (int t = batch.query_start[sq]; t < batch.query_start[sq + 1]; ++t) seq_of_[t] = sq;
+    }
+    for (int t = 0; t < nt; ++t) cost_prefix_[t + 1] = cost_prefix_[t] + batch.positions[t] + 1;
+    const int threads = pool_.size();
+    const int64_t scratch_floats = cpu::AttentionScratchFloats(group, hd);
+    if (static_cast<int64_t>(attn_scratch_.size()) < scratch_floats * threads) {
+      attn_scratch_.resize(scratch_floats * threads);
+    }
+    const int64_t total = cost_prefix_[nt] * nk;
+    auto run = [&](int tid) {
+      // Job j = t * nk + kh costs context(t); find this thread's share of the cumulative cost.
+      auto job_at_cost = [&](int64_t cost) -> int64_t {
+        if (cost >= total) return static_cast<int64_t>(nt) * nk;
+        // Token t spans costs [prefix[t] * nk, prefix[t + 1] * nk), ctx(t) per KV head.
+        const int t = static_cast<int>(
+            std::upper_bound(cost_prefix_.begin(), cost_prefix_.end(), cost / nk) - cost_prefix_.begin() - 1);
+        const int64_t ctx = cost_prefix_[t + 1] - cost_prefix_[t];
+        return static_cast<int64_t>(t) * nk + (cost - cost_prefix_[t] * nk) / ctx;
+      };
+      const int64_t jb = job_at_cost(total * tid / threads), je = job_at_cost(total * (tid + 1) / threads);
+      AttentionJob job;
+      job.k_cache = c->k(layer);
+      job.v_cache = c->v(layer);
+      job.block_size = s.block_size;
+      job.num_kv_heads = nk;
+      job.head_dim = hd;
+      job.group = group;
+      job.scale = scale;
+      job.scratch = attn_scratch_.data() + scratch_floats * tid;
+      for (int64_t j = jb; j < je; ++j) {
+        const int t = static_cast<int>(j / nk), kh = static_cast<int>(j % nk);
+        job.kv_head = kh;
+        job.q = q + (static_cast<int64_t>(t) * nq + kh * group) * hd;
+        job.out = out + (static_cast<int64_t>(t) * nq + kh * group) * hd;
+        job.block_table = batch.block_tables + static_cast<int64_t>(seq_of_[t]) * batch.max_blocks_per_seq;
+        job.context = batch.positions[t] + 1;
+        k_.attention(job);
+      }
+    };
+    if (total < 4096 || threads == 1) {
+      // Whole call on this thread: a tiny decode step is cheaper than a wake-up.
+      for (int tid = 0; tid < threads; ++tid) run(tid);
+    } else {
+      pool_.Run(run);
+    }
+  }
+
+ private:
+  const RopeTable& RopeTableFor(float theta, int head_dim, int rows) {
+    std::lock_guard<std::mutex> lock(rope_mu_);
+    RopeTable& t = rope_tables_[{theta, head_dim}];
+    if (t.rows >= rows) return t;
+    int grown = std::max(rows, 2 * t.rows);
+    grown = std::max(grown, 256);
+    const int half = head_dim / 2;
+    std::vector<float> inv_freq(half);
+    for (int i = 0; i < half; ++i) {
+      const float exponent = static_cast<float>(2 * i) / static_cast<float>(head_dim);
+      inv_freq[i] = 1.0f / static_cast<float>(std::pow(static_cast<double>(theta), static_cast<double>(exponent)));
+    }
+    t.cos.resize(static_cast<size_t>(grown) * half);
+    t.sin.resize(static_cast<size_t>(grown) * half);
+    for (int p = t.rows; p < grown; ++p) {
+      for (int i = 0; i < half; ++i) {
+        const float angle = static_cast<float>(p) * inv_freq[i];
+        t.cos[static_cast<size_t>(p) * half + i] = static_cast<float>(std::cos(static_cast<double>(angle)));
+        t.sin[static_cast<size_t>(p) * half + i] = static_cast<float>(std::sin(static_cast<double>(angle)));
+      }
+    }
+    t.rows = grown;
+    return t;
+  }
+
+  CpuIsa isa_;
+  const CpuKernels& k_;
+  ThreadPool pool_;
+  std::vector<uint16_t> xb_;  // x rounded to bf16 for vdpbf16ps matmuls
+  std::vector<float> attn_scratch_;
+  std::vector<int> seq_of_;
+  std::vector<int64_t> cost_prefix_;
+  std::mutex rope_mu_;
+  std::map<std::pair<float, int>, RopeTable> rope_tables_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(const CpuBackendOptions& options) {
+  if (options.threads < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("CpuBackendOptions.threads must be >= 0 (0 = all cores), got ", options.threads));
+  }
+  const CpuIsa best = DetectCpuIsa();
+  CpuIsa isa = options.isa == CpuIsa::kAuto ? best : options.isa;
+  const bool supported = isa == CpuIsa::kScalar ||
+                         (isa == CpuIsa::kAvx2 && (best == CpuIsa::kAvx2 || best == CpuIsa::kAvx512) && HasF16c()) ||
+                         (isa == CpuIsa::kAvx512 && best == CpuIsa::kAvx512 && HasF16c());
+  if (!supported) {
+    return absl::InvalidArgumentError(absl::StrCat("CpuBackendOptions.isa = ", CpuIsaName(isa),
+                                                   " is not supported by this CPU (best available: ",
+                                                   CpuIsaName(best), ")"));
+  }
+  const CpuKernels* kernels = nullptr;
+  switch (isa) {
+    case CpuIsa::kAvx512: kernels = &cpu::Avx512Kernels(HasAvx512Bf16()); break;
+    case CpuIsa::kAvx2: kernels = &cpu::Avx2Kernels(); break;
+    default: kernels = &cpu::ScalarKernels(); break;
+  }
+  int threads = options.threads;
+  if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
+  return std::unique_ptr<Backend>(new CpuBackend(isa, *kernels, threads));
+}
+
+}  // namespace tpserve::kernels

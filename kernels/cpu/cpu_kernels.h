@@ -1,0 +1,73 @@
+// The per-ISA kernel table of the CPU backend. Each ISA translation unit (kernels_scalar.cc,
+// kernels_avx2.cc, kernels_avx512.cc) fills one table; cpu_backend.cc picks it at runtime and splits
+// the work across its thread pool. Kernels are single-threaded and work on a caller-chosen slice.
+//
+// Batch invariance: every output element is produced by one call on one thread with a fixed operation
+// sequence that depends only on that element's inputs (never on m, the slice bounds or the thread).
+#pragma once
+
+#include <cstdint>
+
+#include "common/dtype.h"
+
+namespace tpserve::kernels::cpu {
+
+struct MatmulJob {
+  const float* x = nullptr;      // [m, k] float32 activations
+  const uint16_t* xb = nullptr;  // [m, k] x rounded to bf16, set when the kernel's bf16_dot(w) is true
+  int64_t m = 0;
+  int64_t k = 0;
+  const void* w = nullptr;  // [n, k] weights in `wdt`
+  DType wdt = DType::kF32;
+  int64_t n = 0;
+  float* y = nullptr;  // [m, n]
+};
+
+// One (token, KV head) of paged attention: the `group` query heads that share KV head `kv_head`.
+struct AttentionJob {
+  const float* q = nullptr;       // [group, head_dim] query heads of this token
+  float* out = nullptr;           // [group, head_dim]
+  const float* k_cache = nullptr;  // layer's K: [num_blocks, block_size, num_kv_heads, head_dim]
+  const float* v_cache = nullptr;
+  const int32_t* block_table = nullptr;  // this sequence's blocks
+  int block_size = 0;
+  int num_kv_heads = 0;
+  int kv_head = 0;
+  int head_dim = 0;
+  int group = 0;
+  int context = 0;  // keys [0, context)
+  float scale = 0.0f;
+  float* scratch = nullptr;  // >= AttentionScratchFloats(group, head_dim) floats
+};
+inline int64_t AttentionScratchFloats(int group, int head_dim) {
+  return static_cast<int64_t>(group) * (head_dim + 64) + 64;
+}
+
+struct CpuKernels {
+  const char* name;
+  // True when matmul for this weight dtype reads job.xb (bf16-rounded x) instead of job.x.
+  bool (*bf16_dot)(DType wdt);
+  // y[:, n_begin:n_end] for all m rows.
+  void (*matmul)(const MatmulJob& job, int64_t n_begin, int64_t n_end);
+  void (*round_to_bf16)(const float* x, int64_t n, uint16_t* out);
+  // Converts n weight elements to float32 (embedding rows).
+  void (*convert_row)(const void* src, DType dt, int64_t n, float* out);
+  // One row of d: out = x / sqrt(mean(x²) + eps) * w.  x and out may alias.
+  void (*rms_norm_row)(const float* x, int64_t d, const void* w, DType wdt, float eps, float* out);
+  // One row: residual += x; out = RmsNorm(residual).
+  void (*add_rms_norm_row)(float* residual, const float* x, int64_t d, const void* w, DType wdt, float eps,
+                           float* out);
+  void (*add)(float* y, const float* x, int64_t n);
+  // out[i] = silu(g[i]) * u[i]
+  void (*silu_mul)(const float* g, const float* u, int64_t n, float* out);
+  // rotate_half RoPE of `heads` heads of one token in place; cos/sin: [head_dim / 2].
+  void (*rope)(float* x, int heads, int head_dim, const float* cos, const float* sin);
+  void (*attention)(const AttentionJob& job);
+};
+
+const CpuKernels& ScalarKernels();
+const CpuKernels& Avx2Kernels();
+// with_bf16 selects vdpbf16ps for BF16 weights (x rounded to bf16); requires avx512_bf16.
+const CpuKernels& Avx512Kernels(bool with_bf16);
+
+}  // namespace tpserve::kernels::cpu

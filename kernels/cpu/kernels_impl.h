@@ -1,0 +1,357 @@
+// ISA-generic CPU kernels, written once over a vector-traits type V and instantiated in each ISA
+// translation unit (kernels_scalar.cc, kernels_avx2.cc, kernels_avx512.cc) after it defines V.
+//
+// Everything here has internal linkage (anonymous namespace) and uses no std:: templates: an inline or
+// template function emitted by two TUs built with different -m flags would be merged by the linker, and
+// the AVX-512 copy could end up running on the scalar path.
+//
+// V provides: T, L (lanes), Zero, Set1, Load, Store, LoadN/StoreN (first n < L lanes, rest zero),
+// LoadBF16/LoadF16 (L weights -> f32), Add, Sub, Mul, Div, Max, Fma(a, b, c) = a*b + c,
+// ReduceAdd (a fixed tree), ReduceMax, Exp.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "kernels/cpu/cpu_kernels.h"
+
+namespace tpserve::kernels::cpu {
+namespace {
+
+inline float Bf16Bits(uint16_t h) {
+  uint32_t bits = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+inline int64_t MinI(int64_t a, int64_t b) { return a < b ? a : b; }
+
+// Weight loads by dtype: L elements, or the first n (< L) zero-padded.
+template <class V, DType DT>
+struct WLoad;
+template <class V>
+struct WLoad<V, DType::kF32> {
+  using E = float;
+  static typename V::T Full(const E* p) { return V::Load(p); }
+  static typename V::T Part(const E* p, int n) { return V::LoadN(p, n); }
+};
+template <class V>
+struct WLoad<V, DType::kBF16> {
+  using E = uint16_t;
+  static typename V::T Full(const E* p) { return V::LoadBF16(p); }
+  static typename V::T Part(const E* p, int n) {
+    float buf[V::L] = {};
+    for (int i = 0; i < n; ++i) buf[i] = Bf16Bits(p[i]);
+    return V::Load(buf);
+  }
+};
+template <class V>
+struct WLoad<V, DType::kF16> {
+  using E = uint16_t;
+  static typename V::T Full(const E* p) { return V::LoadF16(p); }
+  static typename V::T Part(const E* p, int n) {
+    uint16_t buf[V::L] = {};
+    for (int i = 0; i < n; ++i) buf[i] = p[i];
+    return V::LoadF16(buf);
+  }
+};
+
+// ---- matmul ----
+// Every y[r, o] is: one L-lane accumulator, Fma over k in order (full chunks, then one zero-padded tail
+// chunk), then V::ReduceAdd. Tile shape only decides how many elements run side by side, so the value
+// never depends on m, the tile or the thread (batch invariance).
+using TileFn = void (*)(const MatmulJob& job, int64_t m0, int64_t n0);
+
+template <class V, DType DT>
+struct FmaTile {
+  template <int MR, int NR>
+  static void Run(const MatmulJob& job, int64_t m0, int64_t n0) {
+    using E = typename WLoad<V, DT>::E;
+    const int64_t k = job.k;
+    const float* x = job.x + m0 * k;
+    const E* w = static_cast<const E*>(job.w) + n0 * k;
+    typename V::T acc[MR][NR];
+    for (int i = 0; i < MR; ++i)
+      for (int j = 0; j < NR; ++j) acc[i][j] = V::Zero();
+    int64_t kk = 0;
+    for (; kk + V::L <= k; kk += V::L) {
+      typename V::T xv[MR];
+      for (int i = 0; i < MR; ++i) xv[i] = V::Load(x + i * k + kk);
+      for (int j = 0; j < NR; ++j) {
+        const typename V::T wv = WLoad<V, DT>::Full(w + j * k + kk);
+        for (int i = 0; i < MR; ++i) acc[i][j] = V::Fma(xv[i], wv, acc[i][j]);
+      }
+    }
+    if (kk < k) {
+      const int rest = static_cast<int>(k - kk);
+      typename V::T xv[MR];
+      for (int i = 0; i < MR; ++i) xv[i] = V::LoadN(x + i * k + kk, rest);
+      for (int j = 0; j < NR; ++j) {
+        const typename V::T wv = WLoad<V, DT>::Part(w + j * k + kk, rest);
+        for (int i = 0; i < MR; ++i) acc[i][j] = V::Fma(xv[i], wv, acc[i][j]);
+      }
+    }
+    for (int i = 0; i < MR; ++i)
+      for (int j = 0; j < NR; ++j) job.y[(m0 + i) * job.n + n0 + j] = V::ReduceAdd(acc[i][j]);
+  }
+};
+
+// table[(mr - 1) * NR + (nr - 1)] = Tile::Run<mr, nr>
+template <class Tile, int MR, int NR, int I = 0>
+void FillTiles(TileFn* table) {
+  if constexpr (I < MR * NR) {
+    table[I] = &Tile::template Run<I / NR + 1, I % NR + 1>;
+    FillTiles<Tile, MR, NR, I + 1>(table);
+  }
+}
+
+// Output columns [n_begin, n_end) for all rows: blocks of W rows sized to stay in L2 while every
+// MR-row strip of x passes over them.
+template <class Tile, int MR, int NR>
+void MatmulDriver(const MatmulJob& job, int64_t n_begin, int64_t n_end, int64_t weight_elem_bytes) {
+  TileFn table[MR * NR];
+  FillTiles<Tile, MR, NR>(table);
+  const int64_t row_bytes = job.k * weight_elem_bytes;
+  int64_t nb = (256 * 1024) / (row_bytes > 0 ? row_bytes : 1);
+  nb = nb < NR ? NR : nb / NR * NR;
+  for (int64_t n0 = n_begin; n0 < n_end; n0 += nb) {
+    const int64_t n1 = MinI(n_end, n0 + nb);
+    for (int64_t m0 = 0; m0 < job.m; m0 += MR) {
+      const int mr = static_cast<int>(MinI(MR, job.m - m0));
+      for (int64_t j = n0; j < n1; j += NR) {
+        const int nr = static_cast<int>(MinI(NR, n1 - j));
+        table[(mr - 1) * NR + (nr - 1)](job, m0, j);
+      }
+    }
+  }
+}
+
+template <class V, int MR, int NR>
+void MatmulFma(const MatmulJob& job, int64_t n_begin, int64_t n_end) {
+  switch (job.wdt) {
+    case DType::kF32: return MatmulDriver<FmaTile<V, DType::kF32>, MR, NR>(job, n_begin, n_end, 4);
+    case DType::kBF16: return MatmulDriver<FmaTile<V, DType::kBF16>, MR, NR>(job, n_begin, n_end, 2);
+    case DType::kF16: return MatmulDriver<FmaTile<V, DType::kF16>, MR, NR>(job, n_begin, n_end, 2);
+  }
+}
+
+// ---- elementwise and row ops ----
+
+template <class V, DType DT>
+void ConvertRowT(const void* src, int64_t n, float* out) {
+  using E = typename WLoad<V, DT>::E;
+  const E* s = static_cast<const E*>(src);
+  int64_t i = 0;
+  for (; i + V::L <= n; i += V::L) V::Store(out + i, WLoad<V, DT>::Full(s + i));
+  if (i < n) V::StoreN(out + i, WLoad<V, DT>::Part(s + i, static_cast<int>(n - i)), static_cast<int>(n - i));
+}
+
+template <class V>
+void ConvertRow(const void* src, DType dt, int64_t n, float* out) {
+  switch (dt) {
+    case DType::kF32: return ConvertRowT<V, DType::kF32>(src, n, out);
+    case DType::kBF16: return ConvertRowT<V, DType::kBF16>(src, n, out);
+    case DType::kF16: return ConvertRowT<V, DType::kF16>(src, n, out);
+  }
+}
+
+template <class V>
+float SumSquares(const float* x, int64_t d) {
+  typename V::T acc = V::Zero();
+  int64_t i = 0;
+  for (; i + V::L <= d; i += V::L) {
+    const typename V::T v = V::Load(x + i);
+    acc = V::Fma(v, v, acc);
+  }
+  if (i < d) {
+    const typename V::T v = V::LoadN(x + i, static_cast<int>(d - i));
+    acc = V::Fma(v, v, acc);
+  }
+  return V::ReduceAdd(acc);
+}
+
+template <class V, DType DT>
+void ScaleByWeight(const float* x, int64_t d, const void* w, float inv, float* out) {
+  using E = typename WLoad<V, DT>::E;
+  const E* wp = static_cast<const E*>(w);
+  const typename V::T s = V::Set1(inv);
+  int64_t i = 0;
+  for (; i + V::L <= d; i += V::L) {
+    V::Store(out + i, V::Mul(V::Mul(V::Load(x + i), s), WLoad<V, DT>::Full(wp + i)));
+  }
+  if (i < d) {
+    const int r = static_cast<int>(d - i);
+    V::StoreN(out + i, V::Mul(V::Mul(V::LoadN(x + i, r), s), WLoad<V, DT>::Part(wp + i, r)), r);
+  }
+}
+
+template <class V>
+void RmsNormRow(const float* x, int64_t d, const void* w, DType wdt, float eps, float* out) {
+  const double ms = static_cast<double>(SumSquares<V>(x, d)) / static_cast<double>(d);
+  const float inv = static_cast<float>(1.0 / std::sqrt(ms + eps));
+  switch (wdt) {
+    case DType::kF32: return ScaleByWeight<V, DType::kF32>(x, d, w, inv, out);
+    case DType::kBF16: return ScaleByWeight<V, DType::kBF16>(x, d, w, inv, out);
+    case DType::kF16: return ScaleByWeight<V, DType::kF16>(x, d, w, inv, out);
+  }
+}
+
+template <class V>
+void AddRange(float* y, const float* x, int64_t n) {
+  int64_t i = 0;
+  for (; i + V::L <= n; i += V::L) V::Store(y + i, V::Add(V::Load(y + i), V::Load(x + i)));
+  if (i < n) {
+    const int r = static_cast<int>(n - i);
+    V::StoreN(y + i, V::Add(V::LoadN(y + i, r), V::LoadN(x + i, r)), r);
+  }
+}
+
+template <class V>
+void AddRmsNormRow(float* residual, const float* x, int64_t d, const void* w, DType wdt, float eps,
+                   float* out) {
+  AddRange<V>(residual, x, d);
+  RmsNormRow<V>(residual, d, w, wdt, eps, out);
+}
+
+template <class V>
+typename V::T SiluMulV(typename V::T g, typename V::T u) {
+  const typename V::T one = V::Set1(1.0f);
+  const typename V::T e = V::Exp(V::Sub(V::Zero(), g));
+  return V::Mul(V::Div(g, V::Add(one, e)), u);
+}
+
+template <class V>
+void SiluMul(const float* g, const float* u, int64_t n, float* out) {
+  int64_t i = 0;
+  for (; i + V::L <= n; i += V::L) V::Store(out + i, SiluMulV<V>(V::Load(g + i), V::Load(u + i)));
+  if (i < n) {
+    const int r = static_cast<int>(n - i);
+    V::StoreN(out + i, SiluMulV<V>(V::LoadN(g + i, r), V::LoadN(u + i, r)), r);
+  }
+}
+
+// Mul then Sub/Add (never fused) so the result matches the reference's float32 formula exactly.
+template <class V>
+void Rope(float* x, int heads, int head_dim, const float* cos, const float* sin) {
+  const int half = head_dim / 2;
+  for (int h = 0; h < heads; ++h) {
+    float* a = x + static_cast<int64_t>(h) * head_dim;
+    float* b = a + half;
+    for (int i = 0; i < half; i += V::L) {
+      const int r = half - i < V::L ? half - i : V::L;
+      const typename V::T x0 = r == V::L ? V::Load(a + i) : V::LoadN(a + i, r);
+      const typename V::T x1 = r == V::L ? V::Load(b + i) : V::LoadN(b + i, r);
+      const typename V::T c = r == V::L ? V::Load(cos + i) : V::LoadN(cos + i, r);
+      const typename V::T s = r == V::L ? V::Load(sin + i) : V::LoadN(sin + i, r);
+      const typename V::T o0 = V::Sub(V::Mul(x0, c), V::Mul(x1, s));
+      const typename V::T o1 = V::Add(V::Mul(x1, c), V::Mul(x0, s));
+      if (r == V::L) {
+        V::Store(a + i, o0);
+        V::Store(b + i, o1);
+      } else {
+        V::StoreN(a + i, o0, r);
+        V::StoreN(b + i, o1, r);
+      }
+    }
+  }
+}
+
+// ---- paged attention: online softmax over key chunks ----
+
+template <class V>
+float Dot(const float* a, const float* b, int n) {
+  typename V::T acc = V::Zero();
+  int i = 0;
+  for (; i + V::L <= n; i += V::L) acc = V::Fma(V::Load(a + i), V::Load(b + i), acc);
+  if (i < n) acc = V::Fma(V::LoadN(a + i, n - i), V::LoadN(b + i, n - i), acc);
+  return V::ReduceAdd(acc);
+}
+
+// acc[0:n] = acc * scale + p * v
+template <class V>
+void ScaleAxpy(float* acc, float scale, float p, const float* v, int n) {
+  const typename V::T s = V::Set1(scale), pv = V::Set1(p);
+  int i = 0;
+  for (; i + V::L <= n; i += V::L) V::Store(acc + i, V::Fma(pv, V::Load(v + i), V::Mul(V::Load(acc + i), s)));
+  if (i < n) {
+    const int r = n - i;
+    V::StoreN(acc + i, V::Fma(pv, V::LoadN(v + i, r), V::Mul(V::LoadN(acc + i, r), s)), r);
+  }
+}
+
+// acc[0:n] += p * v
+template <class V>
+void Axpy(float* acc, float p, const float* v, int n) {
+  const typename V::T pv = V::Set1(p);
+  int i = 0;
+  for (; i + V::L <= n; i += V::L) V::Store(acc + i, V::Fma(pv, V::Load(v + i), V::Load(acc + i)));
+  if (i < n) {
+    const int r = n - i;
+    V::StoreN(acc + i, V::Fma(pv, V::LoadN(v + i, r), V::LoadN(acc + i, r)), r);
+  }
+}
+
+template <class V>
+void ExpInPlace(float* x, int n) {
+  int i = 0;
+  for (; i + V::L <= n; i += V::L) V::Store(x + i, V::Exp(V::Load(x + i)));
+  if (i < n) V::StoreN(x + i, V::Exp(V::LoadN(x + i, n - i)), n - i);
+}
+
+constexpr int kKeyChunk = 32;
+
+// Keys are visited in fixed chunks of kKeyChunk positions from 0, so a token's result depends only on
+// its query and its context — not on which other tokens share the call.
+template <class V>
+void Attention(const AttentionJob& job) {
+  const int hd = job.head_dim, g = job.group;
+  float* acc = job.scratch;                             // [g, hd]
+  float* scores = acc + static_cast<int64_t>(g) * hd;   // [g, kKeyChunk]
+  float* run_max = scores + g * kKeyChunk;              // [g]
+  float* run_sum = run_max + g;                         // [g]
+  for (int h = 0; h < g; ++h) {
+    for (int d = 0; d < hd; ++d) acc[h * hd + d] = 0.0f;
+    run_max[h] = -INFINITY;
+    run_sum[h] = 0.0f;
+  }
+  const int64_t kv_row = static_cast<int64_t>(job.num_kv_heads) * hd;
+  auto row_of = [&](const float* base, int p) {
+    const int64_t block = job.block_table[p / job.block_size];
+    return base + (block * job.block_size + p % job.block_size) * kv_row + static_cast<int64_t>(job.kv_head) * hd;
+  };
+  for (int c0 = 0; c0 < job.context; c0 += kKeyChunk) {
+    const int cn = job.context - c0 < kKeyChunk ? job.context - c0 : kKeyChunk;
+    for (int j = 0; j < cn; ++j) {
+      const float* kr = row_of(job.k_cache, c0 + j);
+      for (int h = 0; h < g; ++h) scores[h * kKeyChunk + j] = Dot<V>(job.q + h * hd, kr, hd) * job.scale;
+    }
+    for (int h = 0; h < g; ++h) {
+      float* s = scores + h * kKeyChunk;
+      float cmax = run_max[h];
+      for (int j = 0; j < cn; ++j) cmax = s[j] > cmax ? s[j] : cmax;
+      const float correction = std::exp(run_max[h] - cmax);  // 0 on the first chunk (exp(-inf))
+      run_max[h] = cmax;
+      for (int j = 0; j < cn; ++j) s[j] -= cmax;
+      ExpInPlace<V>(s, cn);
+      float sum = 0.0f;
+      for (int j = 0; j < cn; ++j) sum += s[j];
+      run_sum[h] = run_sum[h] * correction + sum;
+      // The rescale of the running output rides on this chunk's first value update.
+      const float* vr = row_of(job.v_cache, c0);
+      ScaleAxpy<V>(acc + h * hd, correction, s[0], vr, hd);
+    }
+    for (int j = 1; j < cn; ++j) {
+      const float* vr = row_of(job.v_cache, c0 + j);
+      for (int h = 0; h < g; ++h) Axpy<V>(acc + h * hd, scores[h * kKeyChunk + j], vr, hd);
+    }
+  }
+  for (int h = 0; h < g; ++h) {
+    const float inv = 1.0f / run_sum[h];
+    for (int d = 0; d < hd; ++d) job.out[h * hd + d] = acc[h * hd + d] * inv;
+  }
+}
+
+}  // namespace
+}  // namespace tpserve::kernels::cpu
