@@ -38,13 +38,14 @@ std::string LocalBuffer::DebugName() const {
   return absl::StrCat("layers.", layer, ".", LocalWeightName(kind));
 }
 
+// A 1-D tensor (norm) is stored as one row.
 int64_t WeightSlice::local_rows() const {
-  if (full_shape.size() == 1) return end - begin;
+  if (full_shape.size() == 1) return 1;
   return dim == 0 ? end - begin : full_shape[0];
 }
 
 int64_t WeightSlice::local_cols() const {
-  if (full_shape.size() == 1) return 1;
+  if (full_shape.size() == 1) return end - begin;
   return dim == 1 ? end - begin : full_shape[1];
 }
 

@@ -1,0 +1,177 @@
+// Gloo communicator with ranks as threads over an in-memory store: sums and gathers match an
+// independent float64 computation, every rank gets the same bits, and failures return instead of hanging.
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "worker/comm/communicator.h"
+#include "worker/comm/memory_store.h"
+
+namespace tpserve::comm {
+namespace {
+
+// Connects `world` ranks concurrently (rendezvous needs all of them at once).
+std::vector<std::unique_ptr<Communicator>> ConnectAll(int world, MemoryStore& store, const std::string& prefix) {
+  std::vector<std::unique_ptr<Communicator>> comms(world);
+  std::vector<absl::Status> status(world);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < world; ++r) {
+    threads.emplace_back([&, r] {
+      GlooOptions o;
+      o.rank = r;
+      o.world_size = world;
+      o.host = "127.0.0.1";
+      o.prefix = prefix;
+      o.timeout = absl::Seconds(30);
+      absl::StatusOr<std::unique_ptr<Communicator>> c = CreateGlooCommunicator(o, store);
+      status[r] = c.status();
+      if (c.ok()) comms[r] = std::move(*c);
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int r = 0; r < world; ++r) EXPECT_TRUE(status[r].ok()) << "rank " << r << ": " << status[r];
+  return comms;
+}
+
+// Runs fn(rank) on every rank concurrently.
+template <typename Fn>
+void OnAllRanks(int world, Fn fn) {
+  std::vector<std::thread> threads;
+  for (int r = 0; r < world; ++r) threads.emplace_back([&, r] { fn(r); });
+  for (auto& t : threads) t.join();
+}
+
+class GlooWorldTest : public ::testing::TestWithParam<int> {};
+
+TEST_P(GlooWorldTest, AllReduceSumsAndEveryRankGetsTheSameBits) {
+  const int world = GetParam();
+  MemoryStore store;
+  auto comms = ConnectAll(world, store, absl::StrCat("ar", world, "/"));
+  ASSERT_EQ(comms.size(), static_cast<size_t>(world));
+  for (const auto& c : comms) ASSERT_NE(c, nullptr);
+  EXPECT_EQ(comms[1]->rank(), 1);
+  EXPECT_EQ(comms[0]->world_size(), world);
+  EXPECT_EQ(comms[0]->name(), "gloo");
+
+  // Sizes: one float, odd, the 13B hidden size times a small batch (several ring chunks).
+  for (size_t count : {size_t{1}, size_t{5125}, size_t{5120 * 8 + 3}}) {
+    std::vector<std::vector<float>> data(world, std::vector<float>(count));
+    std::vector<double> expect(count, 0.0);
+    for (int r = 0; r < world; ++r) {
+      std::mt19937 gen(1234 + r);
+      // Mixed magnitudes so that a different summation order would change low bits.
+      std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+      for (size_t i = 0; i < count; ++i) {
+        data[r][i] = u(gen) * (i % 7 == 0 ? 1000.0f : 1.0f);
+        expect[i] += data[r][i];
+      }
+    }
+    std::vector<absl::Status> st(world);
+    OnAllRanks(world, [&](int r) { st[r] = comms[r]->AllReduceSum(data[r].data(), count); });
+    for (int r = 0; r < world; ++r) ASSERT_TRUE(st[r].ok()) << st[r];
+    for (size_t i = 0; i < count; ++i) {
+      ASSERT_NEAR(data[0][i], expect[i], 1e-4 + 1e-6 * std::fabs(expect[i])) << "i " << i;
+    }
+    for (int r = 1; r < world; ++r) {
+      EXPECT_EQ(std::memcmp(data[0].data(), data[r].data(), count * sizeof(float)), 0)
+          << "rank " << r << " differs from rank 0 in bits, count " << count;
+    }
+  }
+}
+
+TEST_P(GlooWorldTest, AllGatherConcatenatesInRankOrder) {
+  const int world = GetParam();
+  MemoryStore store;
+  auto comms = ConnectAll(world, store, absl::StrCat("ag", world, "/"));
+  const size_t count = 37;
+  std::vector<std::vector<float>> recv(world, std::vector<float>(world * count, -1.0f));
+  std::vector<absl::Status> st(world);
+  OnAllRanks(world, [&](int r) {
+    std::vector<float> send(count);
+    for (size_t i = 0; i < count; ++i) send[i] = 100.0f * r + 0.5f * i + 0.25f;
+    st[r] = comms[r]->AllGather(send.data(), count, recv[r].data());
+  });
+  for (int r = 0; r < world; ++r) {
+    ASSERT_TRUE(st[r].ok()) << st[r];
+    for (int src = 0; src < world; ++src) {
+      for (size_t i = 0; i < count; ++i) {
+        ASSERT_EQ(recv[r][src * count + i], 100.0f * src + 0.5f * i + 0.25f);
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Worlds, GlooWorldTest, ::testing::Values(2, 4));
+
+TEST(GlooTest, MissingPeerIsDeadlineExceededNotAHang) {
+  MemoryStore store;
+  GlooOptions o;
+  o.rank = 0;
+  o.world_size = 2;
+  o.host = "127.0.0.1";
+  o.prefix = "lonely/";
+  o.timeout = absl::Milliseconds(500);
+  absl::StatusOr<std::unique_ptr<Communicator>> c = CreateGlooCommunicator(o, store);
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kDeadlineExceeded) << c.status();
+}
+
+TEST(GlooTest, PeerThatLeavesFailsTheCollective) {
+  MemoryStore store;
+  std::vector<std::unique_ptr<Communicator>> comms(2);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < 2; ++r) {
+    threads.emplace_back([&, r] {
+      GlooOptions o;
+      o.rank = r;
+      o.world_size = 2;
+      o.host = "127.0.0.1";
+      o.prefix = "leave/";
+      o.timeout = absl::Seconds(2);
+      auto c = CreateGlooCommunicator(o, store);
+      if (c.ok()) comms[r] = std::move(*c);
+    });
+  }
+  for (auto& t : threads) t.join();
+  ASSERT_TRUE(comms[0] && comms[1]);
+  comms[1].reset();  // rank 1 dies
+  std::vector<float> x(64, 1.0f);
+  absl::Status s = comms[0]->AllReduceSum(x.data(), x.size());
+  EXPECT_FALSE(s.ok());
+  EXPECT_TRUE(s.code() == absl::StatusCode::kUnavailable || s.code() == absl::StatusCode::kDeadlineExceeded)
+      << s;
+  // And it stays failed rather than touching a broken pair again.
+  EXPECT_EQ(comms[0]->AllReduceSum(x.data(), x.size()).code(), absl::StatusCode::kUnavailable);
+}
+
+TEST(GlooTest, RejectsBadRank) {
+  MemoryStore store;
+  GlooOptions o;
+  o.rank = 2;
+  o.world_size = 2;
+  absl::StatusOr<std::unique_ptr<Communicator>> c = CreateGlooCommunicator(o, store);
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(MemoryStoreTest, GetWaitsForSetAndTimesOut) {
+  MemoryStore store;
+  std::thread setter([&] {
+    absl::SleepFor(absl::Milliseconds(20));
+    ASSERT_TRUE(store.Set("k", "v").ok());
+  });
+  absl::StatusOr<std::string> v = store.Get("k", absl::Seconds(10));
+  setter.join();
+  ASSERT_TRUE(v.ok()) << v.status();
+  EXPECT_EQ(*v, "v");
+  absl::StatusOr<std::string> missing = store.Get("nope", absl::Milliseconds(10));
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kDeadlineExceeded);
+}
+
+}  // namespace
+}  // namespace tpserve::comm

@@ -1,0 +1,291 @@
+// Sampler: every transform against hand-computed distributions, greedy tie-breaks, raw logprobs, and the
+// counter-based draw's determinism (same tokens whatever else is in the batch, and after replay).
+#include <cmath>
+#include <map>
+#include <random>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "worker.pb.h"
+#include "worker/sampler/sampler.h"
+
+namespace tpserve::sampler {
+namespace {
+
+using History = Sampler::History;
+
+std::vector<double> Normalise(std::vector<double> p) {
+  double s = 0;
+  for (double x : p) s += x;
+  for (double& x : p) x /= s;
+  return p;
+}
+
+void ExpectDist(const std::vector<double>& got, const std::vector<double>& want) {
+  ASSERT_EQ(got.size(), want.size());
+  // Logits are float32 (log(0.3f) is rounded), so probabilities carry ~1e-8 of input rounding.
+  for (size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], want[i], 1e-7) << "id " << i;
+}
+
+std::vector<double> Dist(const SamplingParams& p, const std::vector<float>& logits,
+                         const std::vector<int32_t>& history = {}, int prompt_len = 0) {
+  absl::StatusOr<std::vector<double>> d = Sampler::Distribution(p, History{history, prompt_len}, logits);
+  EXPECT_TRUE(d.ok()) << d.status();
+  return d.ok() ? *d : std::vector<double>{};
+}
+
+TEST(SamplerTest, GreedyIsArgmaxWithTiesToLowestId) {
+  SamplingParams p;  // temperature 0
+  const std::vector<float> logits = {1.0f, 2.0f, 0.5f, -1.0f, 2.0f};
+  absl::StatusOr<SampleResult> r = Sampler::SampleOnce(p, History{}, logits, 0.99);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->token, 1);
+  ExpectDist(Dist(p, logits), {0, 1, 0, 0, 0});
+}
+
+TEST(SamplerTest, RepetitionPenaltyDividesPositiveAndMultipliesNegative) {
+  SamplingParams p;
+  p.repetition_penalty = 2.0f;
+  p.temperature = 1.0f;
+  const std::vector<float> logits = {1.0f, 2.0f, 0.5f, -1.0f, 2.0f};
+  // History (prompt only) holds 1 and 3: 2.0 -> 1.0, -1.0 -> -2.0.
+  ExpectDist(Dist(p, logits, {1, 3, 1}, 3),
+             Normalise({std::exp(1.0), std::exp(1.0), std::exp(0.5), std::exp(-2.0), std::exp(2.0)}));
+  p.temperature = 0.0f;
+  absl::StatusOr<SampleResult> r = Sampler::SampleOnce(p, History{std::vector<int32_t>{1, 3}, 2}, logits, 0);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->token, 4);  // greedy sees the penalised logits too
+}
+
+TEST(SamplerTest, PresenceAndFrequencyPenaliseGeneratedTokensOnly) {
+  SamplingParams p;
+  p.temperature = 1.0f;
+  p.presence_penalty = 0.5f;
+  p.frequency_penalty = 0.25f;
+  const std::vector<float> logits = {1.0f, 2.0f, 0.5f, -1.0f, 2.0f};
+  // Prompt [0]; generated [4, 4, 2]: token 4 -> 2 - 0.5 - 2*0.25 = 1.0; token 2 -> 0.5 - 0.75 = -0.25.
+  ExpectDist(Dist(p, logits, {0, 4, 4, 2}, 1),
+             Normalise({std::exp(1.0), std::exp(2.0), std::exp(-0.25), std::exp(-1.0), std::exp(1.0)}));
+}
+
+TEST(SamplerTest, TemperatureScalesLogits) {
+  SamplingParams p;
+  p.temperature = 0.5f;
+  const std::vector<float> logits = {1.0f, 2.0f, 0.5f, -1.0f};
+  ExpectDist(Dist(p, logits), Normalise({std::exp(2.0), std::exp(4.0), std::exp(1.0), std::exp(-2.0)}));
+}
+
+TEST(SamplerTest, TopKKeepsTheKMostLikelyWithTiesToLowerIds) {
+  SamplingParams p;
+  p.temperature = 1.0f;
+  p.top_k = 2;
+  ExpectDist(Dist(p, {1.0f, 2.0f, 0.5f, -1.0f, 1.5f}), Normalise({0, std::exp(2.0), 0, 0, std::exp(1.5)}));
+  // Three-way tie at the top: ids 0 and 2 survive.
+  ExpectDist(Dist(p, {3.0f, 1.0f, 3.0f, 3.0f}), {0.5, 0, 0.5, 0});
+}
+
+TEST(SamplerTest, TopPKeepsTheSmallestPrefixReachingP) {
+  SamplingParams p;
+  p.temperature = 1.0f;
+  const std::vector<float> logits = {std::log(0.15f), std::log(0.5f), std::log(0.05f), std::log(0.3f)};
+  p.top_p = 0.7f;  // 0.5 (before: 0) and 0.3 (before: 0.5 < 0.7); 0.15 has 0.8 before it
+  ExpectDist(Dist(p, logits), {0, 0.625, 0, 0.375});
+  p.top_p = 0.85f;
+  ExpectDist(Dist(p, logits), {0.15 / 0.95, 0.5 / 0.95, 0, 0.3 / 0.95});
+  p.top_p = 0.1f;  // the first token alone
+  ExpectDist(Dist(p, logits), {0, 1, 0, 0});
+}
+
+TEST(SamplerTest, TopPOrdersBeyondTheFirstCandidates) {
+  // A flat distribution over 1000 ids needs more than the first partial sort.
+  SamplingParams p;
+  p.temperature = 1.0f;
+  p.top_p = 0.5f;
+  std::vector<float> logits(1000, 0.0f);
+  std::vector<double> d = Dist(p, logits);
+  int kept = 0;
+  for (size_t i = 0; i < d.size(); ++i) {
+    if (d[i] > 0) {
+      ++kept;
+      EXPECT_LT(i, 500u);  // ties -> lower ids
+    }
+  }
+  EXPECT_EQ(kept, 500);
+}
+
+TEST(SamplerTest, MinPDropsTokensBelowAFractionOfTheTop) {
+  SamplingParams p;
+  p.temperature = 1.0f;
+  p.min_p = 0.2f;  // threshold 0.1
+  const std::vector<float> logits = {std::log(0.5f), std::log(0.3f), std::log(0.15f), std::log(0.05f)};
+  ExpectDist(Dist(p, logits), {0.5 / 0.95, 0.3 / 0.95, 0.15 / 0.95, 0});
+}
+
+TEST(SamplerTest, FiltersComposeInOrderTopKTopPMinP) {
+  SamplingParams p;
+  p.temperature = 1.0f;
+  p.top_k = 3;    // {0.4, 0.3, 0.2}  (renormalised: 4/9, 3/9, 2/9)
+  p.top_p = 0.7f; // 4/9 = 0.44 < 0.7 -> keep 3/9; cum 7/9 >= 0.7 -> stop
+  p.min_p = 0.8f; // 0.8 * 4/7 = 0.457 > 3/7 -> only the top survives
+  const std::vector<float> logits = {std::log(0.1f), std::log(0.4f), std::log(0.3f), std::log(0.2f)};
+  ExpectDist(Dist(p, logits), {0, 1, 0, 0});
+  p.min_p = 0.5f;  // 0.5 * 4/7 = 0.286 < 3/7
+  ExpectDist(Dist(p, logits), {0, 4.0 / 7, 3.0 / 7, 0});
+}
+
+TEST(SamplerTest, LogprobsAreRawLogSoftmaxAndTopNIsSorted) {
+  SamplingParams p;
+  p.repetition_penalty = 10.0f;  // changes the choice, not the reported logprobs
+  p.logprobs = 3;
+  const std::vector<float> logits = {1.0f, 3.0f, 2.0f, 2.0f};
+  absl::StatusOr<SampleResult> r = Sampler::SampleOnce(p, History{std::vector<int32_t>{1}, 1}, logits, 0);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->token, 2);  // 3.0 / 10 = 0.3 < 2.0; tie 2 vs 3 -> 2
+  const double lse = std::log(std::exp(1.0) + std::exp(3.0) + 2 * std::exp(2.0));
+  EXPECT_NEAR(r->logprob, 2.0 - lse, 1e-6);
+  ASSERT_EQ(r->top_ids, (std::vector<int32_t>{1, 2, 3}));
+  EXPECT_NEAR(r->top_logprobs[0], 3.0 - lse, 1e-6);
+  EXPECT_NEAR(r->top_logprobs[2], 2.0 - lse, 1e-6);
+}
+
+TEST(SamplerTest, DrawsFollowTheDistribution) {
+  SamplingParams p;
+  p.temperature = 1.0f;
+  const std::vector<double> want = {0.1, 0.6, 0.3};
+  const std::vector<float> logits = {std::log(0.1f), std::log(0.6f), std::log(0.3f)};
+  std::vector<int> counts(3, 0);
+  const int n = 20000;
+  for (int k = 0; k < n; ++k) {
+    absl::StatusOr<SampleResult> r = Sampler::SampleOnce(p, History{}, logits, CounterUniform(7, k));
+    ASSERT_TRUE(r.ok());
+    ++counts[r->token];
+  }
+  // 4.5 sigma of a binomial at n = 20000 is < 0.016.
+  for (int i = 0; i < 3; ++i) EXPECT_NEAR(counts[i] / double(n), want[i], 0.016) << "id " << i;
+}
+
+TEST(SamplerTest, NegativeInfinityIsNeverChosen) {
+  SamplingParams p;
+  p.temperature = 2.0f;
+  const float ninf = -std::numeric_limits<float>::infinity();
+  const std::vector<float> logits = {ninf, 0.0f, ninf, 0.1f, ninf};
+  for (int k = 0; k < 2000; ++k) {
+    absl::StatusOr<SampleResult> r = Sampler::SampleOnce(p, History{}, logits, CounterUniform(1, k));
+    ASSERT_TRUE(r.ok());
+    EXPECT_TRUE(r->token == 1 || r->token == 3) << r->token;
+  }
+  absl::StatusOr<SampleResult> none = Sampler::SampleOnce(p, History{}, std::vector<float>(4, ninf), 0.5);
+  EXPECT_EQ(none.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// Logits for step k of a fixed "model": same for every run.
+std::vector<float> StepLogits(uint64_t seq, int k, int vocab) {
+  std::mt19937 gen(static_cast<uint32_t>(seq * 1000 + k));
+  std::normal_distribution<float> n(0.0f, 2.0f);
+  std::vector<float> l(vocab);
+  for (float& x : l) x = n(gen);
+  return l;
+}
+
+TEST(SamplerTest, SeededDrawsIgnoreTheBatchAndSurviveReplay) {
+  const int vocab = 50;
+  SamplingParams p;
+  p.temperature = 0.9f;
+  p.top_p = 0.95f;
+  p.repetition_penalty = 1.1f;
+  p.seed = 42;
+  const std::vector<int32_t> prompt = {3, 4, 5};
+
+  // Alone.
+  Sampler alone(vocab);
+  ASSERT_TRUE(alone.Start(1, p, prompt, 3, 0).ok());
+  std::vector<int32_t> solo;
+  for (int k = 0; k < 20; ++k) {
+    absl::StatusOr<SampleResult> r = alone.Sample(1, StepLogits(1, k, vocab));
+    ASSERT_TRUE(r.ok()) << r.status();
+    solo.push_back(r->token);
+  }
+  // Different seeds must differ somewhere over 20 draws.
+  {
+    Sampler other(vocab);
+    SamplingParams q = p;
+    q.seed = 43;
+    ASSERT_TRUE(other.Start(1, q, prompt, 3, 0).ok());
+    std::vector<int32_t> toks;
+    for (int k = 0; k < 20; ++k) toks.push_back(other.Sample(1, StepLogits(1, k, vocab))->token);
+    EXPECT_NE(toks, solo);
+  }
+
+  // In a batch with two other sequences, sampled in varying order.
+  Sampler batch(vocab);
+  SamplingParams q = p;
+  q.seed = 7;
+  ASSERT_TRUE(batch.Start(9, q, {1, 2}, 2, 0).ok());
+  ASSERT_TRUE(batch.Start(1, p, prompt, 3, 0).ok());
+  ASSERT_TRUE(batch.Start(5, SamplingParams{}, {8}, 1, 0).ok());
+  std::vector<int32_t> batched;
+  for (int k = 0; k < 20; ++k) {
+    if (k % 2) {
+      ASSERT_TRUE(batch.Sample(9, StepLogits(9, k, vocab)).ok());
+    }
+    batched.push_back(batch.Sample(1, StepLogits(1, k, vocab))->token);
+    ASSERT_TRUE(batch.Sample(5, StepLogits(5, k, vocab)).ok());
+  }
+  EXPECT_EQ(batched, solo);
+
+  // Preempted after 10 tokens and replayed from a SequenceStart carrying the history.
+  tpserve::worker::v1::SequenceStart start;
+  start.set_seq_id(1);
+  start.mutable_sampling()->set_temperature(p.temperature);
+  start.mutable_sampling()->set_top_p(p.top_p);
+  start.mutable_sampling()->set_repetition_penalty(p.repetition_penalty);
+  start.mutable_sampling()->set_seed(p.seed);
+  for (int32_t t : prompt) start.add_history(t);
+  for (int k = 0; k < 10; ++k) start.add_history(solo[k]);
+  start.set_prompt_len(3);
+  start.set_num_generated(10);
+  Sampler replay(vocab);
+  ASSERT_TRUE(replay.Start(start).ok());
+  for (int k = 10; k < 20; ++k) {
+    absl::StatusOr<SampleResult> r = replay.Sample(1, StepLogits(1, k, vocab));
+    ASSERT_TRUE(r.ok());
+    EXPECT_EQ(r->token, solo[k]) << "step " << k;
+  }
+}
+
+TEST(SamplerTest, RejectsBadInputWithUsefulErrors) {
+  Sampler s(10);
+  EXPECT_EQ(s.Sample(3, std::vector<float>(10, 0.0f)).status().code(), absl::StatusCode::kNotFound);
+  SamplingParams p;
+  p.temperature = -1.0f;
+  EXPECT_EQ(s.Start(1, p, {1}, 1, 0).code(), absl::StatusCode::kInvalidArgument);
+  p.temperature = 1.0f;
+  EXPECT_EQ(s.Start(1, p, {10}, 1, 0).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(s.Start(1, p, {1}, 2, 0).code(), absl::StatusCode::kInvalidArgument);
+  p.logprobs = 21;
+  EXPECT_EQ(s.Start(1, p, {1}, 1, 0).code(), absl::StatusCode::kInvalidArgument);
+  p.logprobs = 0;
+  ASSERT_TRUE(s.Start(1, p, {1}, 1, 0).ok());
+  EXPECT_TRUE(s.Has(1));
+  EXPECT_EQ(s.Sample(1, std::vector<float>(9, 0.0f)).status().code(), absl::StatusCode::kInvalidArgument);
+  s.Finish(1);
+  EXPECT_FALSE(s.Has(1));
+  EXPECT_EQ(s.num_sequences(), 0u);
+}
+
+TEST(SamplerTest, CounterUniformIsInRangeAndKeyed) {
+  std::map<double, int> seen;
+  for (uint64_t seed : {0ull, 1ull, 2ull}) {
+    for (uint64_t k = 0; k < 100; ++k) {
+      const double u = CounterUniform(seed, k);
+      ASSERT_GE(u, 0.0);
+      ASSERT_LT(u, 1.0);
+      ++seen[u];
+      EXPECT_EQ(u, CounterUniform(seed, k));
+    }
+  }
+  EXPECT_EQ(seen.size(), 300u);
+}
+
+}  // namespace
+}  // namespace tpserve::sampler

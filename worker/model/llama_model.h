@@ -1,0 +1,138 @@
+// The tensor-parallel Llama executor of one worker rank: weights (this rank's shards), paged KV cache on
+// this rank's KV heads, and the forward pass
+//   embed (vocab slice, partial) -> all-reduce -> N x [rmsnorm -> qkv (one fused matmul) -> split -> rope
+//   -> WriteKv + paged attention on local heads -> o_proj (partial) -> all-reduce -> residual add + rmsnorm
+//   -> gate_up (one fused matmul) -> silu*mul -> down (partial) -> all-reduce] -> final norm -> gather the
+//   rows that sample -> lm_head (vocab slice) -> all-gather -> logits [num_sampled, vocab] on the host.
+// Where collectives go is read from the ShardSpec's activation states (partial -> all-reduce).
+// Every rank must call Forward with the same StepInput (the coordinator broadcasts one StepPlan).
+// Thread-compatible: one Forward at a time. Backend and Communicator are not owned and must outlive it.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "kernels/backend.h"
+#include "worker/checkpoint/checkpoint.h"
+#include "worker/comm/communicator.h"
+#include "worker/model/activation_dump.h"
+#include "worker/model/shard_spec.h"
+#include "worker/model/weights.h"
+
+namespace tpserve::model {
+
+struct LlamaModelOptions {
+  // Matrices in this dtype; unset => keep the checkpoint's dtype (norms are float32 either way).
+  std::optional<DType> weight_dtype;
+  // Debug: write every named activation of every step as .npy under this directory ("" => off).
+  std::string dump_dir;
+  // Download logits on every rank (tests); by default only rank 0, the one that samples, does.
+  bool logits_on_every_rank = false;
+};
+
+// One sequence's work in a step; mirrors worker.proto's SeqStep.
+struct SeqInput {
+  uint64_t seq_id = 0;               // for error messages and dumps only
+  std::vector<int32_t> token_ids;    // a prefill chunk or one decode token
+  int32_t start_position = 0;        // position of token_ids[0]; earlier positions are in the KV cache
+  std::vector<int32_t> block_table;  // KV blocks covering positions [0, start_position + len(token_ids))
+  bool sample = false;               // produce logits after the last of token_ids
+};
+
+struct StepInput {
+  std::vector<SeqInput> seqs;
+};
+
+struct StepOutput {
+  int num_sampled = 0;
+  int vocab_size = 0;                // the real vocab: padded ids are dropped, never sampled
+  std::vector<float> logits;         // [num_sampled, vocab_size], in StepInput order of sample = true
+                                     // seqs; empty on ranks > 0 unless logits_on_every_rank
+  double allreduce_seconds = 0;      // wall time inside collectives this step (NCCL: enqueue time only)
+  double forward_seconds = 0;
+};
+
+class LlamaModel {
+ public:
+  ~LlamaModel();
+
+  // Loads this rank's slices from `checkpoint`. The spec fixes rank / world size; `comm` must match them.
+  static absl::StatusOr<std::unique_ptr<LlamaModel>> Load(const checkpoint::Checkpoint& checkpoint,
+                                                          const ShardSpec& spec, kernels::Backend* backend,
+                                                          comm::Communicator* comm,
+                                                          const LlamaModelOptions& options);
+  // Seeded random weights for any ModelConfig, generated shard by shard in backend memory (benchmarks of
+  // full-size shapes without a checkpoint). The same seed gives the same model at every tp.
+  static absl::StatusOr<std::unique_ptr<LlamaModel>> CreateRandom(const ShardSpec& spec,
+                                                                  kernels::Backend* backend,
+                                                                  comm::Communicator* comm,
+                                                                  const RandomWeightOptions& weights,
+                                                                  const LlamaModelOptions& options);
+
+  const ShardSpec& spec() const { return spec_; }
+  const ModelConfig& config() const { return spec_.config(); }
+  size_t weight_bytes() const { return weights_->bytes(); }
+  // Replaces the communicator (after a peer was lost and the group re-formed). Same rank / world size.
+  void SetCommunicator(comm::Communicator* comm) { comm_ = comm; }
+
+  // KV bytes of one block across all layers, this rank's KV heads.
+  size_t KvBlockBytes(int block_size) const;
+  // (Re)creates the paged KV cache; drops any previous one first. RESOURCE_EXHAUSTED from the backend when
+  // it does not fit.
+  absl::Status AllocateKv(int num_blocks, int block_size);
+  bool kv_allocated() const { return kv_ != nullptr; }
+
+  // One engine step. INVALID_ARGUMENT (naming the sequence and field) for token ids outside the vocab,
+  // positions past max_position_embeddings, block tables that are short or name blocks outside the cache;
+  // FAILED_PRECONDITION before AllocateKv; collective failures as the communicator reports them.
+  absl::StatusOr<StepOutput> Forward(const StepInput& input);
+
+  double total_allreduce_seconds() const { return total_collective_seconds_; }
+  int64_t steps() const { return step_; }
+
+ private:
+  LlamaModel(const ShardSpec& spec, kernels::Backend* backend, comm::Communicator* comm,
+             const LlamaModelOptions& options);
+  static absl::Status CheckComm(const ShardSpec& spec, kernels::Backend* backend, comm::Communicator* comm);
+
+  // Host-side tables of one step (uploaded once as one int32 array).
+  struct StepPlanArrays;
+  absl::Status BuildArrays(const StepInput& input, StepPlanArrays& a) const;
+  // Grows the scratch buffers to hold `tokens` tokens and `sampled` sampled rows.
+  void EnsureScratch(int64_t tokens, int64_t sampled, size_t int_words);
+  // All-reduces `data` when the spec says activation `name` is partial. Times it.
+  absl::Status Complete(const char* name, float* data, int64_t count);
+  absl::Status Dump(int layer, const char* name, const float* data, int64_t rows, int64_t cols);
+
+  const ShardSpec spec_;
+  kernels::Backend* backend_;
+  comm::Communicator* comm_;
+  LlamaModelOptions options_;
+  std::unique_ptr<LlamaWeights> weights_;
+  std::unique_ptr<kernels::KvCache> kv_;
+  int block_size_ = 0;
+  int num_blocks_ = 0;
+
+  // Scratch in backend memory, reused across steps and grown on demand.
+  struct Buffer {
+    void* ptr = nullptr;
+    size_t bytes = 0;
+  };
+  void Grow(Buffer& b, size_t bytes);
+  Buffer residual_, normed_, qkv_, qkv_split_, attn_, partial_, gate_up_, act_;
+  Buffer sampled_, logits_local_, logits_all_, ints_;
+  int64_t token_capacity_ = 0;
+  int64_t sampled_capacity_ = 0;
+  std::vector<float> host_logits_;  // [tp, sampled, local_vocab] before unpadding
+
+  ActivationDumper dumper_;
+  double step_collective_seconds_ = 0;
+  double total_collective_seconds_ = 0;
+  int64_t step_ = 0;
+};
+
+}  // namespace tpserve::model
