@@ -2,6 +2,7 @@
 // NOT_FOUND) naming what is wrong, never crash, never execute anything.
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -46,6 +47,7 @@ void ExpectRefused(const std::string& dir, absl::StatusCode code, std::vector<st
 class CheckpointHostileTest : public ::testing::Test {
  protected:
   void SetUp() override { dir_ = testing::MakeTempDir("ckpt-hostile"); }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
   std::string st() const { return dir_ + "/model.safetensors"; }
   std::string bin() const { return dir_ + "/pytorch_model.bin"; }
 

@@ -2,6 +2,7 @@
 // conversion, strided (non-contiguous) PyTorch views, the threaded large-copy path and argument errors.
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <vector>
 
@@ -15,6 +16,13 @@
 
 namespace tpserve::checkpoint {
 namespace {
+
+// A MakeTempDir directory removed when the test ends.
+struct ScopedTempDir {
+  explicit ScopedTempDir(const std::string& tag) : path(testing::MakeTempDir(tag)) {}
+  ~ScopedTempDir() { std::filesystem::remove_all(path); }
+  std::string path;
+};
 
 float RawF32(const TensorInfo& t, int64_t r, int64_t c) {
   float v;
@@ -94,7 +102,8 @@ TEST(CheckpointSliceTest, ArgumentErrorsNameTheTensor) {
 // A PyTorch zip whose tensors are non-contiguous views into shared storages, as torch.save keeps
 // them (e.g. a saved transpose): element (r, c) lives at storage[offset + r * s0 + c * s1].
 TEST(CheckpointSliceTest, StridedPytorchViewsAreHonoured) {
-  std::string dir = testing::MakeTempDir("ckpt-strided");
+  ScopedTempDir tmp("ckpt-strided");
+  const std::string& dir = tmp.path;
   const int64_t kStorage = 200;
   std::vector<float> storage(kStorage);
   for (int64_t i = 0; i < kStorage; ++i) storage[i] = 0.25f * i - 7.0f + 1.0f / (i + 3);
@@ -142,7 +151,8 @@ TEST(CheckpointSliceTest, StridedPytorchViewsAreHonoured) {
 
 // Big enough (48 MB) to take the multi-threaded copy path, in both same-dtype and converting modes.
 TEST(CheckpointSliceTest, LargeSliceUsesAllRowsCorrectly) {
-  std::string dir = testing::MakeTempDir("ckpt-large");
+  ScopedTempDir tmp("ckpt-large");
+  const std::string& dir = tmp.path;
   const int64_t R = 3072, C = 4096;
   std::string header = SafetensorsHeader({{"big", DType::kF32, {R, C}}}, {});
   {
@@ -168,7 +178,6 @@ TEST(CheckpointSliceTest, LargeSliceUsesAllRowsCorrectly) {
   for (int64_t r = 0; r < R; r += 13)
     for (int64_t c = 0; c < 2048; c += 5)
       ASSERT_EQ(half[r * 2048 + c], F32ToBF16(static_cast<float>(r) + static_cast<float>(c + 2048) / C + 0.5f));
-  std::remove((dir + "/model.safetensors").c_str());
 }
 
 }  // namespace

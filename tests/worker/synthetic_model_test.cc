@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <set>
 #include <vector>
 
@@ -18,6 +19,13 @@
 
 namespace tpserve::model {
 namespace {
+
+// A MakeTempDir directory removed when the test ends.
+struct ScopedTempDir {
+  explicit ScopedTempDir(const std::string& tag) : path(testing::MakeTempDir(tag)) {}
+  ~ScopedTempDir() { std::filesystem::remove_all(path); }
+  std::string path;
+};
 
 using checkpoint::Checkpoint;
 
@@ -73,7 +81,8 @@ TEST(SyntheticModelTest, Presets) {
 
 TEST(SyntheticModelTest, BadOptionsRefused) {
   SyntheticModelOptions o;
-  o.out_dir = testing::MakeTempDir("synth-bad");
+  ScopedTempDir tmp("synth-bad");
+  o.out_dir = tmp.path;
   o.write_safetensors = false;
   EXPECT_EQ(WriteSyntheticModel(o).code(), absl::StatusCode::kInvalidArgument);
   o.write_safetensors = true;
@@ -100,11 +109,13 @@ TEST(SyntheticModelTest, RoundTripBothLayoutsSharded) {
   o.max_shard_bytes = 600 << 10;  // forces several shards
   o.write_safetensors = true;
   o.write_pytorch = true;
-  o.out_dir = testing::MakeTempDir("synth-both");
+  ScopedTempDir tmp_both("synth-both");
+  o.out_dir = tmp_both.path;
   ASSERT_TRUE(WriteSyntheticModel(o).ok());
   SyntheticModelOptions pt_only = o;
   pt_only.write_safetensors = false;
-  pt_only.out_dir = testing::MakeTempDir("synth-pt");
+  ScopedTempDir tmp_pt("synth-pt");
+  pt_only.out_dir = tmp_pt.path;
   ASSERT_TRUE(WriteSyntheticModel(pt_only).ok());
 
   EXPECT_TRUE(Exists(o.out_dir + "/model.safetensors.index.json"));
@@ -189,7 +200,8 @@ TEST(SyntheticModelTest, WeightStatisticsKeepActivationsSane) {
   o.num_layers = 3;
   o.dtype = DType::kF32;
   o.seed = 3;
-  o.out_dir = testing::MakeTempDir("synth-stats");
+  ScopedTempDir tmp("synth-stats");
+  o.out_dir = tmp.path;
   ASSERT_TRUE(WriteSyntheticModel(o).ok());
   auto ck = Checkpoint::Open(o.out_dir);
   ASSERT_TRUE(ck.ok()) << ck.status();
@@ -231,7 +243,8 @@ TEST(SyntheticModelTest, DeterministicPerSeedAndIndependentOfLayerCount) {
     o.num_layers = layers;
     o.seed = seed;
     o.dtype = dtype;
-    o.out_dir = testing::MakeTempDir("synth-seed");
+    ScopedTempDir tmp("synth-seed");  // the mapping outlives the unlinked files
+    o.out_dir = tmp.path;
     EXPECT_TRUE(WriteSyntheticModel(o).ok());
     auto ck = Checkpoint::Open(o.out_dir);
     EXPECT_TRUE(ck.ok()) << ck.status();
