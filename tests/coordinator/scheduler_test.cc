@@ -1,0 +1,629 @@
+// Scheduler: step-by-step expected-state tables (admission order, budgets, chunked prefill, preemption,
+// prefix reuse, eviction, abort, validation) and a seeded randomized soak test checking invariants each step.
+#include "coordinator/engine/scheduler.h"
+
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+
+namespace tpserve::coordinator {
+namespace {
+
+using absl::StatusCode;
+
+// Distinct per sequence, so only prompts built to share a prefix hit the cache.
+std::vector<int32_t> Prompt(uint64_t seq, int len) {
+  std::vector<int32_t> p(len);
+  for (int i = 0; i < len; ++i) p[i] = static_cast<int32_t>(seq * 1000 + i);
+  return p;
+}
+std::vector<int32_t> Concat(std::vector<int32_t> a, const std::vector<int32_t>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+
+constexpr bool S = true, NoS = false;   // sample
+constexpr bool New = true, Old = false;  // is_new
+
+// One scheduled sequence as the table expects it.
+struct Ran {
+  uint64_t seq;
+  int start;
+  int num_tokens;
+  bool sample;
+  bool is_new;
+  int cached = -1;  // num_cached_tokens when >= 0
+};
+struct State {
+  int running;
+  int waiting;
+  int free_blocks;
+};
+enum class Op { kAdd, kStep, kAbort, kFinish };
+struct Row {
+  Op op = Op::kStep;
+  uint64_t seq = 0;
+  std::vector<int32_t> prompt;
+  int max_new = 0;
+  int priority = 0;
+  StatusCode code = StatusCode::kOk;
+  std::vector<Ran> ran;
+  std::vector<uint64_t> preempted;
+  std::vector<std::vector<int32_t>> tables;  // expected block tables per `ran` entry, when given
+  State after{};
+};
+
+Row Add(uint64_t seq, std::vector<int32_t> prompt, int max_new, int priority, State after,
+        StatusCode code = StatusCode::kOk) {
+  Row r;
+  r.op = Op::kAdd;
+  r.seq = seq;
+  r.prompt = std::move(prompt);
+  r.max_new = max_new;
+  r.priority = priority;
+  r.code = code;
+  r.after = after;
+  return r;
+}
+Row Step(std::vector<Ran> ran, State after, std::vector<uint64_t> preempted = {},
+         std::vector<std::vector<int32_t>> tables = {}) {
+  Row r;
+  r.op = Op::kStep;
+  r.ran = std::move(ran);
+  r.after = after;
+  r.preempted = std::move(preempted);
+  r.tables = std::move(tables);
+  return r;
+}
+Row Abort(uint64_t seq, State after) {
+  Row r;
+  r.op = Op::kAbort;
+  r.seq = seq;
+  r.after = after;
+  return r;
+}
+Row Finish(uint64_t seq, State after) {
+  Row r;
+  r.op = Op::kFinish;
+  r.seq = seq;
+  r.after = after;
+  return r;
+}
+
+// Plays a table against a Scheduler, keeping its own record of every sequence's tokens (prompt + sampled) as
+// the reference for what each step must run. Sampled tokens are made up per sequence and step.
+class TableRunner {
+ public:
+  explicit TableRunner(const SchedulerConfig& config) : sched_(config) {}
+  Scheduler& sched() { return sched_; }
+  const SchedulerOutput& last() const { return last_; }
+
+  void Run(const std::vector<Row>& rows) {
+    for (size_t i = 0; i < rows.size(); ++i) {
+      SCOPED_TRACE(absl::StrCat("row ", i));
+      Play(rows[i]);
+      if (::testing::Test::HasFatalFailure()) return;
+    }
+  }
+
+ private:
+  void Play(const Row& row) {
+    switch (row.op) {
+      case Op::kAdd: {
+        const absl::Status s = sched_.AddSequence(row.seq, row.prompt, row.max_new, row.priority);
+        ASSERT_EQ(s.code(), row.code) << s;
+        if (s.ok()) tokens_[row.seq] = row.prompt;
+        break;
+      }
+      case Op::kAbort:
+        sched_.Abort(row.seq);
+        break;
+      case Op::kFinish:
+        sched_.Finish(row.seq);
+        break;
+      case Op::kStep:
+        PlayStep(row);
+        break;
+    }
+    if (::testing::Test::HasFatalFailure()) return;
+    EXPECT_EQ(sched_.num_running(), row.after.running);
+    EXPECT_EQ(sched_.num_waiting(), row.after.waiting);
+    EXPECT_EQ(sched_.block_manager().num_free_blocks(), row.after.free_blocks);
+    const absl::Status consistent = sched_.block_manager().CheckConsistency(sched_.BlockOwnerCounts());
+    EXPECT_TRUE(consistent.ok()) << consistent;
+  }
+
+  void PlayStep(const Row& row) {
+    last_ = sched_.Schedule();
+    const SchedulerOutput& out = last_;
+    ASSERT_EQ(out.seqs.size(), row.ran.size()) << "scheduled a different number of sequences";
+    EXPECT_EQ(out.preempted, row.preempted);
+    int total = 0;
+    absl::flat_hash_map<uint64_t, int32_t> sampled;
+    const int bs = sched_.config().block_size;
+    for (size_t i = 0; i < row.ran.size(); ++i) {
+      const ScheduledSeq& got = out.seqs[i];
+      const Ran& want = row.ran[i];
+      SCOPED_TRACE(absl::StrCat("entry ", i, " seq ", want.seq));
+      ASSERT_EQ(got.seq_id, want.seq);
+      EXPECT_EQ(got.start_position, want.start);
+      ASSERT_EQ(static_cast<int>(got.token_ids.size()), want.num_tokens);
+      EXPECT_EQ(got.sample, want.sample);
+      EXPECT_EQ(got.is_new, want.is_new);
+      if (want.cached >= 0) {
+        EXPECT_EQ(got.num_cached_tokens, want.cached);
+      }
+      const std::vector<int32_t>& ref = tokens_[want.seq];
+      ASSERT_LE(want.start + want.num_tokens, static_cast<int>(ref.size()));
+      EXPECT_EQ(got.token_ids, std::vector<int32_t>(ref.begin() + want.start,
+                                                    ref.begin() + want.start + want.num_tokens));
+      EXPECT_EQ(static_cast<int>(got.block_table.size()), (want.start + want.num_tokens + bs - 1) / bs);
+      if (!row.tables.empty()) {
+        EXPECT_EQ(got.block_table, row.tables[i]);
+      }
+      total += want.num_tokens;
+      if (got.sample) {
+        const int32_t tok = static_cast<int32_t>(900000 + want.seq * 100 + ref.size());
+        sampled[got.seq_id] = tok;
+      }
+    }
+    EXPECT_EQ(out.num_batched_tokens, total);
+    EXPECT_LE(total, sched_.config().max_num_batched_tokens);
+    sched_.OnStepComplete(out, sampled);
+    for (const auto& [id, tok] : sampled) tokens_[id].push_back(tok);
+  }
+
+  Scheduler sched_;
+  std::map<uint64_t, std::vector<int32_t>> tokens_;
+  SchedulerOutput last_;
+};
+
+SchedulerConfig Config(int num_blocks, int block_size, int max_num_seqs, int budget, int max_model_len) {
+  SchedulerConfig c;
+  c.num_blocks = num_blocks;
+  c.block_size = block_size;
+  c.max_num_seqs = max_num_seqs;
+  c.max_num_batched_tokens = budget;
+  c.max_model_len = max_model_len;
+  return c;
+}
+
+TEST(SchedulerTest, FcfsUnderMaxNumSeqsAndLengthLimit) {
+  TableRunner t(Config(/*num_blocks=*/64, /*block_size=*/16, /*max_num_seqs=*/2, /*budget=*/100, 512));
+  t.Run({
+      Add(1, Prompt(1, 30), 3, 0, {0, 1, 64}),
+      Add(2, Prompt(2, 20), 3, 0, {0, 2, 64}),
+      Add(3, Prompt(3, 10), 3, 0, {0, 3, 64}),
+      // max_num_seqs = 2: seq 3 waits. 30 tokens -> 2 blocks, 20 -> 2 blocks.
+      Step({{1, 0, 30, S, New, 0}, {2, 0, 20, S, New, 0}}, {2, 1, 60}),
+      Step({{1, 30, 1, S, Old}, {2, 20, 1, S, Old}}, {2, 1, 60}),
+      // seq 1's full first block stays cached but counts as free.
+      Finish(1, {1, 1, 62}),
+      Step({{2, 21, 1, S, Old}, {3, 0, 10, S, New}}, {2, 0, 61}),
+      // seq 2 has its 3 tokens: it is not scheduled again, it waits for Finish().
+      Step({{3, 10, 1, S, Old}}, {2, 0, 61}),
+      Finish(2, {1, 0, 63}),
+      Step({{3, 11, 1, S, Old}}, {1, 0, 63}),
+      Finish(3, {0, 0, 64}),
+  });
+  EXPECT_FALSE(t.sched().HasWork());
+}
+
+TEST(SchedulerTest, LowerPriorityValueFirstThenArrival) {
+  TableRunner t(Config(64, 16, /*max_num_seqs=*/2, 100, 512));
+  t.Run({
+      Add(1, Prompt(1, 5), 2, /*priority=*/5, {0, 1, 64}),
+      Add(2, Prompt(2, 5), 2, 0, {0, 2, 64}),
+      Add(3, Prompt(3, 5), 2, 0, {0, 3, 64}),
+      Add(4, Prompt(4, 5), 2, -1, {0, 4, 64}),
+      Step({{4, 0, 5, S, New}, {2, 0, 5, S, New}}, {2, 2, 62}),
+      Step({{4, 5, 1, S, Old}, {2, 5, 1, S, Old}}, {2, 2, 62}),
+      // Both generated max_new_tokens and hold their slots until Finish(): nothing runs.
+      Step({}, {2, 2, 62}),
+      Finish(4, {1, 2, 63}),
+      Finish(2, {0, 2, 64}),
+      Step({{3, 0, 5, S, New}, {1, 0, 5, S, New}}, {2, 0, 62}),
+  });
+}
+
+TEST(SchedulerTest, TokenBudgetWithoutChunkingKeepsFcfsOrder) {
+  SchedulerConfig c = Config(64, 16, 8, /*budget=*/100, 512);
+  c.enable_chunked_prefill = false;
+  TableRunner t(c);
+  t.Run({
+      Add(1, Prompt(1, 60), 4, 0, {0, 1, 64}),
+      Add(2, Prompt(2, 60), 4, 0, {0, 2, 64}),
+      Add(3, Prompt(3, 10), 4, 0, {0, 3, 64}),
+      // 60 + 60 > 100: seq 2 waits, and seq 3 may not jump the queue.
+      Step({{1, 0, 60, S, New}}, {1, 2, 60}),
+      Step({{1, 60, 1, S, Old}, {2, 0, 60, S, New}, {3, 0, 10, S, New}}, {3, 0, 55}),
+  });
+}
+
+TEST(SchedulerTest, ChunkedPrefillRunsBesideDecodes) {
+  TableRunner t(Config(64, 16, 8, /*budget=*/32, 512));
+  t.Run({
+      Add(1, Prompt(1, 10), 20, 0, {0, 1, 64}),
+      Step({{1, 0, 10, S, New}}, {1, 0, 63}),
+      Add(2, Prompt(2, 100), 5, 0, {1, 1, 63}),
+      // The decode keeps its token every step; the 100-token prompt takes the other 31.
+      Step({{1, 10, 1, S, Old}, {2, 0, 31, NoS, New, 0}}, {2, 0, 61}),
+      Step({{1, 11, 1, S, Old}, {2, 31, 31, NoS, Old}}, {2, 0, 59}),
+      Step({{1, 12, 1, S, Old}, {2, 62, 31, NoS, Old}}, {2, 0, 57}),
+      Step({{1, 13, 1, S, Old}, {2, 93, 7, S, Old}}, {2, 0, 56}),
+      Step({{1, 14, 1, S, Old}, {2, 100, 1, S, Old}}, {2, 0, 56}),
+      Step({{1, 15, 1, S, Old}, {2, 101, 1, S, Old}}, {2, 0, 56}),
+      // seq 1 reaches 17 tokens: a second block.
+      Step({{1, 16, 1, S, Old}, {2, 102, 1, S, Old}}, {2, 0, 55}),
+  });
+}
+
+TEST(SchedulerTest, BlockExhaustionPreemptsJuniorWhichRecomputesAndCompletes) {
+  TableRunner t(Config(/*num_blocks=*/6, /*block_size=*/4, 8, 64, 64));
+  t.Run({
+      Add(1, Prompt(1, 8), 8, 0, {0, 1, 6}),
+      Add(2, Prompt(2, 8), 8, 0, {0, 2, 6}),
+      Step({{1, 0, 8, S, New}, {2, 0, 8, S, New}}, {2, 0, 2}, {}, {{0, 1}, {2, 3}}),
+      Step({{1, 8, 1, S, Old}, {2, 8, 1, S, Old}}, {2, 0, 0}, {}, {{0, 1, 4}, {2, 3, 5}}),
+      Step({{1, 9, 1, S, Old}, {2, 9, 1, S, Old}}, {2, 0, 0}),
+      Step({{1, 10, 1, S, Old}, {2, 10, 1, S, Old}}, {2, 0, 0}),
+      Step({{1, 11, 1, S, Old}, {2, 11, 1, S, Old}}, {2, 0, 0}),
+      // seq 1 needs a 4th block: seq 2 (junior) is preempted. Its blocks were full and cached; the tail
+      // one (5) is evicted first and handed to seq 1; 2 and 3 stay cached.
+      Step({{1, 12, 1, S, Old}}, {1, 1, 2}, {2}, {{0, 1, 4, 5}}),
+      // seq 2 (13 tokens) would hit blocks 2,3 but needs 2 more: no room, it keeps waiting.
+      Step({{1, 13, 1, S, Old}}, {1, 1, 2}),
+      Step({{1, 14, 1, S, Old}}, {1, 1, 2}),
+      Finish(1, {0, 1, 6}),
+      // Recompute: prompt + its 5 generated tokens, the first 8 from its own cached blocks.
+      Step({{2, 8, 5, S, New, 8}}, {1, 0, 2}, {}, {{2, 3, 5, 4}}),
+      Step({{2, 13, 1, S, Old}}, {1, 0, 2}),
+      Step({{2, 14, 1, S, Old}}, {1, 0, 2}),
+      Finish(2, {0, 0, 6}),
+  });
+  EXPECT_EQ(t.sched().num_preemptions(), 1);
+  EXPECT_EQ(t.sched().prefix_cache_stats().queries, 8 + 8 + 13);
+  EXPECT_EQ(t.sched().prefix_cache_stats().hits, 8);
+}
+
+TEST(SchedulerTest, PreemptionFollowsPriorityNotAdmissionOrder) {
+  TableRunner t(Config(/*num_blocks=*/3, /*block_size=*/4, 8, 64, 64));
+  t.Run({
+      Add(10, Prompt(10, 4), 6, /*priority=*/1, {0, 1, 3}),
+      Step({{10, 0, 4, S, New}}, {1, 0, 2}, {}, {{0}}),
+      Add(20, Prompt(20, 4), 4, /*priority=*/0, {1, 1, 2}),
+      Step({{10, 4, 1, S, Old}, {20, 0, 4, S, New}}, {2, 0, 0}, {}, {{0, 1}, {2}}),
+      // The senior-by-priority seq 20 needs a block: seq 10, admitted earlier but junior, yields.
+      Step({{20, 4, 1, S, Old}}, {1, 1, 1}, {10}, {{2, 1}}),
+      Step({{20, 5, 1, S, Old}}, {1, 1, 1}),
+      Step({{20, 6, 1, S, Old}}, {1, 1, 1}),
+      Finish(20, {0, 1, 3}),
+      Step({{10, 4, 2, S, New, 4}}, {1, 0, 1}, {}, {{0, 1}}),
+      Step({{10, 6, 1, S, Old}}, {1, 0, 1}),
+      Step({{10, 7, 1, S, Old}}, {1, 0, 1}),
+      Step({{10, 8, 1, S, Old}}, {1, 0, 0}, {}, {{0, 1, 2}}),
+      Finish(10, {0, 0, 3}),
+  });
+}
+
+TEST(SchedulerTest, SharedSystemPromptIsReusedFromThePrefixCache) {
+  TableRunner t(Config(32, 16, 8, 256, 256));
+  const std::vector<int32_t> system = Prompt(3, 48);  // 3 full blocks
+  const std::vector<int32_t> a = Concat(system, Prompt(4, 10));
+  const std::vector<int32_t> b = Concat(system, Prompt(5, 7));
+  t.Run({
+      Add(1, a, 4, 0, {0, 1, 32}),
+      Step({{1, 0, 58, S, New, 0}}, {1, 0, 28}),
+      Add(2, b, 4, 0, {1, 1, 28}),
+      // 48 tokens come from seq 1's blocks: only the 7-token suffix runs, in 1 new block.
+      Step({{1, 58, 1, S, Old}, {2, 48, 7, S, New, 48}}, {2, 0, 27}),
+  });
+  const SchedulerOutput& out = t.last();
+  ASSERT_EQ(out.seqs.size(), 2u);
+  const std::vector<int32_t>& ta = out.seqs[0].block_table;
+  const std::vector<int32_t>& tb = out.seqs[1].block_table;
+  ASSERT_EQ(tb.size(), 4u);
+  EXPECT_EQ(std::vector<int32_t>(ta.begin(), ta.begin() + 3), std::vector<int32_t>(tb.begin(), tb.begin() + 3));
+  EXPECT_NE(ta[3], tb[3]);
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(t.sched().block_manager().ref_count(tb[i]), 2);
+  EXPECT_EQ(t.sched().prefix_cache_stats().queries, 58 + 55);
+  EXPECT_EQ(t.sched().prefix_cache_stats().hits, 48);
+
+  t.Run({
+      Finish(1, {1, 0, 28}),  // shared blocks still held by seq 2
+      Finish(2, {0, 0, 32}),
+      // A prompt that is exactly the cached 48 tokens: the block holding its last token must run.
+      Add(3, system, 4, 0, {0, 1, 32}),
+      Step({{3, 32, 16, S, New, 32}}, {1, 0, 29}),
+      Finish(3, {0, 0, 32}),
+  });
+  EXPECT_EQ(t.sched().prefix_cache_stats().queries, 58 + 55 + 48);
+  EXPECT_EQ(t.sched().prefix_cache_stats().hits, 48 + 32);
+  // Only the 3 system blocks were ever full; seq 3's copy of the third one duplicates a cached block.
+  EXPECT_EQ(t.sched().block_manager().num_cached_blocks(), 3);
+}
+
+TEST(SchedulerTest, CachedBlocksAreEvictedLeastRecentlyUsedFirst) {
+  TableRunner t(Config(/*num_blocks=*/4, /*block_size=*/4, 8, 64, 16));
+  const std::vector<int32_t> p1 = Prompt(1, 8), p2 = Prompt(2, 8), p3 = Prompt(3, 8);
+  t.Run({
+      Add(1, p1, 1, 0, {0, 1, 4}),
+      Step({{1, 0, 8, S, New}}, {1, 0, 2}, {}, {{0, 1}}),
+      Finish(1, {0, 0, 4}),
+      Add(2, p2, 1, 0, {0, 1, 4}),
+      Step({{2, 0, 8, S, New, 0}}, {1, 0, 2}, {}, {{2, 3}}),  // never-used blocks before cached ones
+      Finish(2, {0, 0, 4}),
+      Add(3, p3, 1, 0, {0, 1, 4}),
+      // Evicts p1's blocks (least recently used), tail first.
+      Step({{3, 0, 8, S, New, 0}}, {1, 0, 2}, {}, {{1, 0}}),
+      Finish(3, {0, 0, 4}),
+      // p2 is still cached: 8 tokens hit; the 9th needs a block, which evicts p3's tail (0).
+      Add(4, Concat(p2, {77}), 1, 0, {0, 1, 4}),
+      Step({{4, 8, 1, S, New, 8}}, {1, 0, 1}, {}, {{2, 3, 0}}),
+      Finish(4, {0, 0, 4}),
+      // p1 was evicted: nothing to reuse.
+      Add(5, Concat(p1, {77}), 1, 0, {0, 1, 4}),
+      Step({{5, 0, 9, S, New, 0}}, {1, 0, 1}, {}, {{0, 1, 3}}),
+      Finish(5, {0, 0, 4}),
+  });
+}
+
+TEST(SchedulerTest, AbortReturnsEveryBlockWhereverTheSequenceIs) {
+  TableRunner t(Config(6, 4, 8, 64, 64));
+  t.Run({
+      Add(1, Prompt(1, 8), 8, 0, {0, 1, 6}),
+      Add(2, Prompt(2, 8), 8, 0, {0, 2, 6}),
+      Step({{1, 0, 8, S, New}, {2, 0, 8, S, New}}, {2, 0, 2}),
+      Step({{1, 8, 1, S, Old}, {2, 8, 1, S, Old}}, {2, 0, 0}),
+      Add(3, Prompt(3, 4), 2, 0, {2, 1, 0}),
+      Step({{1, 9, 1, S, Old}, {2, 9, 1, S, Old}}, {2, 1, 0}),  // no block for seq 3
+      Step({{1, 10, 1, S, Old}, {2, 10, 1, S, Old}}, {2, 1, 0}),
+      Step({{1, 11, 1, S, Old}, {2, 11, 1, S, Old}}, {2, 1, 0}),
+      Step({{1, 12, 1, S, Old}}, {1, 2, 2}, {2}),
+      Abort(3, {1, 1, 2}),  // waiting, never ran
+      Abort(2, {1, 0, 2}),  // preempted
+      Abort(1, {0, 0, 6}),  // running
+      Abort(1, {0, 0, 6}),  // idempotent
+      Finish(99, {0, 0, 6}),
+      Step({}, {0, 0, 6}),
+  });
+  // Workers held state for 2 and 1 only.
+  EXPECT_EQ(t.last().finished, (std::vector<uint64_t>{2, 1}));
+  EXPECT_FALSE(t.sched().HasWork());
+}
+
+TEST(SchedulerTest, AbortDuringAStepIsIgnoredOnCompletion) {
+  Scheduler s(Config(8, 4, 8, 64, 64));
+  ASSERT_TRUE(s.AddSequence(1, Prompt(1, 6), 4, 0).ok());
+  ASSERT_TRUE(s.AddSequence(2, Prompt(2, 6), 4, 0).ok());
+  SchedulerOutput out = s.Schedule();
+  ASSERT_EQ(out.seqs.size(), 2u);
+  s.Abort(1);
+  s.OnStepComplete(out, {{1, 5}, {2, 6}});
+  EXPECT_EQ(s.sequence(1), nullptr);
+  ASSERT_NE(s.sequence(2), nullptr);
+  EXPECT_EQ(s.sequence(2)->num_tokens(), 7);
+  EXPECT_EQ(s.sequence(2)->num_computed_tokens, 6);
+  s.Finish(2);
+  EXPECT_EQ(s.block_manager().num_free_blocks(), 8);
+  EXPECT_EQ(s.Schedule().finished, (std::vector<uint64_t>{1, 2}));
+}
+
+TEST(SchedulerTest, FullQueueIsResourceExhausted) {
+  SchedulerConfig c = Config(64, 16, 8, 100, 512);
+  c.max_queued_requests = 2;
+  Scheduler s(c);
+  ASSERT_TRUE(s.AddSequence(1, Prompt(1, 4), 2, 0).ok());
+  ASSERT_TRUE(s.AddSequence(2, Prompt(2, 4), 2, 0).ok());
+  const absl::Status full = s.AddSequence(3, Prompt(3, 4), 2, 0);
+  EXPECT_EQ(full.code(), StatusCode::kResourceExhausted);
+  EXPECT_NE(full.message().find("queue is full"), std::string::npos) << full;
+  EXPECT_NE(full.message().find("max_queued_requests = 2"), std::string::npos) << full;
+  EXPECT_EQ(s.num_waiting(), 2);
+  EXPECT_EQ(s.Schedule().seqs.size(), 2u);  // admitted: the queue drains
+  EXPECT_TRUE(s.AddSequence(3, Prompt(3, 4), 2, 0).ok());
+}
+
+TEST(SchedulerTest, RejectsRequestsThatCanNeverRun) {
+  Scheduler s(Config(/*num_blocks=*/4, /*block_size=*/4, 8, 64, /*max_model_len=*/32));
+  auto expect = [&](absl::Status st, StatusCode code, const std::string& mentions) {
+    EXPECT_EQ(st.code(), code) << st;
+    EXPECT_NE(st.message().find(mentions), std::string::npos) << st;
+  };
+  expect(s.AddSequence(1, {}, 4, 0), StatusCode::kInvalidArgument, "prompt_ids is empty");
+  expect(s.AddSequence(1, {5, -3}, 4, 0), StatusCode::kInvalidArgument, "prompt_ids[1]");
+  expect(s.AddSequence(1, Prompt(1, 4), 0, 0), StatusCode::kInvalidArgument, "max_new_tokens");
+  expect(s.AddSequence(1, Prompt(1, 30), 3, 0), StatusCode::kInvalidArgument, "max_model_len 32");
+  // 16 + 2 tokens: 17 KV slots = 5 blocks > the pool's 4.
+  expect(s.AddSequence(1, Prompt(1, 16), 2, 0), StatusCode::kInvalidArgument, "num_blocks = 4");
+  EXPECT_EQ(s.num_waiting(), 0);
+  EXPECT_TRUE(s.AddSequence(1, Prompt(1, 16), 1, 0).ok());  // exactly the pool
+  expect(s.AddSequence(1, Prompt(1, 4), 1, 0), StatusCode::kAlreadyExists, "seq 1");
+
+  SchedulerConfig no_chunk = Config(64, 4, 8, /*budget=*/8, 64);
+  no_chunk.enable_chunked_prefill = false;
+  Scheduler nc(no_chunk);
+  EXPECT_TRUE(nc.AddSequence(1, Prompt(1, 8), 1, 0).ok());
+  expect(nc.AddSequence(2, Prompt(2, 8), 2, 0), StatusCode::kInvalidArgument, "max_num_batched_tokens");
+
+  expect(Scheduler::Create(Config(0, 16, 8, 64, 64)).status(), StatusCode::kInvalidArgument, "num_blocks");
+  expect(Scheduler::Create(Config(8, 16, 8, 64, 0)).status(), StatusCode::kInvalidArgument, "max_model_len");
+  expect(Scheduler::Create(Config(8, 16, 0, 64, 64)).status(), StatusCode::kInvalidArgument, "max_num_seqs");
+  EXPECT_TRUE(Scheduler::Create(Config(8, 16, 8, 64, 64)).ok());
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Randomized soak: a fake engine drives the scheduler with random arrivals, shared prefixes, EOS and aborts,
+// and keeps an independent model of what every KV slot holds (a fingerprint of the whole token prefix that
+// produced it), so any wrong reuse, overwrite of a shared block, or stale position shows up as a mismatch.
+
+struct SoakCase {
+  uint32_t seed;
+  SchedulerConfig config;
+  int num_requests;
+  int max_prompt;
+  int max_new;
+  bool expect_preemptions;
+};
+
+// FNV-1a over the prefix, independent of the scheduler's block hash.
+std::vector<uint64_t> PrefixFingerprints(const std::vector<int32_t>& tokens) {
+  std::vector<uint64_t> f(tokens.size());
+  uint64_t h = 1469598103934665603ULL;
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    h = (h ^ static_cast<uint32_t>(tokens[i])) * 1099511628211ULL;
+    f[i] = h;
+  }
+  return f;
+}
+
+void RunSoak(const SoakCase& c) {
+  SCOPED_TRACE(absl::StrCat("seed ", c.seed));
+  Scheduler s(c.config);
+  const int bs = c.config.block_size;
+  std::mt19937 rng(c.seed);
+  auto uniform = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+  std::vector<std::vector<int32_t>> prefixes;
+  for (int len : {2 * bs, 3 * bs + 1, 5}) {
+    std::vector<int32_t> p(len);
+    for (int32_t& t : p) t = uniform(0, 499);
+    prefixes.push_back(p);
+  }
+  struct Req {
+    std::vector<int32_t> tokens;
+    int prompt_len;
+    int max_new;
+    int computed = 0;
+  };
+  std::map<uint64_t, Req> live;
+  std::vector<std::vector<uint64_t>> kv(c.config.num_blocks, std::vector<uint64_t>(bs, 0));
+  int added = 0, resolved = 0;
+  uint64_t next_id = 1;
+  const int kMaxSteps = 50000;
+  int step = 0;
+  for (; step < kMaxSteps && (added < c.num_requests || s.HasWork()); ++step) {
+    for (int k = uniform(0, 2); k > 0 && added < c.num_requests; --k) {
+      std::vector<int32_t> prompt;
+      if (uniform(0, 1)) prompt = prefixes[uniform(0, 2)];
+      const int extra = uniform(prompt.empty() ? 1 : 0, c.max_prompt - static_cast<int>(prompt.size()));
+      for (int i = 0; i < extra; ++i) prompt.push_back(uniform(0, 499));
+      const int max_new = uniform(1, c.max_new);
+      const absl::Status st = s.AddSequence(next_id, prompt, max_new, uniform(0, 2));
+      if (st.code() == StatusCode::kResourceExhausted) break;  // queue full: the client retries later
+      ASSERT_TRUE(st.ok()) << st;
+      live[next_id] = Req{prompt, static_cast<int>(prompt.size()), max_new};
+      ++next_id;
+      ++added;
+    }
+    if (!live.empty() && uniform(0, 40) == 0) {
+      auto it = std::next(live.begin(), uniform(0, static_cast<int>(live.size()) - 1));
+      s.Abort(it->first);
+      live.erase(it);
+      ++resolved;
+    }
+
+    const SchedulerOutput out = s.Schedule();
+    ASSERT_LE(static_cast<int>(out.seqs.size()), c.config.max_num_seqs);
+    ASSERT_LE(out.num_batched_tokens, c.config.max_num_batched_tokens);
+    for (uint64_t id : out.preempted) live.at(id).computed = 0;
+    int total = 0;
+    absl::flat_hash_map<uint64_t, int32_t> sampled;
+    absl::flat_hash_map<int32_t, uint64_t> writer;  // block -> seq writing it this step
+    for (const ScheduledSeq& r : out.seqs) {
+      SCOPED_TRACE(absl::StrCat("step ", step, " seq ", r.seq_id));
+      Req& q = live.at(r.seq_id);
+      const int n = static_cast<int>(r.token_ids.size());
+      ASSERT_GT(n, 0);
+      if (r.is_new) {
+        ASSERT_EQ(r.start_position, r.num_cached_tokens);
+        ASSERT_EQ(r.start_position % bs, 0);
+        ASSERT_LT(r.start_position, static_cast<int>(q.tokens.size()));  // the last token always runs
+        if (!c.config.enable_prefix_caching) {
+          ASSERT_EQ(r.start_position, 0);
+        }
+      } else {
+        ASSERT_EQ(r.start_position, q.computed);
+      }
+      ASSERT_EQ(r.start_position + n <= static_cast<int>(q.tokens.size()), true);
+      ASSERT_EQ(r.token_ids, std::vector<int32_t>(q.tokens.begin() + r.start_position,
+                                                  q.tokens.begin() + r.start_position + n));
+      ASSERT_EQ(static_cast<int>(r.block_table.size()), (r.start_position + n + bs - 1) / bs);
+      ASSERT_EQ(r.sample, r.start_position + n == static_cast<int>(q.tokens.size()));
+      const std::vector<uint64_t> fp = PrefixFingerprints(q.tokens);
+      for (int p = 0; p < r.start_position; ++p) {  // attention reads these: they must be ours
+        ASSERT_EQ(kv[r.block_table[p / bs]][p % bs], fp[p]) << "position " << p;
+      }
+      for (int p = r.start_position; p < r.start_position + n; ++p) {
+        const int32_t b = r.block_table[p / bs];
+        ASSERT_EQ(s.block_manager().ref_count(b), 1) << "writing into shared block " << b;
+        auto [it, fresh] = writer.emplace(b, r.seq_id);
+        ASSERT_TRUE(fresh || it->second == r.seq_id) << "two sequences write block " << b;
+        kv[b][p % bs] = fp[p];
+      }
+      q.computed = r.start_position + n;
+      total += n;
+      if (r.sample) {
+        // Token 2 plays EOS now and then; otherwise any vocab id.
+        sampled[r.seq_id] = uniform(0, 30) == 0 ? 2 : uniform(3, 499);
+      }
+    }
+    ASSERT_EQ(out.num_batched_tokens, total);
+    s.OnStepComplete(out, sampled);
+    for (const auto& [id, tok] : sampled) {
+      Req& q = live.at(id);
+      q.tokens.push_back(tok);
+      const int generated = static_cast<int>(q.tokens.size()) - q.prompt_len;
+      ASSERT_EQ(s.sequence(id)->token_ids, q.tokens);
+      if (tok == 2 || generated >= q.max_new) {
+        s.Finish(id);
+        live.erase(id);
+        ++resolved;
+      }
+    }
+    const BlockManager& bm = s.block_manager();
+    const absl::Status consistent = bm.CheckConsistency(s.BlockOwnerCounts());
+    ASSERT_TRUE(consistent.ok()) << "step " << step << ": " << consistent;
+    ASSERT_EQ(bm.num_free_blocks() + bm.num_used_blocks(), bm.num_blocks());
+    ASSERT_EQ(s.num_running() + s.num_waiting(), static_cast<int>(live.size()));
+  }
+  EXPECT_LT(step, kMaxSteps) << "requests did not all finish: livelock or starvation";
+  EXPECT_EQ(added, c.num_requests);
+  EXPECT_EQ(resolved, c.num_requests);
+  EXPECT_FALSE(s.HasWork());
+  EXPECT_EQ(s.block_manager().num_free_blocks(), c.config.num_blocks);
+  if (c.expect_preemptions) {
+    EXPECT_GT(s.num_preemptions(), 0);
+  }
+  if (c.config.enable_prefix_caching) {
+    EXPECT_GT(s.prefix_cache_stats().hits, 0);
+  }
+}
+
+TEST(SchedulerSoakTest, InvariantsHoldAndEveryRequestFinishes) {
+  {
+    SchedulerConfig cfg = Config(/*num_blocks=*/40, /*block_size=*/8, /*max_num_seqs=*/16, 64, 160);
+    cfg.max_queued_requests = 24;
+    RunSoak({1, cfg, 300, 100, 50, true});
+  }
+  {
+    SchedulerConfig cfg = Config(24, 4, 8, 32, 96);
+    RunSoak({2, cfg, 300, 60, 30, true});
+  }
+  {
+    SchedulerConfig cfg = Config(50, 3, 4, 16, 120);  // odd block size, tiny budget
+    RunSoak({3, cfg, 200, 80, 40, true});
+  }
+  {
+    SchedulerConfig cfg = Config(20, 16, 32, 200, 200);
+    cfg.enable_chunked_prefill = false;
+    cfg.enable_prefix_caching = false;
+    RunSoak({4, cfg, 200, 120, 60, true});
+  }
+}
+
+}  // namespace
+}  // namespace tpserve::coordinator
