@@ -1,8 +1,108 @@
-// tpserve: the single binary. Subcommands: serve, coordinator, worker, generate, tokenize, make-model.
+// tpserve: the single binary. `tpserve <command> [flags]`; `tpserve <command> --help` lists that command's
+// flags with their defaults.
 #include <cstdio>
 #include <cstring>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/reflection.h"
+#include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_split.h"
+#include <algorithm>
+#include "cli/commands.h"
+
+namespace {
+
+struct Command {
+  const char* name;
+  const char* flag_files;  // comma-separated file stems whose flags belong to this command
+  const char* summary;
+  int (*run)();
+};
+
+const Command kCommands[] = {
+    {"serve", "server_flags,serve_command,device_flags", "start the coordinator and --tp local workers; serve the public API",
+     tpserve::cli::ServeCommand},
+    {"coordinator", "server_flags", "start only the coordinator; workers register with `tpserve worker`",
+     tpserve::cli::CoordinatorCommand},
+    {"worker", "worker_command,device_flags", "start one tensor-parallel worker that registers with a coordinator",
+     tpserve::cli::WorkerCommand},
+    {"generate", "client_commands,output_flags", "send one generation request to a server and print the result",
+     tpserve::cli::GenerateCommand},
+    {"tokenize", "tokenize_command,output_flags", "print the token ids of a text (no server needed)", tpserve::cli::TokenizeCommand},
+    {"make-model", "make_model_command,output_flags", "write a random-weight Llama checkpoint and tokenizer",
+     tpserve::cli::MakeModelCommand},
+};
+
+void PrintTopUsage() {
+  std::printf("tpserve: tensor-parallel serving for Llama-2-family chat models\n\nusage: tpserve <command> [flags]\n\n");
+  for (const auto& c : kCommands) std::printf("  %-12s %s\n", c.name, c.summary);
+  std::printf("\n`tpserve <command> --help` lists a command's flags with their defaults.\n");
+}
+
+void PrintCommandHelp(const Command& c) {
+  std::printf("usage: tpserve %s [flags]\n%s\n\nflags:\n", c.name, c.summary);
+  std::vector<std::string> stems = absl::StrSplit(c.flag_files, ',');
+  auto flags = absl::GetAllFlags();
+  std::vector<std::pair<std::string, absl::CommandLineFlag*>> sorted(flags.begin(), flags.end());
+  std::sort(sorted.begin(), sorted.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  for (const auto& [name, flag] : sorted) {
+    bool ours = false;
+    for (const auto& s : stems) ours |= absl::StrContains(flag->Filename(), "cli/" + s + ".cc");
+    if (!ours) continue;
+    std::string dashed = name;
+    std::replace(dashed.begin(), dashed.end(), '_', '-');
+    std::printf("  --%s (default: %s)\n      %s\n", dashed.c_str(),
+                flag->DefaultValue().empty() ? "\"\"" : flag->DefaultValue().c_str(), flag->Help().c_str());
+  }
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
-  std::fprintf(stderr, "tpserve: not yet wired\n");
-  return 2;
+  if (argc < 2 || std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0 ||
+      std::strcmp(argv[1], "help") == 0) {
+    PrintTopUsage();
+    return argc < 2 ? 2 : 0;
+  }
+  const Command* cmd = nullptr;
+  for (const auto& c : kCommands) {
+    if (std::strcmp(argv[1], c.name) == 0) cmd = &c;
+  }
+  if (cmd == nullptr) {
+    std::fprintf(stderr, "tpserve: unknown command '%s'\n\n", argv[1]);
+    PrintTopUsage();
+    return 2;
+  }
+  // Flags are spelled with dashes (--max-new-tokens); absl names them with underscores. Normalise the
+  // name part of every --flag[=value] so both spellings work.
+  std::vector<std::string> storage;
+  storage.reserve(argc);
+  for (int i = 2; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--help") == 0 || std::strcmp(argv[i], "-h") == 0) {
+      PrintCommandHelp(*cmd);
+      return 0;
+    }
+    std::string a = argv[i];
+    if (a.size() > 2 && a[0] == '-' && a[1] == '-') {
+      size_t eq = a.find('=');
+      std::replace(a.begin() + 2, eq == std::string::npos ? a.end() : a.begin() + eq, '-', '_');
+    }
+    storage.push_back(std::move(a));
+  }
+  std::vector<char*> args;
+  args.push_back(argv[0]);
+  for (auto& a : storage) args.push_back(a.data());
+  absl::SetProgramUsageMessage(std::string("tpserve ") + cmd->name + " [flags]");
+  std::vector<char*> positional = absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
+  if (positional.size() > 1) {
+    std::fprintf(stderr, "tpserve %s: unexpected argument '%s' (flags look like --name=value)\n", cmd->name,
+                 positional[1]);
+    return 2;
+  }
+  return cmd->run();
 }

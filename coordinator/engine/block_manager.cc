@@ -136,4 +136,11 @@ absl::Status BlockManager::CheckConsistency(absl::Span<const int> expected_refs)
   return absl::OkStatus();
 }
 
+void BlockManager::DropCachedBlocks() {
+  while (auto b = cache_.EvictLru()) {
+    free_uncached_.push_back(*b);
+    in_free_uncached_[*b] = true;
+  }
+}
+
 }  // namespace tpserve::coordinator

@@ -82,6 +82,9 @@ class Scheduler {
   // The engine decided the sequence stopped (EOS, stop string, length): frees its blocks; its full blocks stay
   // in the prefix cache for reuse. Idempotent.
   void Finish(uint64_t seq_id);
+  // The workers' KV caches were lost (worker group re-formed): cached prefix blocks hold nothing any more.
+  // Call with no sequences holding blocks (after aborting them).
+  void ClearPrefixCache() { blocks_.DropCachedBlocks(); }
 
   int num_running() const { return static_cast<int>(running_.size()); }
   int num_waiting() const { return static_cast<int>(waiting_.size()); }

@@ -1,0 +1,8 @@
+// Flags shared by `serve` and `worker`: where and how the forward pass runs.
+#include <string>
+
+#include "absl/flags/flag.h"
+
+ABSL_FLAG(std::string, device, "cpu", "serve: cpu or cuda (worker r uses cuda:r); worker: cpu or cuda:K");
+ABSL_FLAG(int, threads, 0, "CPU kernel threads per worker (0: serve = cores / tp; worker = what the coordinator says)");
+ABSL_FLAG(std::string, cpu_isa, "auto", "CPU kernels: auto, avx512, avx2 or scalar");

@@ -1,0 +1,39 @@
+// `tpserve worker`: one tensor-parallel worker process that registers with a coordinator.
+#include <cstdio>
+
+#include "absl/flags/flag.h"
+#include "cli/commands.h"
+#include "cli/shared_flags.h"
+#include "common/log.h"
+#include "worker/worker_service.h"
+
+ABSL_FLAG(std::string, coordinator, "127.0.0.1:50052", "the coordinator's worker control-plane address (HOST:PORT)");
+ABSL_FLAG(int, rank, 0, "this worker's tensor-parallel rank, in [0, --world-size)");
+ABSL_FLAG(int, world_size, 1, "tensor-parallel degree of the group");
+ABSL_FLAG(std::string, comm_host, "", "address peers use to reach this worker for Gloo (default: hostname)");
+ABSL_FLAG(std::string, dump_dir, "", "debug: rank 0 writes each step's logits (float32) into this directory");
+ABSL_FLAG(int, connect_timeout, 300, "seconds to keep trying to reach the coordinator before exiting");
+
+namespace tpserve::cli {
+
+int WorkerCommand() {
+  worker::WorkerOptions o;
+  o.coordinator = absl::GetFlag(FLAGS_coordinator);
+  o.rank = absl::GetFlag(FLAGS_rank);
+  o.world_size = absl::GetFlag(FLAGS_world_size);
+  o.device = absl::GetFlag(FLAGS_device);
+  o.threads = absl::GetFlag(FLAGS_threads);
+  o.cpu_isa = absl::GetFlag(FLAGS_cpu_isa);
+  o.comm_host = absl::GetFlag(FLAGS_comm_host);
+  o.dump_dir = absl::GetFlag(FLAGS_dump_dir);
+  o.connect_timeout = absl::Seconds(absl::GetFlag(FLAGS_connect_timeout));
+  std::atomic<bool> stop{false};
+  absl::Status s = worker::RunWorker(o, &stop);
+  if (!s.ok()) {
+    std::fprintf(stderr, "tpserve worker: %s\n", std::string(s.message()).c_str());
+    return absl::IsInvalidArgument(s) ? 2 : 1;
+  }
+  return 0;
+}
+
+}  // namespace tpserve::cli

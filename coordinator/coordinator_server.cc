@@ -1,0 +1,233 @@
+// Implementation of coordinator/coordinator_server.h.
+#include "coordinator/coordinator_server.h"
+
+#include <fstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/synchronization/notification.h"
+#include "common/log.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/security/server_credentials.h"
+#include "grpcpp/server_builder.h"
+#include "prometheus/text_serializer.h"
+
+namespace tpserve::coordinator {
+
+namespace v1 = tpserve::v1;
+
+namespace {
+
+std::string BaseName(std::string path) {
+  while (path.size() > 1 && path.back() == '/') path.pop_back();
+  size_t p = path.rfind('/');
+  return p == std::string::npos ? path : path.substr(p + 1);
+}
+
+// Completes when the warm-up request ends.
+class WarmupSink : public RequestSink {
+ public:
+  void OnDelta(const v1::GenerateStreamResponse& d) override {
+    if (d.finish_reason() != v1::FINISH_REASON_UNSPECIFIED && !done_.HasBeenNotified()) done_.Notify();
+  }
+  void OnError(const absl::Status& s) override {
+    status_ = s;
+    if (!done_.HasBeenNotified()) done_.Notify();
+  }
+  absl::Notification done_;
+  absl::Status status_;
+};
+
+}  // namespace
+
+CoordinatorServer::CoordinatorServer(CoordinatorOptions options) : options_(std::move(options)) {}
+
+CoordinatorServer::~CoordinatorServer() { Shutdown(); }
+
+absl::Status CoordinatorServer::Start() {
+  auto config = LoadModelConfig(options_.model_dir);
+  if (!config.ok()) return config.status();
+  config_ = *config;
+  auto tok = Tokenizer::Load(options_.model_dir);
+  if (!tok.ok()) return tok.status();
+  tokenizer_ = std::move(*tok);
+  if (options_.model_name.empty()) options_.model_name = BaseName(options_.model_dir);
+  int max_len = options_.max_model_len > 0 ? std::min(options_.max_model_len, config_.max_position_embeddings)
+                                           : config_.max_position_embeddings;
+  options_.limits.max_model_len = max_len;
+  options_.engine.scheduler.max_model_len = max_len;
+  options_.engine.scheduler.block_size = options_.group.block_size;
+  options_.engine.scheduler.max_num_seqs = options_.group.max_num_seqs;
+  options_.engine.scheduler.max_num_batched_tokens = options_.group.max_num_batched_tokens;
+  options_.group.model_path = options_.model_dir;
+
+  metrics_ = std::make_unique<Metrics>(options_.model_name, options_.group.world_size);
+  pool_ = std::make_unique<WorkerPool>(options_.group);
+
+  ApiServiceOptions api;
+  api.model_name = options_.model_name;
+  api.model_config = config_;
+  api.limits = options_.limits;
+  api.tensor_parallel_size = options_.group.world_size;
+  api.device = options_.device;
+  api.dtype = options_.group.dtype == "auto" ? DTypeName(config_.torch_dtype) : options_.group.dtype;
+  api_ = std::make_unique<GenerationService>(api, tokenizer_.get());
+
+  // Control plane first, so workers can register while the public port comes up.
+  {
+    grpc::ServerBuilder b;
+    b.AddListeningPort(absl::StrCat(options_.worker_host, ":", options_.worker_port), grpc::InsecureServerCredentials(),
+                       &worker_port_);
+    b.RegisterService(pool_.get());
+    b.SetMaxReceiveMessageSize(64 << 20);
+    b.SetMaxSendMessageSize(64 << 20);
+    worker_server_ = b.BuildAndStart();
+    if (!worker_server_ || worker_port_ == 0) {
+      return absl::UnavailableError(absl::StrCat("cannot listen for workers on ", options_.worker_host, ":",
+                                                 options_.worker_port, " (--worker-port in use?)"));
+    }
+  }
+  {
+    grpc::EnableDefaultHealthCheckService(true);
+    grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+    grpc::ServerBuilder b;
+    b.AddListeningPort(absl::StrCat(options_.host, ":", options_.port), grpc::InsecureServerCredentials(), &port_);
+    b.RegisterService(api_.get());
+    b.SetMaxReceiveMessageSize(options_.max_message_bytes);
+    public_server_ = b.BuildAndStart();
+    if (!public_server_ || port_ == 0) {
+      return absl::UnavailableError(
+          absl::StrCat("cannot listen on ", options_.host, ":", options_.port, " (--port in use?)"));
+    }
+    auto* health = public_server_->GetHealthCheckService();
+    health->SetServingStatus(false);
+  }
+  if (options_.metrics_port >= 0) {
+    auto registry = metrics_->registry();
+    http_.Handle("/metrics", [registry] {
+      HttpResponse r;
+      r.content_type = "text/plain; version=0.0.4; charset=utf-8";
+      prometheus::TextSerializer serializer;
+      r.body = serializer.Serialize(registry->Collect());
+      return r;
+    });
+    http_.Handle("/health", [] { return HttpResponse{200, "text/plain; charset=utf-8", "ok\n"}; });
+    http_.Handle("/ready", [this] {
+      bool ready = ComputeReady();
+      return HttpResponse{ready ? 200 : 503, "text/plain; charset=utf-8",
+                          ready ? "ready\n" : (draining_ ? "draining\n" : "not ready\n")};
+    });
+    auto p = http_.Start(options_.metrics_host, options_.metrics_port);
+    if (!p.ok()) return p.status();
+    metrics_port_ = *p;
+  }
+  if (!options_.port_file.empty()) {
+    std::string tmp = options_.port_file + ".tmp";
+    std::ofstream f(tmp);
+    f << absl::StrFormat("{\"port\": %d, \"worker_port\": %d, \"metrics_port\": %d}\n", port_, worker_port_,
+                         metrics_port_);
+    f.close();
+    std::rename(tmp.c_str(), options_.port_file.c_str());
+  }
+  TP_LOG(INFO) << "coordinator listening: api " << options_.host << ":" << port_ << ", workers "
+               << options_.worker_host << ":" << worker_port_ << ", metrics " << options_.metrics_host << ":"
+               << metrics_port_ << "; waiting for " << options_.group.world_size << " worker(s)";
+  monitor_ = std::thread([this] { MonitorLoop(); });
+  return absl::OkStatus();
+}
+
+absl::Status CoordinatorServer::WaitUntilServing(absl::Duration timeout) {
+  absl::Time deadline = absl::Now() + timeout;
+  while (!pool_->WaitReady(absl::Milliseconds(200))) {
+    if (!pool_->load_error().ok()) return pool_->load_error();
+    if (absl::Now() > deadline) {
+      return absl::DeadlineExceededError(absl::StrCat("the worker group did not become ready within ",
+                                                      absl::FormatDuration(timeout), " (--load-timeout)"));
+    }
+    if (draining_) return absl::CancelledError("shutdown requested during startup");
+  }
+  const int blocks = pool_->num_kv_blocks();
+  options_.engine.scheduler.num_blocks = blocks;
+  engine_ = std::make_unique<Engine>(options_.engine, pool_.get(), tokenizer_.get(), metrics_.get());
+  engine_->Start();
+  metrics_->SetCacheConfig(options_.group.block_size, blocks);
+
+  // Warm-up: one real step through every worker before declaring SERVING.
+  RequestSpec warm;
+  warm.request_id = "warmup";
+  warm.prompt_ids = {tokenizer_->bos_id() >= 0 ? tokenizer_->bos_id() : 1};
+  warm.max_new_tokens = 1;
+  warm.sampling.set_temperature(0);
+  warm.sampling.set_top_p(1);
+  warm.sampling.set_repetition_penalty(1);
+  auto sink = std::make_shared<WarmupSink>();
+  auto handle = engine_->Submit(warm, sink);
+  if (!handle.ok()) return handle.status();
+  if (!sink->done_.WaitForNotificationWithTimeout(std::max(deadline - absl::Now(), absl::Seconds(60)))) {
+    return absl::DeadlineExceededError("warm-up step did not finish");
+  }
+  if (!sink->status_.ok()) return sink->status_;
+
+  const int64_t bytes_per_block = pool_->kv_bytes_per_block();
+  const double gib = static_cast<double>(bytes_per_block) * blocks / (1024.0 * 1024 * 1024);
+  std::string line = absl::StrFormat("KV cache: %d blocks of %d tokens = %d tokens, %.2f GiB", blocks,
+                                     options_.group.block_size, static_cast<int64_t>(blocks) * options_.group.block_size,
+                                     gib);
+  if (options_.group.world_size > 1) absl::StrAppendFormat(&line, " per worker (x%d workers)", options_.group.world_size);
+  TP_LOG(INFO) << line;
+  std::printf("%s\n", line.c_str());
+  std::fflush(stdout);
+  api_->SetEngine(engine_.get(), blocks, options_.group.block_size);
+  serving_started_ = true;
+  TP_LOG(INFO) << "serving " << options_.model_name << " on port " << port_;
+  return absl::OkStatus();
+}
+
+bool CoordinatorServer::ComputeReady() const {
+  return serving_started_ && !draining_ && pool_ && pool_->IsReady();
+}
+
+void CoordinatorServer::MonitorLoop() {
+  bool first = true;
+  while (!stop_monitor_) {
+    bool ready = ComputeReady();
+    if (first || ready != last_ready_) {
+      public_server_->GetHealthCheckService()->SetServingStatus(ready);
+      if (!first) TP_LOG(INFO) << "health: " << (ready ? "SERVING" : "NOT_SERVING");
+      last_ready_ = ready;
+      first = false;
+    }
+    for (const auto& w : pool_->Status()) metrics_->WorkerUp(w.rank).Set(w.connected && w.loaded ? 1 : 0);
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+}
+
+bool CoordinatorServer::Drain(absl::Duration timeout) {
+  draining_ = true;
+  if (public_server_) public_server_->GetHealthCheckService()->SetServingStatus(false);
+  if (!engine_) return true;
+  engine_->StopAccepting();
+  TP_LOG(INFO) << "draining: " << engine_->num_in_flight() << " request(s) in flight, up to "
+               << absl::FormatDuration(timeout);
+  absl::Time deadline = absl::Now() + timeout;
+  while (engine_->num_in_flight() > 0 && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(20));
+  bool drained = engine_->num_in_flight() == 0;
+  TP_LOG(INFO) << (drained ? "drained" : "drain timeout: cancelling remaining requests");
+  return drained;
+}
+
+void CoordinatorServer::Shutdown() {
+  if (shut_down_) return;
+  shut_down_ = true;
+  draining_ = true;
+  stop_monitor_ = true;
+  if (monitor_.joinable()) monitor_.join();
+  if (engine_) engine_->Stop();  // cancels what is left
+  if (public_server_) public_server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  if (pool_) pool_->Shutdown("coordinator shutting down");
+  if (worker_server_) worker_server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  http_.Stop();
+}
+
+}  // namespace tpserve::coordinator

@@ -1,0 +1,90 @@
+// The coordinator process: the public gRPC endpoint (Generation + health + reflection), the worker
+// control plane (WorkerControl), and the metrics/health HTTP port, around one Engine. Health tells the truth:
+// SERVING only while every worker is loaded and answering and the server is not draining.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "common/model_config.h"
+#include "coordinator/api_service.h"
+#include "coordinator/engine.h"
+#include "coordinator/http_server.h"
+#include "coordinator/metrics.h"
+#include "coordinator/tokenizer/tokenizer.h"
+#include "coordinator/worker_pool.h"
+#include "grpcpp/server.h"
+
+namespace tpserve::coordinator {
+
+struct CoordinatorOptions {
+  std::string model_dir;
+  std::string model_name;           // default: the model directory's name
+  std::string host = "0.0.0.0";
+  int port = 50051;                 // public API; 0 = ephemeral
+  std::string worker_host = "0.0.0.0";
+  int worker_port = 50052;          // control plane; 0 = ephemeral
+  std::string metrics_host = "0.0.0.0";
+  int metrics_port = 9090;          // 0 = ephemeral, -1 = off
+  std::string port_file;            // when set: JSON {"port","worker_port","metrics_port"} written after binding
+  WorkerGroupOptions group;
+  EngineOptions engine;             // scheduler.num_blocks and max_model_len are filled in at startup
+  ValidationLimits limits;
+  int max_model_len = 0;            // 0 = the model's max_position_embeddings
+  int max_message_bytes = 4 << 20;
+  std::string device = "cpu";
+};
+
+class CoordinatorServer {
+ public:
+  explicit CoordinatorServer(CoordinatorOptions options);
+  ~CoordinatorServer();
+
+  // Loads config + tokenizer, binds every port (health NOT_SERVING). Fails fast on bad configuration.
+  absl::Status Start();
+  int port() const { return port_; }
+  int worker_port() const { return worker_port_; }
+  int metrics_port() const { return metrics_port_; }
+
+  // Waits for the worker group, sizes the scheduler from the KV pool, runs a warm-up step, starts the
+  // engine and turns health SERVING. Prints the KV sizing line.
+  absl::Status WaitUntilServing(absl::Duration timeout);
+
+  // Drain: health NOT_SERVING, new requests UNAVAILABLE; returns true when in-flight requests finished
+  // within `timeout`.
+  bool Drain(absl::Duration timeout);
+  void Shutdown();
+
+  WorkerPool& pool() { return *pool_; }
+  Engine* engine() { return engine_.get(); }
+
+ private:
+  void MonitorLoop();
+  bool ComputeReady() const;
+
+  CoordinatorOptions options_;
+  ModelConfig config_;
+  std::unique_ptr<Tokenizer> tokenizer_;
+  std::unique_ptr<Metrics> metrics_;
+  std::unique_ptr<WorkerPool> pool_;
+  std::unique_ptr<GenerationService> api_;
+  std::unique_ptr<Engine> engine_;
+  std::unique_ptr<grpc::Server> public_server_;
+  std::unique_ptr<grpc::Server> worker_server_;
+  HttpServer http_;
+  int port_ = 0;
+  int worker_port_ = 0;
+  int metrics_port_ = -1;
+  std::atomic<bool> draining_{false};
+  std::atomic<bool> serving_started_{false};
+  std::atomic<bool> stop_monitor_{false};
+  std::atomic<bool> last_ready_{false};
+  std::thread monitor_;
+  bool shut_down_ = false;
+};
+
+}  // namespace tpserve::coordinator

@@ -1,0 +1,98 @@
+// The engine loop: one thread that owns the scheduler, turns each Schedule() into a StepPlan for every
+// worker, applies the sampled tokens, and streams results to request sinks. Submit/Cancel are thread-safe
+// and never block on a step: they post to an inbox the loop drains between steps.
+// When the worker group is lost mid-step, running requests are preempted (their KV is gone) and held; they
+// are replayed from their token history when the group is whole again, or fail UNAVAILABLE after
+// recovery_timeout.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "coordinator/engine/scheduler.h"
+#include "coordinator/metrics.h"
+#include "coordinator/request_state.h"
+#include "coordinator/tokenizer/tokenizer.h"
+#include "coordinator/worker_pool.h"
+
+namespace tpserve::coordinator {
+
+struct EngineOptions {
+  SchedulerConfig scheduler;
+  absl::Duration step_timeout = absl::Seconds(600);
+  absl::Duration recovery_timeout = absl::Seconds(60);
+  bool log_prompts = false;
+  bool log_requests = true;  // one structured line per finished request
+};
+
+class Engine {
+ public:
+  Engine(const EngineOptions& options, WorkerPool* pool, const Tokenizer* tokenizer, Metrics* metrics);
+  ~Engine();
+
+  void Start();
+  // Stops the loop; requests still in flight get CANCELLED.
+  void Stop();
+
+  // Queues a validated request. RESOURCE_EXHAUSTED when the waiting queue is full; UNAVAILABLE while
+  // draining. Returns the engine's handle for Cancel().
+  absl::StatusOr<uint64_t> Submit(RequestSpec spec, std::shared_ptr<RequestSink> sink);
+  // Aborts at the next step boundary and frees the request's KV blocks; the sink gets CANCELLED.
+  void Cancel(uint64_t handle);
+
+  // Drain: new submissions get UNAVAILABLE; in-flight ones finish.
+  void StopAccepting();
+  bool accepting() const { return accepting_.load(); }
+  int num_in_flight() const { return in_flight_.load(); }
+  int max_model_len() const { return options_.scheduler.max_model_len; }
+  // Snapshot for metrics/tests.
+  int num_free_blocks() const { return free_blocks_.load(); }
+  int num_total_blocks() const { return options_.scheduler.num_blocks; }
+
+ private:
+  struct Inbox {
+    std::deque<std::unique_ptr<RequestState>> submitted;
+    std::deque<uint64_t> cancelled;
+  };
+
+  void Loop();
+  void DrainInbox();
+  bool RunOneStep();  // false when there was nothing runnable
+  void FinishRequest(RequestState& r, tpserve::v1::FinishReason reason, tpserve::v1::GenerateStreamResponse* last);
+  void FailRequest(uint64_t seq_id, const absl::Status& status);
+  void OnGroupLost(const absl::Status& status);
+  void RequeueAll();
+  void UpdateGauges();
+
+  const EngineOptions options_;
+  WorkerPool* pool_;
+  const Tokenizer* tokenizer_;
+  Metrics* metrics_;
+  std::unique_ptr<Scheduler> scheduler_;
+
+  absl::Mutex inbox_mu_;
+  Inbox inbox_ ABSL_GUARDED_BY(inbox_mu_);
+  bool stop_ ABSL_GUARDED_BY(inbox_mu_) = false;
+  std::atomic<bool> accepting_{true};
+  std::atomic<int> in_flight_{0};
+  std::atomic<int> queued_{0};  // submitted, not yet running
+  std::atomic<int> free_blocks_{0};
+  std::atomic<uint64_t> next_id_{1};
+
+  // Engine-thread state.
+  absl::flat_hash_map<uint64_t, std::unique_ptr<RequestState>> requests_;
+  std::vector<uint64_t> finished_since_last_step_;
+  absl::Time group_lost_at_ = absl::InfinitePast();
+  int generation_seen_ = 0;
+  std::thread thread_;
+};
+
+}  // namespace tpserve::coordinator

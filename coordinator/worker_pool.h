@@ -1,0 +1,140 @@
+// The coordinator's side of the worker control plane: serves tpserve.worker.v1.WorkerControl, forms the
+// tensor-parallel group from N registering workers (load -> KV sizing -> ready), runs one StepPlan per
+// engine iteration across all ranks, and tracks liveness for health. A group that loses a worker becomes
+// not-ready at once; when all N ranks are connected again it is re-formed under a new rendezvous generation.
+// Thread-safe.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "coordinator/store_service.h"
+#include "worker.grpc.pb.h"
+
+namespace tpserve::coordinator {
+
+struct WorkerGroupOptions {
+  int world_size = 1;
+  std::string model_path;
+  std::string dtype = "auto";
+  int64_t kv_cache_bytes = 0;      // per worker; 0 => fraction of free device memory (GPU)
+  float kv_memory_fraction = 0.9f;
+  int max_kv_blocks = 0;           // cap (0 = none)
+  int block_size = 16;
+  int max_num_seqs = 256;
+  int max_num_batched_tokens = 2048;
+  std::string comm_backend = "auto";  // "gloo", "nccl" or "auto" (nccl when the worker is on a GPU)
+  int threads = 0;
+  absl::Duration heartbeat_interval = absl::Milliseconds(500);
+  absl::Duration heartbeat_timeout = absl::Seconds(3);  // a silent worker is lost after this
+};
+
+// Per-rank state for metrics and health.
+struct WorkerStatus {
+  int rank = 0;
+  bool connected = false;
+  bool loaded = false;
+  std::string device;
+  std::string hostname;
+  int64_t weight_bytes = 0;
+  absl::Time last_seen;
+  double last_step_seconds = 0;
+  double last_allreduce_seconds = 0;
+};
+
+struct StepOutcome {
+  tpserve::worker::v1::StepResult result;   // rank 0's (holds the sampled tokens)
+  std::vector<double> step_seconds;         // per rank
+  std::vector<double> allreduce_seconds;    // per rank
+};
+
+class WorkerConnection;
+
+class WorkerPool final : public tpserve::worker::v1::WorkerControl::CallbackService {
+ public:
+  explicit WorkerPool(const WorkerGroupOptions& options);
+  ~WorkerPool() override;
+
+  // gRPC handlers.
+  grpc::ServerBidiReactor<tpserve::worker::v1::WorkerMessage, tpserve::worker::v1::CoordinatorMessage>*
+  Connect(grpc::CallbackServerContext* context) override;
+  grpc::ServerUnaryReactor* StoreSet(grpc::CallbackServerContext* context,
+                                     const tpserve::worker::v1::StoreSetRequest* request,
+                                     tpserve::worker::v1::StoreSetResponse* response) override;
+  grpc::ServerUnaryReactor* StoreGet(grpc::CallbackServerContext* context,
+                                     const tpserve::worker::v1::StoreGetRequest* request,
+                                     tpserve::worker::v1::StoreGetResponse* response) override;
+
+  // True when every rank is connected, loaded, has its KV cache and answered within the heartbeat
+  // timeout (a step in flight counts as an answer in progress).
+  bool IsReady() const;
+  // Waits until IsReady() or `timeout`; false on timeout or shutdown.
+  bool WaitReady(absl::Duration timeout) const;
+  // The group's first load error, if loading failed (shown at startup, and in health details).
+  absl::Status load_error() const;
+  int num_kv_blocks() const;
+  int64_t kv_bytes_per_block() const;  // per worker
+  int generation() const;
+  std::vector<WorkerStatus> Status() const;
+  // Called (outside the lock) whenever readiness may have changed.
+  void SetReadinessListener(std::function<void(bool ready)> listener);
+
+  // Sends `plan` to every rank and waits for all results. UNAVAILABLE when the group is not ready or a
+  // worker is lost during the step; INTERNAL when a worker reports a step error.
+  absl::StatusOr<StepOutcome> RunStep(tpserve::worker::v1::StepPlan plan, absl::Duration timeout);
+
+  // Tells every worker to exit and stops the heartbeat thread.
+  void Shutdown(const std::string& reason);
+
+ private:
+  friend class WorkerConnection;
+  struct Slot {
+    WorkerConnection* conn = nullptr;
+    WorkerStatus status;
+    bool load_sent = false;
+    bool kv_ready = false;
+    int64_t max_kv_blocks = 0;
+    int64_t kv_bytes_per_block = 0;
+    bool has_result = false;
+    tpserve::worker::v1::StepResult result;
+  };
+
+  void OnMessage(WorkerConnection* conn, const tpserve::worker::v1::WorkerMessage& msg);
+  void OnDisconnect(WorkerConnection* conn);
+  void MaybeStartLoadLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void MaybeAllocateKvLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool IsReadyLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void HeartbeatLoop();
+  void NotifyReadiness();
+
+  const WorkerGroupOptions options_;
+  KeyValueStore store_;
+  mutable absl::Mutex mu_;
+  std::vector<Slot> slots_ ABSL_GUARDED_BY(mu_);
+  int generation_ ABSL_GUARDED_BY(mu_) = 0;
+  bool group_loading_ ABSL_GUARDED_BY(mu_) = false;
+  bool kv_allocating_ ABSL_GUARDED_BY(mu_) = false;
+  bool ready_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Status load_error_ ABSL_GUARDED_BY(mu_);
+  int num_kv_blocks_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t kv_bytes_per_block_ ABSL_GUARDED_BY(mu_) = 0;
+  bool step_in_flight_ ABSL_GUARDED_BY(mu_) = false;
+  uint64_t step_id_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::Time step_started_ ABSL_GUARDED_BY(mu_);
+  bool shutdown_ ABSL_GUARDED_BY(mu_) = false;
+  uint64_t ping_nonce_ ABSL_GUARDED_BY(mu_) = 0;
+  std::function<void(bool)> readiness_listener_;
+  bool last_notified_ready_ = false;
+  absl::Mutex listener_mu_;
+  std::thread heartbeat_thread_;
+};
+
+}  // namespace tpserve::coordinator

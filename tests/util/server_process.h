@@ -1,0 +1,72 @@
+// Starts a real `tpserve serve` process on 127.0.0.1 with ephemeral ports for integration tests, and waits on
+// readiness (the port file, then gRPC health SERVING), never on sleeps. The destructor stops it (SIGTERM, then
+// SIGKILL after a grace period).
+#pragma once
+
+#include <sys/types.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "generation.grpc.pb.h"
+
+namespace tpserve::testing {
+
+struct ServerOptions {
+  std::string model_dir;
+  int tp = 1;
+  std::vector<std::string> extra_flags;  // e.g. "--max_num_seqs=2"
+  absl::Duration ready_timeout = absl::Seconds(180);
+};
+
+class ServerProcess {
+ public:
+  explicit ServerProcess(ServerOptions options);
+  ~ServerProcess();
+
+  // Spawns the server and waits until health says SERVING.
+  absl::Status Start();
+  // SIGTERM and wait for exit; returns the exit status (or -1 when killed after the timeout).
+  int Stop(absl::Duration timeout = absl::Seconds(30));
+  void Signal(int sig);
+  // Exit status if the process ended (non-blocking), else -1.
+  int PollExit();
+
+  pid_t pid() const { return pid_; }
+  int port() const { return port_; }
+  int metrics_port() const { return metrics_port_; }
+  int worker_port() const { return worker_port_; }
+  std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+  const std::string& log_path() const { return log_path_; }
+  std::string ReadLog() const;
+  std::unique_ptr<tpserve::v1::Generation::Stub> NewStub() const;
+
+  // grpc.health.v1 Check of the overall server: "SERVING", "NOT_SERVING", or an error string.
+  std::string HealthStatus() const;
+  // Waits until HealthStatus() == want or timeout.
+  bool WaitForHealth(const std::string& want, absl::Duration timeout) const;
+  // GET http://127.0.0.1:<metrics_port><path>; returns the body, status in *code.
+  std::string HttpGet(const std::string& path, int* code = nullptr) const;
+
+  // Worker pids (children of the server), rank order unknown: from /proc.
+  std::vector<pid_t> ChildPids() const;
+
+ private:
+  ServerOptions options_;
+  std::string dir_;
+  std::string log_path_;
+  pid_t pid_ = -1;
+  int port_ = 0;
+  int metrics_port_ = 0;
+  int worker_port_ = 0;
+  int exit_status_ = -1;
+};
+
+// Parses the Prometheus text format: value of the sample with this exact name+labels string, e.g.
+// `tpserve:generation_tokens_total{model_name="m"}`; NaN when absent.
+double MetricValue(const std::string& metrics_text, const std::string& sample);
+
+}  // namespace tpserve::testing

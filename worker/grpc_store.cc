@@ -1,0 +1,42 @@
+// Implementation of worker/grpc_store.h.
+#include "worker/grpc_store.h"
+
+#include "absl/strings/str_cat.h"
+#include "grpcpp/client_context.h"
+
+namespace tpserve::worker {
+
+namespace wv1 = tpserve::worker::v1;
+
+absl::Status GrpcStore::Set(const std::string& key, const std::string& value) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  wv1::StoreSetRequest req;
+  req.set_key(key);
+  req.set_value(value);
+  wv1::StoreSetResponse resp;
+  grpc::Status s = stub_->StoreSet(&ctx, req, &resp);
+  if (!s.ok()) return absl::UnavailableError(absl::StrCat("rendezvous store set '", key, "': ", s.error_message()));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> GrpcStore::Get(const std::string& key, absl::Duration timeout) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() +
+                   std::chrono::milliseconds(absl::ToInt64Milliseconds(timeout) + 5000));
+  wv1::StoreGetRequest req;
+  req.add_keys(key);
+  req.set_timeout_ms(absl::ToInt64Milliseconds(timeout));
+  wv1::StoreGetResponse resp;
+  grpc::Status s = stub_->StoreGet(&ctx, req, &resp);
+  if (s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
+    return absl::DeadlineExceededError(absl::StrCat("rendezvous store: '", key, "' not set within ",
+                                                    absl::FormatDuration(timeout), ": ", s.error_message()));
+  }
+  if (!s.ok() || resp.values_size() != 1) {
+    return absl::UnavailableError(absl::StrCat("rendezvous store get '", key, "': ", s.error_message()));
+  }
+  return resp.values(0);
+}
+
+}  // namespace tpserve::worker

@@ -1,0 +1,352 @@
+// Implementation of worker/worker_service.h.
+#include "worker/worker_service.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <thread>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "common/log.h"
+#include "common/model_config.h"
+#include "common/status_macros.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+#include "kernels/backend.h"
+#include "worker.grpc.pb.h"
+#include "worker/checkpoint/checkpoint.h"
+#include "worker/comm/communicator.h"
+#include "worker/grpc_store.h"
+#include "worker/model/llama_model.h"
+#include "worker/model/shard_spec.h"
+#include "worker/sampler/sampler.h"
+
+namespace tpserve::worker {
+
+namespace wv1 = tpserve::worker::v1;
+
+namespace {
+
+using Stream = grpc::ClientReaderWriter<wv1::WorkerMessage, wv1::CoordinatorMessage>;
+
+std::string Hostname() {
+  char buf[256] = {0};
+  gethostname(buf, sizeof(buf) - 1);
+  return buf;
+}
+
+// Parses "cpu" or "cuda:K".
+absl::StatusOr<int> CudaOrdinal(const std::string& device) {
+  if (device == "cpu") return -1;
+  if (absl::StartsWith(device, "cuda")) {
+    if (device == "cuda") return 0;
+    int k;
+    if (absl::StartsWith(device, "cuda:") && absl::SimpleAtoi(device.substr(5), &k) && k >= 0) return k;
+  }
+  return absl::InvalidArgumentError(absl::StrCat("--device '", device, "': expected cpu or cuda:K"));
+}
+
+absl::StatusOr<kernels::CpuIsa> ParseIsa(const std::string& s) {
+  if (s == "auto") return kernels::CpuIsa::kAuto;
+  if (s == "avx512") return kernels::CpuIsa::kAvx512;
+  if (s == "avx2") return kernels::CpuIsa::kAvx2;
+  if (s == "scalar") return kernels::CpuIsa::kScalar;
+  return absl::InvalidArgumentError(absl::StrCat("--cpu-isa '", s, "': expected auto, avx512, avx2 or scalar"));
+}
+
+// Everything a worker keeps across control-stream reconnects.
+class Worker {
+ public:
+  explicit Worker(const WorkerOptions& options) : options_(options) {}
+
+  // One Connect stream; returns when it ends. Sets *shutdown when told to exit.
+  absl::Status Session(const std::shared_ptr<wv1::WorkerControl::Stub>& stub, bool* registered, bool* shutdown);
+
+ private:
+  absl::Status Load(const wv1::LoadCommand& cmd, GrpcStore& store, wv1::LoadResult* result);
+  absl::Status AllocateKv(int num_blocks);
+  void Step(const wv1::StepPlan& plan, wv1::StepResult* result);
+  void DumpLogits(uint64_t step_id, uint64_t seq_id, const float* logits, int64_t vocab);
+
+  const WorkerOptions options_;
+  std::string loaded_key_;  // model path + rank + world + dtype of what is loaded
+  ModelConfig config_;
+  std::unique_ptr<kernels::Backend> backend_;
+  std::unique_ptr<comm::Communicator> comm_;
+  std::unique_ptr<model::LlamaModel> model_;
+  std::unique_ptr<sampler::Sampler> sampler_;
+  int block_size_ = 16;
+  int64_t kv_budget_bytes_ = 0;
+  float kv_fraction_ = 0.9f;
+};
+
+absl::Status Worker::Load(const wv1::LoadCommand& cmd, GrpcStore& store, wv1::LoadResult* result) {
+  const absl::Time start = absl::Now();
+  if (cmd.rank() != options_.rank || cmd.world_size() != options_.world_size) {
+    return absl::InvalidArgumentError(absl::StrCat("coordinator asked rank ", cmd.rank(), "/", cmd.world_size(),
+                                                   " but this worker is rank ", options_.rank, "/",
+                                                   options_.world_size));
+  }
+  block_size_ = cmd.block_size() > 0 ? cmd.block_size() : 16;
+  kv_budget_bytes_ = cmd.kv_cache_bytes();
+  kv_fraction_ = cmd.kv_memory_fraction() > 0 ? cmd.kv_memory_fraction() : 0.9f;
+  TP_ASSIGN_OR_RETURN(int cuda, CudaOrdinal(options_.device));
+  const std::string key = absl::StrCat(cmd.model_path(), "|", cmd.rank(), "|", cmd.world_size(), "|", cmd.dtype(),
+                                       "|", options_.device);
+
+  // A survivor of a lost peer keeps its weights and only rebuilds its communicator.
+  comm_.reset();
+  if (model_ != nullptr && key != loaded_key_) {
+    model_.reset();
+    backend_.reset();
+  }
+  if (backend_ == nullptr) {
+    if (cuda >= 0) {
+      TP_ASSIGN_OR_RETURN(backend_, kernels::CreateCudaBackend(cuda));
+    } else {
+      kernels::CpuBackendOptions o;
+      o.threads = options_.threads > 0 ? options_.threads : cmd.threads();
+      TP_ASSIGN_OR_RETURN(o.isa, ParseIsa(options_.cpu_isa));
+      TP_ASSIGN_OR_RETURN(backend_, kernels::CreateCpuBackend(o));
+    }
+  }
+
+  // Collectives first: a bad peer shows at startup, and the model holds the communicator.
+  std::string backend_name = cmd.comm_backend();
+  if (backend_name.empty() || backend_name == "auto") backend_name = cuda >= 0 ? "nccl" : "gloo";
+  if (options_.world_size == 1) {
+    comm_ = comm::CreateLocalCommunicator();
+  } else if (backend_name == "nccl") {
+    comm::NcclOptions o;
+    o.rank = options_.rank;
+    o.world_size = options_.world_size;
+    o.device = cuda < 0 ? 0 : cuda;
+    o.prefix = cmd.store_prefix();
+    o.stream = backend_->native_stream();
+    TP_ASSIGN_OR_RETURN(comm_, comm::CreateNcclCommunicator(o, store));
+  } else if (backend_name == "gloo") {
+    comm::GlooOptions o;
+    o.rank = options_.rank;
+    o.world_size = options_.world_size;
+    o.host = options_.comm_host;
+    o.prefix = cmd.store_prefix();
+    TP_ASSIGN_OR_RETURN(comm_, comm::CreateGlooCommunicator(o, store));
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat("--comm-backend '", backend_name, "': expected gloo or nccl"));
+  }
+
+  if (model_ == nullptr) {
+    TP_ASSIGN_OR_RETURN(config_, LoadModelConfig(cmd.model_path()));
+    TP_ASSIGN_OR_RETURN(auto spec, model::ShardSpec::Create(config_, options_.rank, options_.world_size));
+    TP_ASSIGN_OR_RETURN(auto ckpt, checkpoint::Checkpoint::Open(cmd.model_path()));
+    model::LlamaModelOptions mo;
+    if (cmd.dtype() != "auto" && !cmd.dtype().empty()) {
+      TP_ASSIGN_OR_RETURN(DType dt, ParseDType(cmd.dtype()));
+      mo.weight_dtype = dt;
+    }
+    TP_ASSIGN_OR_RETURN(model_, model::LlamaModel::Load(*ckpt, spec, backend_.get(), comm_.get(), mo));
+    loaded_key_ = key;
+    // The checkpoint mapping is dropped here: resident weights are this rank's slices only.
+  } else {
+    model_->SetCommunicator(comm_.get());
+  }
+  sampler_ = std::make_unique<sampler::Sampler>(config_.vocab_size);
+
+  const int64_t block_bytes = static_cast<int64_t>(model_->KvBlockBytes(block_size_));
+  int64_t budget = kv_budget_bytes_;
+  if (budget <= 0) budget = static_cast<int64_t>(kv_fraction_ * static_cast<double>(backend_->FreeMemoryBytes()));
+  if (budget <= 0) budget = int64_t{1} << 30;  // host backends without a budget: 1 GiB
+  result->set_ok(true);
+  result->set_weight_bytes(model_->weight_bytes());
+  result->set_kv_bytes_per_block(block_bytes);
+  result->set_max_kv_blocks(block_bytes > 0 ? budget / block_bytes : 0);
+  result->set_device_name(backend_->name());
+  result->set_load_seconds(absl::ToDoubleSeconds(absl::Now() - start));
+  TP_LOG(INFO) << "rank " << options_.rank << "/" << options_.world_size << " ready on " << backend_->name() << " ("
+               << comm_->name() << "): " << model_->weight_bytes() << " weight bytes, KV block " << block_bytes
+               << " bytes";
+  return absl::OkStatus();
+}
+
+absl::Status Worker::AllocateKv(int num_blocks) {
+  if (model_ == nullptr) return absl::FailedPreconditionError("AllocateKv before Load");
+  return model_->AllocateKv(num_blocks, block_size_);
+}
+
+void Worker::DumpLogits(uint64_t step_id, uint64_t seq_id, const float* logits, int64_t vocab) {
+  std::string path = absl::StrCat(options_.dump_dir, "/logits_step", step_id, "_seq", seq_id, ".f32");
+  std::ofstream f(path, std::ios::binary);
+  f.write(reinterpret_cast<const char*>(logits), vocab * static_cast<int64_t>(sizeof(float)));
+}
+
+void Worker::Step(const wv1::StepPlan& plan, wv1::StepResult* result) {
+  const absl::Time start = absl::Now();
+  result->set_step_id(plan.step_id());
+  if (model_ == nullptr) {
+    result->set_error("step before load");
+    return;
+  }
+  for (uint64_t id : plan.finished()) sampler_->Finish(id);
+  const bool samples = options_.rank == 0;
+  if (samples) {
+    for (const auto& st : plan.starts()) {
+      absl::Status s = sampler_->Start(st);
+      if (!s.ok()) {
+        result->set_error(std::string(s.message()));
+        return;
+      }
+    }
+  }
+  model::StepInput in;
+  in.seqs.reserve(plan.seqs_size());
+  for (const auto& s : plan.seqs()) {
+    model::SeqInput q;
+    q.token_ids.assign(s.token_ids().begin(), s.token_ids().end());
+    q.start_position = s.start_position();
+    q.block_table.assign(s.block_table().begin(), s.block_table().end());
+    q.sample = s.sample();
+    in.seqs.push_back(std::move(q));
+  }
+  auto out = model_->Forward(in);
+  if (!out.ok()) {
+    result->set_error(std::string(out.status().message()));
+    return;
+  }
+  result->set_allreduce_seconds(out->allreduce_seconds);
+  if (samples) {
+    const int64_t vocab = out->vocab_size;
+    int row = 0;
+    for (const auto& s : plan.seqs()) {
+      if (!s.sample()) continue;
+      const float* logits = out->logits.data() + static_cast<int64_t>(row) * vocab;
+      ++row;
+      if (!options_.dump_dir.empty()) DumpLogits(plan.step_id(), s.seq_id(), logits, vocab);
+      auto r = sampler_->Sample(s.seq_id(), absl::MakeConstSpan(logits, vocab));
+      if (!r.ok()) {
+        result->set_error(absl::StrCat("sampling seq ", s.seq_id(), ": ", r.status().message()));
+        return;
+      }
+      auto* t = result->add_tokens();
+      t->set_seq_id(s.seq_id());
+      t->set_token_id(r->token);
+      t->set_logprob(r->logprob);
+      t->mutable_top_ids()->Assign(r->top_ids.begin(), r->top_ids.end());
+      t->mutable_top_logprobs()->Assign(r->top_logprobs.begin(), r->top_logprobs.end());
+    }
+  }
+  result->set_step_seconds(absl::ToDoubleSeconds(absl::Now() - start));
+}
+
+absl::Status Worker::Session(const std::shared_ptr<wv1::WorkerControl::Stub>& stub, bool* registered,
+                             bool* shutdown) {
+  grpc::ClientContext ctx;
+  std::unique_ptr<Stream> stream = stub->Connect(&ctx);
+  GrpcStore store(stub);
+  wv1::WorkerMessage hello;
+  auto* h = hello.mutable_hello();
+  h->set_protocol_version(1);
+  h->set_rank(options_.rank);
+  h->set_world_size(options_.world_size);
+  h->set_device(options_.device);
+  h->set_hostname(Hostname());
+  h->set_pid(getpid());
+  if (!stream->Write(hello)) {
+    stream->Finish();
+    return absl::UnavailableError("coordinator not reachable");
+  }
+  wv1::CoordinatorMessage msg;
+  while (stream->Read(&msg)) {
+    *registered = true;
+    wv1::WorkerMessage reply;
+    switch (msg.msg_case()) {
+      case wv1::CoordinatorMessage::kLoad: {
+        auto* r = reply.mutable_load_result();
+        absl::Status s = Load(msg.load(), store, r);
+        if (!s.ok()) {
+          TP_LOG(ERROR) << "load failed: " << s;
+          r->set_ok(false);
+          r->set_error(std::string(s.message()));
+        }
+        break;
+      }
+      case wv1::CoordinatorMessage::kAllocateKv: {
+        absl::Status s = AllocateKv(msg.allocate_kv().num_blocks());
+        reply.mutable_kv_ready()->set_ok(s.ok());
+        if (!s.ok()) reply.mutable_kv_ready()->set_error(std::string(s.message()));
+        break;
+      }
+      case wv1::CoordinatorMessage::kStep:
+        Step(msg.step(), reply.mutable_step_result());
+        break;
+      case wv1::CoordinatorMessage::kPing:
+        reply.mutable_pong()->set_nonce(msg.ping().nonce());
+        break;
+      case wv1::CoordinatorMessage::kShutdown:
+        TP_LOG(INFO) << "coordinator says shut down: " << msg.shutdown().reason();
+        *shutdown = true;
+        stream->WritesDone();
+        stream->Finish();
+        return absl::OkStatus();
+      default:
+        continue;
+    }
+    if (!stream->Write(reply)) break;
+  }
+  grpc::Status s = stream->Finish();
+  return absl::UnavailableError(absl::StrCat("control stream ended: ", s.error_message()));
+}
+
+}  // namespace
+
+absl::Status RunWorker(const WorkerOptions& options, std::atomic<bool>* stop) {
+  SetLogTag(absl::StrCat("worker[", options.rank, "]"));
+  if (options.rank < 0 || options.world_size < 1 || options.rank >= options.world_size) {
+    return absl::InvalidArgumentError(absl::StrCat("--rank ", options.rank, " must be in [0, --world-size ",
+                                                   options.world_size, ")"));
+  }
+  if (auto d = CudaOrdinal(options.device); !d.ok()) return d.status();
+  Worker worker(options);
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(64 << 20);
+  args.SetMaxSendMessageSize(64 << 20);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 200);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
+  auto channel = grpc::CreateCustomChannel(options.coordinator, grpc::InsecureChannelCredentials(), args);
+  auto stub = std::shared_ptr<wv1::WorkerControl::Stub>(wv1::WorkerControl::NewStub(channel));
+  absl::Time unregistered_since = absl::Now();
+  bool announced = false;
+  while (!stop->load()) {
+    if (!announced) {
+      TP_LOG(INFO) << "registering with coordinator " << options.coordinator << " as rank " << options.rank << "/"
+                   << options.world_size;
+      announced = true;
+    }
+    // Wait for the channel so a coordinator that is still starting is not an error.
+    if (!channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::milliseconds(500))) {
+      if (absl::Now() - unregistered_since > options.connect_timeout) {
+        return absl::UnavailableError(absl::StrCat("could not reach the coordinator at ", options.coordinator,
+                                                   " for ", absl::FormatDuration(options.connect_timeout)));
+      }
+      continue;
+    }
+    bool registered = false;
+    bool shutdown = false;
+    absl::Status s = worker.Session(stub, &registered, &shutdown);
+    if (shutdown) return absl::OkStatus();
+    if (registered) {
+      TP_LOG(WARNING) << s.message() << "; registering again";
+      unregistered_since = absl::Now();
+      announced = false;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace tpserve::worker

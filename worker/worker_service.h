@@ -1,0 +1,33 @@
+// The worker process: dials the coordinator's control plane, registers its rank, and serves the persistent
+// Connect stream: load this rank's shard, allocate the KV cache, run one forward step per StepPlan (rank 0
+// samples and returns token ids), answer heartbeats, exit on Shutdown. When the coordinator goes away the
+// worker keeps its weights and registers again (the coordinator may have restarted).
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+
+namespace tpserve::worker {
+
+struct WorkerOptions {
+  std::string coordinator = "127.0.0.1:50052";  // the coordinator's --worker-port
+  int rank = 0;
+  int world_size = 1;
+  std::string device = "cpu";       // "cpu" or "cuda:K"
+  int threads = 0;                  // CPU kernel threads; 0 => from the coordinator, else all cores
+  std::string cpu_isa = "auto";     // auto | avx512 | avx2 | scalar
+  std::string comm_host;            // address to bind for Gloo pairs ("" => 127.0.0.1 when the
+                                    // coordinator is local, else this host's name)
+  std::string dump_dir;             // debug: rank 0 writes each step's logits here
+  absl::Duration connect_timeout = absl::Seconds(300);  // give up registering after this long
+};
+
+// Runs until the coordinator sends Shutdown (OK), Stop() is called (OK), or registration keeps failing for
+// connect_timeout (UNAVAILABLE).
+absl::Status RunWorker(const WorkerOptions& options, std::atomic<bool>* stop);
+
+}  // namespace tpserve::worker
