@@ -49,11 +49,21 @@ void* AlignedAlloc(size_t bytes) {
 // attention only reads slots that WriteKv filled.
 class CpuKvCache : public KvCache {
  public:
-  explicit CpuKvCache(const KvCacheSpec& spec) : spec_(spec) {
+  // RESOURCE_EXHAUSTED when the host cannot hold it.
+  static absl::StatusOr<std::unique_ptr<CpuKvCache>> Create(const KvCacheSpec& spec) {
+    std::unique_ptr<CpuKvCache> c(new CpuKvCache(spec));
+    const size_t layer = c->LayerBytes();
     for (int l = 0; l < spec.num_layers; ++l) {
-      k_.push_back(static_cast<float*>(AlignedAlloc(LayerBytes())));
-      v_.push_back(static_cast<float*>(AlignedAlloc(LayerBytes())));
+      for (auto* list : {&c->k_, &c->v_}) {
+        void* p = std::aligned_alloc(64, std::max<size_t>(64, (layer + 63) / 64 * 64));
+        if (p == nullptr) {
+          return absl::ResourceExhaustedError(absl::StrCat("cannot allocate a ", c->bytes() >> 20,
+                                                           " MiB KV cache in host memory; lower num_blocks"));
+        }
+        list->push_back(static_cast<float*>(p));
+      }
     }
+    return c;
   }
   ~CpuKvCache() override {
     for (float* p : k_) std::free(p);
@@ -69,6 +79,7 @@ class CpuKvCache : public KvCache {
   float* v(int layer) const { return v_[layer]; }
 
  private:
+  explicit CpuKvCache(const KvCacheSpec& spec) : spec_(spec) {}
   KvCacheSpec spec_;
   std::vector<float*> k_, v_;
 };
@@ -209,7 +220,9 @@ class CpuBackend : public Backend {
           spec.num_layers, ", ", spec.num_blocks, ", ", spec.block_size, ", ", spec.num_kv_heads, ", ",
           spec.head_dim));
     }
-    return std::unique_ptr<KvCache>(new CpuKvCache(spec));
+    auto cache = CpuKvCache::Create(spec);
+    if (!cache.ok()) return cache.status();
+    return std::unique_ptr<KvCache>(std::move(*cache));
   }
 
   size_t KvBlockBytes(const KvCacheSpec& spec) const override {

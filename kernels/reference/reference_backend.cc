@@ -75,12 +75,12 @@ class ReferenceBackend : public Backend {
   void Synchronize() override {}
 
   void Matmul(const float* x, int64_t m, const WeightView& w, float* y) override {
-    for (int64_t r = 0; r < m; ++r) {
-      for (int64_t o = 0; o < w.rows; ++o) {
+    std::vector<float> row(w.cols);  // weight row o as float32
+    for (int64_t o = 0; o < w.rows; ++o) {
+      for (int64_t c = 0; c < w.cols; ++c) row[c] = WeightAt(w, o, c);
+      for (int64_t r = 0; r < m; ++r) {
         double acc = 0.0;
-        for (int64_t c = 0; c < w.cols; ++c) {
-          acc += static_cast<double>(x[r * w.cols + c]) * WeightAt(w, o, c);
-        }
+        for (int64_t c = 0; c < w.cols; ++c) acc += static_cast<double>(x[r * w.cols + c]) * row[c];
         y[r * w.rows + o] = static_cast<float>(acc);
       }
     }
