@@ -9,6 +9,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "common/log.h"
@@ -130,9 +131,15 @@ absl::Status Tokenizer::BuildPieceTable() {
       p.kind = TokenPiece::Kind::kUnknown;
       p.text = unk_surface;
     } else if (sp_->IsByte(id)) {
+      // Byte pieces are spelled "<0xNN>".
+      int value = 0;
+      if (piece.size() != 6 || !absl::StartsWith(piece, "<0x") || piece[5] != '>' ||
+          !absl::SimpleHexAtoi(absl::string_view(piece).substr(3, 2), &value)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("tokenizer.model: byte piece ", id, " is \"", piece, "\", expected \"<0xNN>\""));
+      }
       p.kind = TokenPiece::Kind::kByte;
-      // "<0xNN>"
-      p.byte = static_cast<uint8_t>(std::stoi(piece.substr(3, 2), nullptr, 16));
+      p.byte = static_cast<uint8_t>(value);
     } else {
       p.kind = TokenPiece::Kind::kText;
       p.leading_space = absl::StartsWith(piece, kSpaceSymbol);

@@ -1,4 +1,5 @@
 // Tokenizer against the Llama 2 reference ids (HF LlamaTokenizer) and the special-token config rules.
+#include <filesystem>
 #include <fstream>
 #include <thread>
 #include <vector>
@@ -23,6 +24,20 @@ void WriteText(const std::string& path, const std::string& text) {
 void CopyFile(const std::string& from, const std::string& to) {
   WriteText(to, tpserve::testing::ReadFileOrDie(from));
 }
+
+// A MakeTempDir() folder that is removed when the test ends.
+class TempDir {
+ public:
+  explicit TempDir(const std::string& tag) : path_(tpserve::testing::MakeTempDir(tag)) {}
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
 
 std::unique_ptr<Tokenizer> LoadOrFail(const std::string& dir) {
   auto tok = Tokenizer::Load(dir);
@@ -111,7 +126,8 @@ TEST(TokenizerLlama2Test, ConcurrentConstUseGivesSameResults) {
 // The Tulu release ships generation_config.json with bos 0 / eos 1; the tokenizer files say 1 / 2.
 TEST(TokenizerLoadTest, IgnoresWrongGenerationConfig) {
   TP_REQUIRE_SHARED(src, "tokenizers/llama2");
-  const std::string dir = tpserve::testing::MakeTempDir("tok-genconfig");
+  TempDir dir_tmp("tok-genconfig");
+  const std::string& dir = dir_tmp.path();
   for (const char* f : {"tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"}) {
     CopyFile(src + "/" + f, dir + "/" + f);
   }
@@ -126,7 +142,8 @@ TEST(TokenizerLoadTest, IgnoresWrongGenerationConfig) {
 
 TEST(TokenizerLoadTest, FallsBackToSentencePieceIdsWithoutConfig) {
   TP_REQUIRE_SHARED(src, "tokenizers/llama2/tokenizer.model");
-  const std::string dir = tpserve::testing::MakeTempDir("tok-bare");
+  TempDir dir_tmp("tok-bare");
+  const std::string& dir = dir_tmp.path();
   CopyFile(src, dir + "/tokenizer.model");
   auto tok = LoadOrFail(dir);
   ASSERT_NE(tok, nullptr);
@@ -136,7 +153,8 @@ TEST(TokenizerLoadTest, FallsBackToSentencePieceIdsWithoutConfig) {
 
 TEST(TokenizerLoadTest, SpecialTokensMapOverridesConfigAndAcceptsObjects) {
   TP_REQUIRE_SHARED(src, "tokenizers/llama2/tokenizer.model");
-  const std::string dir = tpserve::testing::MakeTempDir("tok-override");
+  TempDir dir_tmp("tok-override");
+  const std::string& dir = dir_tmp.path();
   CopyFile(src, dir + "/tokenizer.model");
   WriteText(dir + "/tokenizer_config.json", R"({"bos_token": "<s>", "eos_token": "</s>"})");
   // <0x0A> is id 13 (the reference's newline_id).
@@ -149,33 +167,38 @@ TEST(TokenizerLoadTest, SpecialTokensMapOverridesConfigAndAcceptsObjects) {
 }
 
 TEST(TokenizerLoadTest, ErrorsNameTheProblem) {
-  const std::string empty = tpserve::testing::MakeTempDir("tok-empty");
+  TempDir empty_tmp("tok-empty");
+  const std::string& empty = empty_tmp.path();
   auto missing = Tokenizer::Load(empty);
   EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(std::string(missing.status().message()), HasSubstr("tokenizer.model"));
 
-  const std::string garbage = tpserve::testing::MakeTempDir("tok-garbage");
+  TempDir garbage_tmp("tok-garbage");
+  const std::string& garbage = garbage_tmp.path();
   WriteText(garbage + "/tokenizer.model", "this is not a protobuf");
   auto bad_model = Tokenizer::Load(garbage);
   EXPECT_EQ(bad_model.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(bad_model.status().message()), HasSubstr("tokenizer.model"));
 
   TP_REQUIRE_SHARED(src, "tokenizers/llama2/tokenizer.model");
-  const std::string bad_json = tpserve::testing::MakeTempDir("tok-badjson");
+  TempDir bad_json_tmp("tok-badjson");
+  const std::string& bad_json = bad_json_tmp.path();
   CopyFile(src, bad_json + "/tokenizer.model");
   WriteText(bad_json + "/tokenizer_config.json", "{\"bos_token\": ");
   auto s1 = Tokenizer::Load(bad_json);
   EXPECT_EQ(s1.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(s1.status().message()), HasSubstr("tokenizer_config.json"));
 
-  const std::string unknown = tpserve::testing::MakeTempDir("tok-unknown");
+  TempDir unknown_tmp("tok-unknown");
+  const std::string& unknown = unknown_tmp.path();
   CopyFile(src, unknown + "/tokenizer.model");
   WriteText(unknown + "/special_tokens_map.json", R"({"bos_token": "<|begin_of_text|>"})");
   auto s2 = Tokenizer::Load(unknown);
   EXPECT_EQ(s2.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(s2.status().message()), HasSubstr("<|begin_of_text|>"));
 
-  const std::string wrong_type = tpserve::testing::MakeTempDir("tok-wrongtype");
+  TempDir wrong_type_tmp("tok-wrongtype");
+  const std::string& wrong_type = wrong_type_tmp.path();
   CopyFile(src, wrong_type + "/tokenizer.model");
   WriteText(wrong_type + "/tokenizer_config.json", R"({"eos_token": 2})");
   auto s3 = Tokenizer::Load(wrong_type);

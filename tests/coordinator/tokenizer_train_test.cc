@@ -179,6 +179,9 @@ TEST(TrainTokenizerTest, BadOptionsAreInvalidArgument) {
   options.vocab_size = 4096;
   options.out_dir = "";
   EXPECT_EQ(TrainTokenizer(options).code(), absl::StatusCode::kInvalidArgument);
+  std::error_code ec;
+  fs::remove_all(out, ec);
+  fs::remove_all(empty_corpus, ec);
 }
 
 }  // namespace
