@@ -1,0 +1,267 @@
+// kernels-bench: CPU backend matmul speed per ISA and weight dtype against limits measured in the same
+// run — a multi-threaded streaming-read probe (GB/s) and an FMA / vdpbf16ps peak (GFLOP/s).
+//   kernels-bench [--isa=all|avx512|avx2|scalar] [--threads=N] [--dtypes=f32,bf16,f16] [--m=1,16,512]
+//                 [--shapes=5120x5120,...] [--min_time=0.3] [--json=FILE]
+#include <immintrin.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "common/dtype.h"
+#include "kernels/backend.h"
+#include "nlohmann/json.hpp"
+
+ABSL_FLAG(std::string, isa, "all", "all, avx512, avx2 or scalar");
+ABSL_FLAG(int, threads, 0, "CPU backend threads (0 = all cores)");
+ABSL_FLAG(std::string, dtypes, "f32,bf16,f16", "weight dtypes");
+ABSL_FLAG(std::string, m, "1,16,512", "rows of x (tokens)");
+ABSL_FLAG(std::string, shapes, "5120x5120,13824x5120,5120x13824,2048x2048,5504x2048",
+          "weight shapes out x in");
+ABSL_FLAG(double, min_time, 0.3, "seconds per measurement (at least 2 timed runs)");
+ABSL_FLAG(bool, scalar_prefill, false, "also time m >= 64 on the scalar ISA (slow)");
+ABSL_FLAG(std::string, json, "", "write results to this JSON file");
+
+namespace tpserve::kernels {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
+
+// Runs fn(thread) on `threads` threads at once and returns the wall time of the slowest.
+template <class Fn>
+double RunOnThreads(int threads, Fn fn) {
+  std::atomic<int> ready{0};
+  std::atomic<bool> go{false};
+  std::vector<std::thread> ts;
+  for (int t = 0; t < threads; ++t) {
+    ts.emplace_back([&, t] {
+      ready.fetch_add(1);
+      while (!go.load()) {
+      }
+      fn(t);
+    });
+  }
+  while (ready.load() != threads) {
+  }
+  const auto t0 = Clock::now();
+  go.store(true);
+  for (auto& t : ts) t.join();
+  return Seconds(t0, Clock::now());
+}
+
+// Streaming read of a buffer much larger than the caches, split across threads; best of 5 passes.
+double MeasureReadGBps(int threads) {
+  const size_t bytes = size_t{1} << 30;
+  const size_t n = bytes / 8;
+  auto* buf = static_cast<uint64_t*>(std::aligned_alloc(64, bytes));
+  for (size_t i = 0; i < n; ++i) buf[i] = i;
+  std::vector<uint64_t> sink(threads * 8);
+  double best = 0;
+  for (int pass = 0; pass < 5; ++pass) {
+    const double s = RunOnThreads(threads, [&](int t) {
+      const size_t b = n * t / threads, e = n * (t + 1) / threads;
+      uint64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+      for (size_t i = b; i + 4 <= e; i += 4) {
+        a0 += buf[i];
+        a1 += buf[i + 1];
+        a2 += buf[i + 2];
+        a3 += buf[i + 3];
+      }
+      sink[t * 8] = a0 + a1 + a2 + a3;
+    });
+    best = std::max(best, bytes / s / 1e9);
+  }
+  std::free(buf);
+  return best;
+}
+
+// Peak loops: independent accumulators keep every pipe busy. The target-attributed loops are plain
+// functions (a lambda would not inherit the target). GFLOP/s counts 2 per multiply-add.
+constexpr int64_t kPeakIters = 20000000;
+
+__attribute__((target("avx512f"))) float FmaLoop512() {
+  __m512 acc[24];
+  for (int i = 0; i < 24; ++i) acc[i] = _mm512_set1_ps(float(i));
+  const __m512 a = _mm512_set1_ps(0.999f), b = _mm512_set1_ps(0.001f);
+  for (int64_t it = 0; it < kPeakIters; ++it) {
+    for (int i = 0; i < 24; ++i) acc[i] = _mm512_fmadd_ps(acc[i], a, b);
+  }
+  __m512 sum = acc[0];
+  for (int i = 1; i < 24; ++i) sum = _mm512_add_ps(sum, acc[i]);
+  return _mm512_reduce_add_ps(sum);
+}
+
+__attribute__((target("avx2,fma"))) float FmaLoop256() {
+  __m256 acc[12];
+  for (int i = 0; i < 12; ++i) acc[i] = _mm256_set1_ps(float(i));
+  const __m256 a = _mm256_set1_ps(0.999f), b = _mm256_set1_ps(0.001f);
+  for (int64_t it = 0; it < kPeakIters; ++it) {
+    for (int i = 0; i < 12; ++i) acc[i] = _mm256_fmadd_ps(acc[i], a, b);
+  }
+  __m256 sum = acc[0];
+  for (int i = 1; i < 12; ++i) sum = _mm256_add_ps(sum, acc[i]);
+  float out[8];
+  _mm256_storeu_ps(out, sum);
+  return out[0];
+}
+
+// vdpbf16ps: 16 lanes x 2 bf16 products per instruction = 64 flops.
+__attribute__((target("avx512f,avx512bf16"))) float DpLoop() {
+  __m512 acc[24];
+  for (int i = 0; i < 24; ++i) acc[i] = _mm512_setzero_ps();
+  const __m512bh a = (__m512bh)_mm512_set1_epi16(0x3f80), b = (__m512bh)_mm512_set1_epi16(0x3c00);
+  for (int64_t it = 0; it < kPeakIters; ++it) {
+    for (int i = 0; i < 24; ++i) acc[i] = _mm512_dpbf16_ps(acc[i], a, b);
+  }
+  __m512 sum = acc[0];
+  for (int i = 1; i < 24; ++i) sum = _mm512_add_ps(sum, acc[i]);
+  return _mm512_reduce_add_ps(sum);
+}
+
+double PeakGflops(int threads, float (*loop)(), double flops_per_iter) {
+  std::vector<float> sink(threads * 16);
+  const double s = RunOnThreads(threads, [&](int t) { sink[t * 16] = loop(); });
+  return double(threads) * kPeakIters * flops_per_iter / s / 1e9;
+}
+
+std::vector<int64_t> ParseInts(const std::string& s) {
+  std::vector<int64_t> out;
+  for (absl::string_view part : absl::StrSplit(s, ',', absl::SkipEmpty())) {
+    int64_t v;
+    if (absl::SimpleAtoi(part, &v)) out.push_back(v);
+  }
+  return out;
+}
+
+int Main() {
+  int threads = absl::GetFlag(FLAGS_threads);
+  if (threads <= 0) threads = std::max(1u, std::thread::hardware_concurrency());
+  __builtin_cpu_init();
+  const bool has512 = DetectCpuIsa() == CpuIsa::kAvx512;
+  const bool has_bf16 = has512 && __builtin_cpu_supports("avx512bf16");
+  const bool has_avx2 = DetectCpuIsa() != CpuIsa::kScalar;
+
+  nlohmann::json report;
+  const double read_gbps = MeasureReadGBps(threads);
+  const double fma_peak = has512 ? PeakGflops(threads, &FmaLoop512, 24 * 16 * 2) : 0.0;
+  const double fma256_peak = has_avx2 ? PeakGflops(threads, &FmaLoop256, 12 * 8 * 2) : 0.0;
+  const double dp_peak = has_bf16 ? PeakGflops(threads, &DpLoop, 24 * 64) : 0.0;
+  std::printf(
+      "threads %d  read bandwidth %.1f GB/s  FMA peak %.0f (zmm) / %.0f (ymm) GFLOP/s  dpbf16 peak %.0f GFLOP/s\n",
+      threads, read_gbps, fma_peak, fma256_peak, dp_peak);
+  report["threads"] = threads;
+  report["read_gbps"] = read_gbps;
+  report["fma_peak_gflops"] = fma_peak;
+  report["fma256_peak_gflops"] = fma256_peak;
+  report["dpbf16_peak_gflops"] = dp_peak;
+
+  std::vector<CpuIsa> isas;
+  const std::string isa_flag = absl::GetFlag(FLAGS_isa);
+  for (CpuIsa isa : {CpuIsa::kAvx512, CpuIsa::kAvx2, CpuIsa::kScalar}) {
+    if (isa_flag == "all" || isa_flag == CpuIsaName(isa)) isas.push_back(isa);
+  }
+  std::vector<DType> dtypes;
+  for (absl::string_view d : absl::StrSplit(absl::GetFlag(FLAGS_dtypes), ',', absl::SkipEmpty())) {
+    auto dt = ParseDType(d == "f32" ? "F32" : d == "bf16" ? "BF16" : d == "f16" ? "F16" : d);
+    if (dt.ok()) dtypes.push_back(*dt);
+  }
+  const std::vector<int64_t> ms = ParseInts(absl::GetFlag(FLAGS_m));
+  std::vector<std::pair<int64_t, int64_t>> shapes;
+  for (absl::string_view s : absl::StrSplit(absl::GetFlag(FLAGS_shapes), ',', absl::SkipEmpty())) {
+    std::vector<std::string> nk = absl::StrSplit(s, 'x');
+    int64_t n, k;
+    if (nk.size() == 2 && absl::SimpleAtoi(nk[0], &n) && absl::SimpleAtoi(nk[1], &k)) shapes.push_back({n, k});
+  }
+  const int64_t max_m = ms.empty() ? 1 : *std::max_element(ms.begin(), ms.end());
+
+  std::printf("%-18s %-9s %-12s %5s %10s %9s %7s %9s %7s\n", "backend", "dtype", "shape", "m", "best ms", "GB/s",
+              "%bw", "GFLOP/s", "%peak");
+  for (CpuIsa isa : isas) {
+    auto be_or = CreateCpuBackend(CpuBackendOptions{threads, isa});
+    if (!be_or.ok()) {
+      std::printf("%s: skipped (%s)\n", CpuIsaName(isa), std::string(be_or.status().message()).c_str());
+      continue;
+    }
+    auto& be = *be_or;
+    for (DType dt : dtypes) {
+      for (auto [n, k] : shapes) {
+        const size_t wbytes = size_t(n) * k * DTypeSize(dt);
+        std::vector<uint8_t> w(wbytes);
+        for (size_t i = 0; i < wbytes / 2; ++i) {
+          // Small finite values in every dtype (bf16/f16 ~ +-0.01..0.5; f32 words likewise).
+          const float v = 0.01f + 0.49f * float((i * 2654435761u) % 1000) / 1000.0f * ((i & 1) ? -1 : 1);
+          const uint16_t h = dt == DType::kF16 ? F32ToF16(v) : F32ToBF16(v);
+          std::memcpy(&w[i * 2], &h, 2);
+        }
+        if (dt == DType::kF32) {
+          for (size_t i = 0; i < wbytes / 4; ++i) {
+            const float v = 0.01f + 0.49f * float((i * 2654435761u) % 1000) / 1000.0f;
+            std::memcpy(&w[i * 4], &v, 4);
+          }
+        }
+        const WeightView view{w.data(), dt, n, k};
+        std::vector<float> x(max_m * k), y(max_m * n);
+        for (size_t i = 0; i < x.size(); ++i) x[i] = float(int(i % 17) - 8) / 8.0f;
+        for (int64_t m : ms) {
+          if (isa == CpuIsa::kScalar && m >= 64 && !absl::GetFlag(FLAGS_scalar_prefill)) continue;
+          be->Matmul(x.data(), m, view, y.data());  // warm-up (and page in the weights)
+          std::vector<double> times;
+          const auto start = Clock::now();
+          while (times.size() < 2 || (Seconds(start, Clock::now()) < absl::GetFlag(FLAGS_min_time) && times.size() < 1000)) {
+            const auto t0 = Clock::now();
+            be->Matmul(x.data(), m, view, y.data());
+            times.push_back(Seconds(t0, Clock::now()));
+          }
+          std::sort(times.begin(), times.end());
+          // Best of the runs: the build machine is shared, and the minimum is the least disturbed run.
+          const double t = times.front();
+          const double median = times[times.size() / 2];
+          const double bytes = double(wbytes) + double(m) * k * 4 + double(m) * n * 4;
+          const double gbps = bytes / t / 1e9;
+          const double gflops = 2.0 * m * n * k / t / 1e9;
+          const bool dot_bf16 = dt == DType::kBF16 && be->name().find("bf16") != std::string::npos;
+          const double peak = dot_bf16                 ? dp_peak
+                              : isa == CpuIsa::kAvx512 ? fma_peak
+                              : isa == CpuIsa::kAvx2   ? fma256_peak
+                                                       : 0.0;  // baseline code: no meaningful peak
+          const std::string shape = std::to_string(n) + "x" + std::to_string(k);
+          std::printf("%-18s %-9s %-12s %5lld %10.3f %9.1f %6.0f%% %9.1f %6.0f%%\n", be->name().c_str(), DTypeName(dt),
+                      shape.c_str(), static_cast<long long>(m), t * 1e3, gbps, 100.0 * gbps / read_gbps, gflops,
+                      peak > 0 ? 100.0 * gflops / peak : 0.0);
+          std::fflush(stdout);
+          report["results"].push_back({{"backend", be->name()}, {"dtype", DTypeName(dt)}, {"n", n}, {"k", k},
+                                       {"m", m}, {"ms", t * 1e3}, {"median_ms", median * 1e3}, {"gbps", gbps},
+                                       {"bw_fraction", gbps / read_gbps}, {"gflops", gflops},
+                                       {"peak_gflops", peak}, {"peak_fraction", peak > 0 ? gflops / peak : 0.0}});
+        }
+      }
+    }
+  }
+  const std::string json_path = absl::GetFlag(FLAGS_json);
+  if (!json_path.empty()) {
+    std::ofstream(json_path) << report.dump(2) << "\n";
+    std::printf("wrote %s\n", json_path.c_str());
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace tpserve::kernels
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  return tpserve::kernels::Main();
+}
