@@ -267,5 +267,31 @@ TEST(SyntheticModelTest, DeterministicPerSeedAndIndependentOfLayerCount) {
   for (size_t i = 0; i < va.size(); ++i) ASSERT_EQ(vh[i], F32ToF16(va[i]));
 }
 
+// Rewriting a directory sharded after a single-file run must not leave model.safetensors behind to
+// shadow the new shards (Open prefers the single file).
+TEST(SyntheticModelTest, RewriteRemovesStaleLayoutFiles) {
+  ScopedTempDir tmp("synth-rewrite");
+  SyntheticModelOptions o;
+  o.num_layers = 1;
+  o.out_dir = tmp.path;
+  o.seed = 1;
+  ASSERT_TRUE(WriteSyntheticModel(o).ok());
+  EXPECT_TRUE(Exists(tmp.path + "/model.safetensors"));
+  o.seed = 2;
+  o.max_shard_bytes = 300 << 10;
+  ASSERT_TRUE(WriteSyntheticModel(o).ok());
+  EXPECT_FALSE(Exists(tmp.path + "/model.safetensors"));
+  EXPECT_TRUE(Exists(tmp.path + "/model.safetensors.index.json"));
+  o.max_shard_bytes = int64_t{1} << 30;
+  ASSERT_TRUE(WriteSyntheticModel(o).ok());
+  EXPECT_FALSE(Exists(tmp.path + "/model.safetensors.index.json"));
+  for (const auto& e : std::filesystem::directory_iterator(tmp.path)) {
+    EXPECT_EQ(e.path().filename().string().find("-of-"), std::string::npos) << e.path();
+  }
+  auto ck = Checkpoint::Open(tmp.path);
+  ASSERT_TRUE(ck.ok()) << ck.status();
+  EXPECT_TRUE(Exists(tmp.path + "/config.json"));
+}
+
 }  // namespace
 }  // namespace tpserve::model

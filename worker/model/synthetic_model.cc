@@ -256,6 +256,25 @@ absl::Status WritePytorchLayout(const std::string& dir, const std::vector<Planne
   return absl::OkStatus();
 }
 
+// Removes a previous run's files of one layout (STEM.EXT, STEM.EXT.index.json, STEM-*-of-*.EXT), so a
+// stale single file or index can never shadow the shards written now (Open prefers the single file).
+absl::Status RemoveStaleLayout(const std::string& dir, const std::string& stem, const std::string& ext) {
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    bool single = name == stem + ext || name == stem + ext + ".index.json";
+    bool shard = name.size() > stem.size() + ext.size() && name.compare(0, stem.size() + 1, stem + "-") == 0 &&
+                 name.compare(name.size() - ext.size(), ext.size(), ext) == 0 &&
+                 name.find("-of-") != std::string::npos;
+    if (single || shard) {
+      std::filesystem::remove(entry.path(), ec);
+      if (ec) return absl::InternalError(absl::StrCat("cannot remove stale ", entry.path().string(), ": ", ec.message()));
+    }
+  }
+  if (ec) return absl::InternalError(absl::StrCat("cannot list ", dir, ": ", ec.message()));
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<ModelConfig> PresetConfig(absl::string_view name) {
@@ -327,6 +346,8 @@ absl::Status WriteSyntheticModel(const SyntheticModelOptions& o) {
   TP_RETURN_IF_ERROR(WriteText(o.out_dir + "/generation_config.json",
                                "{\n  \"bos_token_id\": 1,\n  \"eos_token_id\": 2\n}\n"));
   std::vector<PlannedTensor> plan = Plan(c, o.dtype);
+  if (o.write_safetensors) TP_RETURN_IF_ERROR(RemoveStaleLayout(o.out_dir, "model", ".safetensors"));
+  if (o.write_pytorch) TP_RETURN_IF_ERROR(RemoveStaleLayout(o.out_dir, "pytorch_model", ".bin"));
   if (o.write_safetensors) TP_RETURN_IF_ERROR(WriteSafetensorsLayout(o.out_dir, plan, o, c.rope_theta));
   if (o.write_pytorch) TP_RETURN_IF_ERROR(WritePytorchLayout(o.out_dir, plan, o, c.rope_theta));
   return absl::OkStatus();

@@ -16,7 +16,8 @@
 namespace tpserve::model {
 
 struct SyntheticModelOptions {
-  std::string out_dir;            // created when absent; existing files of the same names are replaced
+  std::string out_dir;            // created when absent; earlier checkpoint files of a layout written now
+                                  // (single file, shards, index) are removed first
   std::string preset = "tiny";    // "tiny" | "llama-2-13b"
   int num_layers = -1;            // -1 keeps the preset's
   DType dtype = DType::kBF16;     // weights' dtype (inv_freq buffers are always float32, as in Tulu)
