@@ -1,0 +1,226 @@
+// Runs the CUDA kernels under CPU emulation (emu.h) against the reference backend on small shapes
+// that still cross every tile/split/vector-path boundary. A development check for machines without a
+// GPU: bash kernels/cuda/emu/run_emu_check.sh (not part of the CMake build).
+#include <cmath>
+#include <cstdio>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/backend.h"
+#include "kernels/cuda/cuda_kernels.h"
+
+namespace tpserve::kernels {
+namespace {
+
+int g_failures = 0;
+
+std::vector<float> Rand(size_t n, uint32_t seed, float lo = -1, float hi = 1, bool bf16_exact = false) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> d(lo, hi);
+  std::vector<float> v(n);
+  for (auto& x : v) x = bf16_exact ? BF16ToF32(F32ToBF16(d(rng))) : d(rng);
+  return v;
+}
+
+void Check(const std::vector<float>& got, const std::vector<float>& want, double abs_tol, double rel_tol,
+           const std::string& what) {
+  size_t bad = 0, worst = 0;
+  double worst_err = -1;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double err = std::fabs(static_cast<double>(got[i]) - want[i]);
+    if (!(err <= abs_tol + rel_tol * std::fabs(want[i]))) ++bad;
+    if (!(err <= worst_err)) {
+      worst_err = err;
+      worst = i;
+    }
+  }
+  std::printf("%-44s %s  (max err %.3g at %zu: got %.6g want %.6g)\n", what.c_str(), bad ? "FAIL" : "ok",
+              worst_err, worst, got.empty() ? 0.0 : got[worst], want.empty() ? 0.0 : want[worst]);
+  if (bad) ++g_failures;
+}
+
+std::vector<uint16_t> Bf16(const std::vector<float>& v) {
+  std::vector<uint16_t> o(v.size());
+  for (size_t i = 0; i < v.size(); ++i) o[i] = F32ToBF16(v[i]);
+  return o;
+}
+
+void CheckGemv(Backend& ref) {
+  for (int64_t k : {520, 517, 8}) {
+    for (int64_t m : {1, 3, 8}) {
+      const int64_t n = 37;
+      auto x = Rand(m * k, 1 + m), wf = Rand(n * k, 2 + k);
+      auto w = Bf16(wf);
+      std::vector<float> want(m * n), got(m * n, NAN);
+      ref.Matmul(x.data(), m, WeightView{w.data(), DType::kBF16, n, k}, want.data());
+      cuda::LaunchGemv16(x.data(), m, w.data(), 1, n, k, got.data(), nullptr);
+      Check(got, want, 1e-5, 1e-5, "gemv m=" + std::to_string(m) + " k=" + std::to_string(k));
+    }
+  }
+  // f16 path
+  const int64_t m = 2, n = 9, k = 64;
+  auto x = Rand(m * k, 5), wf = Rand(n * k, 6);
+  std::vector<uint16_t> w(wf.size());
+  for (size_t i = 0; i < wf.size(); ++i) w[i] = F32ToF16(wf[i]);
+  std::vector<float> want(m * n), got(m * n, NAN);
+  ref.Matmul(x.data(), m, WeightView{w.data(), DType::kF16, n, k}, want.data());
+  cuda::LaunchGemv16(x.data(), m, w.data(), 2, n, k, got.data(), nullptr);
+  Check(got, want, 1e-5, 1e-5, "gemv f16");
+}
+
+void CheckElementwise(Backend& ref) {
+  const int64_t rows = 3, cols = 517;
+  auto x = Rand(rows * cols, 10, -3, 3), wf = Rand(cols, 11, 0.5f, 1.5f), r = Rand(rows * cols, 12);
+  auto w = Bf16(wf);
+  WeightView wv{w.data(), DType::kBF16, 1, cols};
+  std::vector<float> want(x.size()), got(x.size(), NAN);
+  ref.RmsNorm(x.data(), rows, wv, 1e-5f, want.data());
+  cuda::LaunchRmsNorm(x.data(), rows, cols, w.data(), 1, 1e-5f, got.data(), nullptr);
+  Check(got, want, 1e-5, 1e-5, "rmsnorm");
+  auto rr = r, rg = r;
+  std::vector<float> want2(x.size()), got2(x.size(), NAN);
+  ref.AddRmsNorm(rr.data(), x.data(), rows, wv, 1e-5f, want2.data());
+  cuda::LaunchAddRmsNorm(rg.data(), x.data(), rows, cols, w.data(), 1, 1e-5f, got2.data(), nullptr);
+  Check(rg, rr, 0, 0, "add+rmsnorm residual");
+  Check(got2, want2, 1e-5, 1e-5, "add+rmsnorm out");
+
+  std::vector<int32_t> ids = {5, 9, 2, 20, 7};
+  auto table = Rand(10 * cols, 13);
+  auto tb = Bf16(table);
+  std::vector<float> we(ids.size() * cols), ge(ids.size() * cols, NAN);
+  ref.Embedding(ids.data(), ids.size(), WeightView{tb.data(), DType::kBF16, 10, cols}, 3, we.data());
+  cuda::LaunchEmbedding(ids.data(), ids.size(), tb.data(), 1, 10, cols, 3, ge.data(), nullptr);
+  Check(ge, we, 0, 0, "embedding");
+
+  const int64_t inter = 300;
+  auto gu = Rand(rows * 2 * inter, 14, -5, 5);
+  std::vector<float> ws(rows * inter), gs(rows * inter, NAN);
+  ref.SiluMul(gu.data(), rows, inter, ws.data());
+  cuda::LaunchSiluMul(gu.data(), rows, inter, gs.data(), nullptr);
+  Check(gs, ws, 1e-6, 1e-5, "silu*mul");
+
+  std::vector<int32_t> sel = {2, 0, 2};
+  std::vector<float> wg(sel.size() * cols), gg(sel.size() * cols, NAN);
+  ref.GatherRows(x.data(), sel.data(), sel.size(), cols, wg.data());
+  cuda::LaunchGatherRows(x.data(), sel.data(), sel.size(), cols, gg.data(), nullptr);
+  Check(gg, wg, 0, 0, "gather rows");
+
+  auto ya = r, yb = r;
+  ref.Add(ya.data(), x.data(), ya.size());
+  cuda::LaunchAdd(yb.data(), x.data(), yb.size(), nullptr);
+  Check(yb, ya, 0, 0, "add");
+
+  for (int hd : {8, 128, 2}) {
+    const int nq = 3, nk = 2;
+    std::vector<int32_t> pos = {0, 1, 33, 700};
+    auto q = Rand(pos.size() * nq * hd, 15), k = Rand(pos.size() * nk * hd, 16);
+    auto q2 = q, k2 = k;
+    ref.Rope(q.data(), k.data(), pos.data(), pos.size(), nq, nk, hd, 10000.0f);
+    cuda::LaunchRope(q2.data(), k2.data(), pos.data(), pos.size(), nq, nk, hd, 10000.0f, nullptr);
+    Check(q2, q, 2e-4, 1e-4, "rope q hd=" + std::to_string(hd));
+    Check(k2, k, 2e-4, 1e-4, "rope k hd=" + std::to_string(hd));
+  }
+}
+
+struct Seq {
+  int history, query;
+};
+
+void CheckAttention(Backend& ref, int nq, int nk, int hd, int bs, const std::vector<Seq>& seqs, uint32_t seed) {
+  int max_blocks = 0, max_q = 0, max_ctx = 0;
+  for (auto s : seqs) {
+    max_blocks = std::max(max_blocks, (s.history + s.query + bs - 1) / bs);
+    max_q = std::max(max_q, s.query);
+    max_ctx = std::max(max_ctx, s.history + s.query);
+  }
+  const int num_blocks = max_blocks * static_cast<int>(seqs.size()) + 2;
+  std::vector<int32_t> perm(num_blocks);
+  std::iota(perm.begin(), perm.end(), 0);
+  std::shuffle(perm.begin(), perm.end(), std::mt19937(seed));
+  std::vector<int32_t> tables(seqs.size() * max_blocks), qs{0}, ctxs, slots, pos, hist_slots;
+  int next = 0;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    for (int j = 0; j < max_blocks; ++j) tables[i * max_blocks + j] = perm[next++];
+    auto slot = [&](int p) { return tables[i * max_blocks + p / bs] * bs + p % bs; };
+    for (int p = 0; p < seqs[i].history; ++p) hist_slots.push_back(slot(p));
+    for (int p = seqs[i].history; p < seqs[i].history + seqs[i].query; ++p) {
+      slots.push_back(slot(p));
+      pos.push_back(p);
+    }
+    qs.push_back(qs.back() + seqs[i].query);
+    ctxs.push_back(seqs[i].history + seqs[i].query);
+  }
+  const int T = qs.back(), H = static_cast<int>(hist_slots.size()), kvw = nk * hd;
+  auto hk = Rand(size_t(H) * kvw, seed + 1, -1, 1, true), hv = Rand(size_t(H) * kvw, seed + 2, -1, 1, true);
+  auto k = Rand(size_t(T) * kvw, seed + 3, -1, 1, true), v = Rand(size_t(T) * kvw, seed + 4, -1, 1, true);
+  auto q = Rand(size_t(T) * nq * hd, seed + 5, -2, 2);
+  const float scale = 1.0f / std::sqrt(float(hd));
+
+  KvCacheSpec spec{1, num_blocks, bs, nk, hd};
+  auto rc = ref.CreateKvCache(spec);
+  AttentionBatch hb;
+  hb.num_tokens = H;
+  hb.slot_mapping = hist_slots.data();
+  AttentionBatch b;
+  b.num_seqs = static_cast<int>(seqs.size());
+  b.num_tokens = T;
+  b.max_blocks_per_seq = max_blocks;
+  b.max_query_len = max_q;
+  b.max_context_len = max_ctx;
+  b.query_start = qs.data();
+  b.context_lens = ctxs.data();
+  b.block_tables = tables.data();
+  b.slot_mapping = slots.data();
+  b.positions = pos.data();
+  if (H > 0) ref.WriteKv(**rc, 0, hk.data(), hv.data(), hb);
+  ref.WriteKv(**rc, 0, k.data(), v.data(), b);
+  std::vector<float> want(q.size());
+  ref.Attention(**rc, 0, q.data(), b, nq, scale, want.data());
+
+  const size_t cache_elems = size_t(num_blocks) * bs * kvw;
+  std::vector<uint16_t> kc(cache_elems, 0), vc(cache_elems, 0);
+  if (H > 0) cuda::LaunchWriteKv(hk.data(), hv.data(), hist_slots.data(), H, kvw, kc.data(), vc.data(), nullptr);
+  cuda::LaunchWriteKv(k.data(), v.data(), slots.data(), T, kvw, kc.data(), vc.data(), nullptr);
+  std::vector<float> got(q.size(), NAN);
+  cuda::PagedAttentionParams p;
+  p.q = q.data();
+  p.out = got.data();
+  p.k_cache = kc.data();
+  p.v_cache = vc.data();
+  p.query_start = qs.data();
+  p.block_tables = tables.data();
+  p.positions = pos.data();
+  p.num_seqs = b.num_seqs;
+  p.max_blocks_per_seq = max_blocks;
+  p.max_query_len = max_q;
+  p.max_context_len = max_ctx;
+  p.nq = nq;
+  p.nk = nk;
+  p.head_dim = hd;
+  p.block_size = bs;
+  p.scale = scale;
+  std::vector<float> scratch(std::max<int64_t>(cuda::DecodeScratchFloats(p), 1), NAN);
+  p.scratch = scratch.data();
+  cuda::LaunchPagedAttention(p, nullptr);
+  Check(got, want, 2e-5, 2e-4,
+        "attention nq=" + std::to_string(nq) + " nk=" + std::to_string(nk) + " hd=" + std::to_string(hd) +
+            " bs=" + std::to_string(bs));
+}
+
+}  // namespace
+}  // namespace tpserve::kernels
+
+int main() {
+  using namespace tpserve::kernels;
+  auto ref = CreateReferenceBackend();
+  CheckElementwise(*ref);
+  CheckGemv(*ref);
+  const std::vector<Seq> mixed = {{0, 37}, {40, 5}, {600, 1}, {5, 1}, {0, 2}, {1100, 1}};
+  CheckAttention(*ref, 4, 2, 40, 16, mixed, 7);
+  CheckAttention(*ref, 2, 1, 128, 8, mixed, 8);
+  CheckAttention(*ref, 2, 2, 8, 4, {{0, 20}, {3, 1}}, 9);
+  std::printf("%s: %d failure(s)\n", g_failures ? "FAIL" : "PASS", g_failures);
+  return g_failures ? 1 : 0;
+}

@@ -1,0 +1,2 @@
+#pragma once
+enum cublasStatus_t { CUBLAS_STATUS_SUCCESS = 0 };
