@@ -137,9 +137,9 @@ absl::Status BlockManager::CheckConsistency(absl::Span<const int> expected_refs)
 }
 
 void BlockManager::DropCachedBlocks() {
-  while (auto b = cache_.EvictLru()) {
-    free_uncached_.push_back(*b);
-    in_free_uncached_[*b] = true;
+  for (int32_t b : cache_.Clear()) {
+    free_uncached_.push_back(b);
+    in_free_uncached_[b] = true;
   }
 }
 

@@ -64,8 +64,9 @@ class BlockManager {
   // No-op when prefix caching is off or the content is already cached in another block.
   void CacheFullBlock(int32_t block, BlockHash hash, BlockHash parent, absl::Span<const int32_t> tokens);
 
-  // Forgets every evictable cached block (they become free-uncached): after the workers lost their KV
-  // cache (a re-formed worker group), cached content no longer exists anywhere.
+  // Forgets every cached block: after the workers lost their KV cache (a re-formed worker group), cached
+  // content no longer exists anywhere. Evictable blocks become free-uncached; referenced ones keep their
+  // owners but can no longer be matched.
   void DropCachedBlocks();
   void RecordPrefixQuery(int64_t query_tokens, int64_t hit_tokens) {
     if (enable_prefix_caching_) cache_.Record(query_tokens, hit_tokens);

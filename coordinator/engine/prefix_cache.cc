@@ -87,4 +87,12 @@ std::optional<int32_t> PrefixCache::EvictLru() {
   return block;
 }
 
+std::vector<int32_t> PrefixCache::Clear() {
+  std::vector<int32_t> evictable(lru_.begin(), lru_.end());
+  lru_.clear();
+  for (const auto& [hash, block] : by_hash_) entries_[block] = Entry{};
+  by_hash_.clear();
+  return evictable;
+}
+
 }  // namespace tpserve::coordinator

@@ -56,6 +56,8 @@ class PrefixCache {
   int num_evictable() const { return static_cast<int>(lru_.size()); }
   // Drops the least recently used evictable block from the cache and returns it; nullopt when none.
   std::optional<int32_t> EvictLru();
+  // Forgets every cached block, referenced or not. Returns the ones that were evictable (now plain free).
+  std::vector<int32_t> Clear();
 
   const PrefixCacheStats& stats() const { return stats_; }
   void Record(int64_t query_tokens, int64_t hit_tokens) {

@@ -82,8 +82,8 @@ class Scheduler {
   // The engine decided the sequence stopped (EOS, stop string, length): frees its blocks; its full blocks stay
   // in the prefix cache for reuse. Idempotent.
   void Finish(uint64_t seq_id);
-  // The workers' KV caches were lost (worker group re-formed): cached prefix blocks hold nothing any more.
-  // Call with no sequences holding blocks (after aborting them).
+  // The workers' KV caches were lost (worker group re-formed): cached prefix blocks hold nothing any more,
+  // so none may be matched again. Running sequences' KV is gone too: abort (and re-add) them first.
   void ClearPrefixCache() { blocks_.DropCachedBlocks(); }
 
   int num_running() const { return static_cast<int>(running_.size()); }

@@ -198,6 +198,27 @@ TEST(BlockManagerTest, DuplicateContentStaysUncached) {
   EXPECT_TRUE(bm.CheckConsistency(Owners(4, {})).ok());
 }
 
+TEST(BlockManagerTest, DropCachedBlocksForgetsReferencedAndEvictableContent) {
+  BlockManager bm({4, 2, true});
+  const std::vector<int32_t> p = {1, 2, 3, 4};
+  auto held = bm.Allocate(2);
+  auto gone = bm.Allocate(1);
+  ASSERT_TRUE(held.ok() && gone.ok());
+  CacheAll(bm, *held, p);
+  CacheAll(bm, *gone, {9, 9});
+  bm.Release(*gone);  // evictable
+  bm.DropCachedBlocks();
+  EXPECT_EQ(bm.num_cached_blocks(), 0);
+  EXPECT_EQ(bm.num_free_blocks(), 2);
+  std::vector<BlockHash> h;
+  ExtendBlockHashes(p, 2, &h);
+  EXPECT_TRUE(bm.MatchPrefix(h, p, 2).empty());  // the held blocks' KV is stale too
+  EXPECT_TRUE(bm.CheckConsistency(Owners(4, {*held})).ok());
+  bm.Release(*held);
+  EXPECT_EQ(bm.num_free_blocks(), 4);
+  EXPECT_TRUE(bm.CheckConsistency(Owners(4, {})).ok());
+}
+
 TEST(PrefixCacheTest, HashCollisionIsAMissNotAWrongHit) {
   PrefixCache cache(/*num_blocks=*/2, /*block_size=*/2);
   const BlockHash h = 42;  // forced: pretend two different blocks hash alike

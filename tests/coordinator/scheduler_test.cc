@@ -372,6 +372,22 @@ TEST(SchedulerTest, CachedBlocksAreEvictedLeastRecentlyUsedFirst) {
   });
 }
 
+TEST(SchedulerTest, ClearPrefixCacheAfterWorkerLossForcesRecompute) {
+  TableRunner t(Config(8, 4, 8, 64, 64));
+  t.Run({
+      Add(1, Prompt(1, 9), 2, 0, {0, 1, 8}),
+      Step({{1, 0, 9, S, New, 0}}, {1, 0, 5}),
+      Abort(1, {0, 0, 8}),  // the engine aborts everything, clears, and replays from token history
+  });
+  EXPECT_EQ(t.sched().block_manager().num_cached_blocks(), 2);
+  t.sched().ClearPrefixCache();
+  EXPECT_EQ(t.sched().block_manager().num_cached_blocks(), 0);
+  t.Run({
+      Add(2, Prompt(1, 9), 2, 0, {0, 1, 8}),
+      Step({{2, 0, 9, S, New, 0}}, {1, 0, 5}),
+  });
+}
+
 TEST(SchedulerTest, AbortReturnsEveryBlockWhereverTheSequenceIs) {
   TableRunner t(Config(6, 4, 8, 64, 64));
   t.Run({
