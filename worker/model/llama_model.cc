@@ -55,6 +55,11 @@ absl::Status LlamaModel::CheckComm(const ShardSpec& spec, kernels::Backend* back
         "LlamaModel: communicator is rank ", comm->rank(), " of ", comm->world_size(), " but the shard spec is rank ",
         spec.rank(), " of --tp ", spec.world_size()));
   }
+  // Gloo reads and writes the buffers it is given with the CPU: device memory would crash it.
+  if (spec.world_size() > 1 && !backend->is_host() && comm->name() == "gloo") {
+    return absl::InvalidArgumentError(absl::StrCat("the gloo communicator needs host memory but backend ",
+                                                   backend->name(), " keeps activations on the device; use nccl"));
+  }
   return absl::OkStatus();
 }
 
