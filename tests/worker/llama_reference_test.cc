@@ -58,6 +58,7 @@ struct Case {
 };
 
 std::string CaseName(const ::testing::TestParamInfo<Case>& info) { return info.param.name; }
+void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
 
 class LlamaReferenceTest : public ::testing::TestWithParam<Case> {};
 

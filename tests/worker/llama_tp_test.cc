@@ -115,6 +115,10 @@ struct TpCase {
   BackendKind backend;
 };
 
+void PrintTo(const TpCase& c, std::ostream* os) {
+  *os << "tp " << c.world << (c.backend == BackendKind::kCpu ? " cpu" : " reference");
+}
+
 class LlamaTpTest : public ::testing::TestWithParam<TpCase> {};
 
 TEST_P(LlamaTpTest, Stories260KMatchesReferenceIdsAndTp1Logits) {
