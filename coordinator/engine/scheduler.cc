@@ -261,7 +261,8 @@ SchedulerOutput Scheduler::Schedule() {
           seq->num_computed_tokens;
       n = std::min(n, capacity);
       if (n <= 0) continue;
-      TP_CHECK(GrowBlocks(seq, seq->num_computed_tokens + n, &step, &out));
+      const bool grown = GrowBlocks(seq, seq->num_computed_tokens + n, &step, &out);
+      TP_CHECK(grown) << "seq " << seq->seq_id << ": " << n << " tokens should fit the free blocks";
     }
     Emit(seq, n, &step, &out);
   }
