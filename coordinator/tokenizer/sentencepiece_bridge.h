@@ -1,9 +1,11 @@
-// Std-only facade over libsentencepiece (processor + trainer).
+// SentencePiece without libsentencepiece: reads tokenizer.model (a ModelProto) with our own protobuf, encodes
+// with SentencePiece's BPE algorithm (score-ordered pair merges, unused-piece resegmentation, byte fallback)
+// and decodes with its rules. Training runs Debian's `spm_train` in a subprocess.
 //
-// Why a bridge: sentencepiece_processor.h declares `namespace absl { using std::string_view; }`, which is
-// ambiguous with Abseil's own absl::string_view class (this Abseil build does not alias std). So the
-// sentencepiece headers are included only by sentencepiece_bridge.cc, which includes no Abseil header, and
-// everything else talks to SentencePiece through the std types below.
+// Why: Debian's libsentencepiece bundles and exports protobuf-lite 3.14; loaded in the same process as gRPC's
+// libprotobuf 3.21 the two copies interpose each other's symbols and the process crashes at startup. The
+// coordinator needs both, so it links only this implementation. Only BPE models with the identity
+// normalizer (Llama 2, Tulu, llama2.c's tokenizers, make-model's) are supported; others are refused at Open.
 #pragma once
 
 #include <memory>
@@ -11,10 +13,6 @@
 #include <string_view>
 #include <unordered_map>
 #include <vector>
-
-namespace sentencepiece {
-class SentencePieceProcessor;
-}  // namespace sentencepiece
 
 namespace tpserve::coordinator::sp_bridge {
 
@@ -40,16 +38,17 @@ class Processor {
   bool IsControl(int id) const;
   bool IsUnknown(int id) const;
 
-  // SentencePiece's own encoder / decoder; false with *error on failure.
+  // SentencePiece's encoder / decoder rules; false with *error on failure.
   bool Encode(std::string_view text, std::vector<int>* ids, std::string* error) const;
   bool Decode(const std::vector<int>& ids, std::string* text, std::string* error) const;
 
  private:
+  struct Impl;
   Processor();
-  std::unique_ptr<sentencepiece::SentencePieceProcessor> sp_;
+  std::unique_ptr<Impl> impl_;
 };
 
-// SentencePieceTrainer::Train with flag-style kwargs ({"model_type", "bpe"}, ...). Writes files named by
+// Runs `spm_train` with flag-style kwargs ({"model_type", "bpe"}, ...). Writes files named by
 // "model_prefix". false with *error on failure.
 bool Train(const std::unordered_map<std::string, std::string>& kwargs, std::string* error);
 

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The test command (README, .ci/run): installs dependencies, builds, and runs every test under CTest.
+# Then compiles and links the CUDA build (no GPU needed; its GPU tests skip) and runs the checkpoint-loader
+# tests under AddressSanitizer + UndefinedBehaviorSanitizer. SKIP_CUDA=1 / SKIP_ASAN=1 skip those stages.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+start=$(date +%s)
+bash scripts/install-deps.sh
+
+echo "== CPU build"
+bash scripts/build.sh
+echo "== tests"
+(cd build && ctest --output-on-failure -j "${CTEST_JOBS:-2}" --timeout 900)
+
+if [ "${SKIP_ASAN:-0}" != 1 ]; then
+  echo "== loader tests under ASan/UBSan"
+  bash scripts/asan-checkpoint-tests.sh
+fi
+NVCC=$(command -v nvcc || true)
+[ -z "$NVCC" ] && [ -x /usr/local/cuda/bin/nvcc ] && NVCC=/usr/local/cuda/bin/nvcc
+if [ "${SKIP_CUDA:-0}" = 1 ]; then
+  echo "== CUDA build skipped (SKIP_CUDA=1)"
+elif [ -z "$NVCC" ]; then
+  echo "== CUDA build skipped: nvcc not found (install the CUDA toolkit to check it)"
+else
+  echo "== CUDA build (compile and link; GPU tests skip without a GPU)"
+  BUILD_DIR=build-cuda TARGETS="tpserve kernels_tests worker_tests integration_tests" bash scripts/build.sh -DTPSERVE_CUDA=ON \
+    -DCMAKE_CUDA_COMPILER="$NVCC" -DTPSERVE_BUILD_BENCH=OFF
+  # The CUDA-enabled binary must still serve on CPU where there is no GPU.
+  (cd build-cuda && ctest --output-on-failure -R "Cuda|Nccl|GreedyIdsEqualReference/stories260K_tp1$" --timeout 300 -j 2)
+fi
+echo "== all stages passed in $(( $(date +%s) - start )) s"
