@@ -127,7 +127,9 @@ class WorkerSupervisor {
         }
         if (rank < 0) continue;
         pids_[rank] = -1;
-        restart = restart_ && !stopping_;
+        // Exit status 0 means the coordinator told the worker to shut down: not a failure to repair.
+        const bool clean_exit = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+        restart = restart_ && !stopping_ && !clean_exit;
         bool all_gone = true;
         for (pid_t p : pids_) all_gone &= p <= 0;
         if (stopping_ && all_gone) return;
