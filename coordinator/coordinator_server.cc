@@ -156,6 +156,7 @@ absl::Status CoordinatorServer::WaitUntilServing(absl::Duration timeout) {
   // Warm-up: one real step through every worker before declaring SERVING.
   RequestSpec warm;
   warm.request_id = "warmup";
+  warm.internal = true;
   warm.prompt_ids = {tokenizer_->bos_id() >= 0 ? tokenizer_->bos_id() : 1};
   warm.max_new_tokens = 1;
   warm.sampling.set_temperature(0);

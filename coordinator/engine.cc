@@ -50,6 +50,7 @@ absl::StatusOr<uint64_t> Engine::Submit(RequestSpec spec, std::shared_ptr<Reques
                                                      " waiting, --max-queued-requests); retry later"));
   }
   uint64_t id = next_id_++;
+  if (spec.request_id.empty()) spec.request_id = absl::StrCat("req-", id);
   auto state = std::make_unique<RequestState>(id, std::move(spec), std::move(sink), *tokenizer_,
                                               options_.scheduler.max_model_len);
   ++queued_;
@@ -101,6 +102,12 @@ void Engine::FinishRequest(RequestState& r, v1::FinishReason reason, v1::Generat
   }
   finished_since_last_step_.push_back(id);
   const int completion = r.num_generated();
+  if (r.spec().internal) {
+    r.sink().OnDelta(*last);
+    --in_flight_;
+    requests_.erase(id);
+    return;
+  }
   metrics_->RequestSuccess(FinishReasonName(reason)).Increment();
   metrics_->e2e_request_latency_seconds->Observe(absl::ToDoubleSeconds(now - r.spec().arrival));
   metrics_->request_prompt_tokens->Observe(r.spec().prompt_ids.size());
@@ -163,10 +170,13 @@ bool Engine::RunOneStep() {
       st->mutable_history()->Assign(r.all_tokens().begin(), r.all_tokens().end());
       st->set_num_generated(r.num_generated());
       st->set_prompt_len(static_cast<int>(r.spec().prompt_ids.size()));
-      if (r.first_scheduled == absl::InfinitePast()) {
+      const bool first_schedule = r.first_scheduled == absl::InfinitePast();
+      if (first_schedule) {
         r.first_scheduled = now;
         --queued_;
         r.cached_prompt_tokens = s.num_cached_tokens;
+      }
+      if (first_schedule && !r.spec().internal) {
         metrics_->request_queue_time_seconds->Observe(absl::ToDoubleSeconds(now - r.spec().arrival));
         metrics_->prefix_cache_queries_total->Increment(r.spec().prompt_ids.size());
         metrics_->prefix_cache_hits_total->Increment(s.num_cached_tokens);
@@ -212,16 +222,19 @@ bool Engine::RunOneStep() {
     if (it == requests_.end()) continue;
     RequestState& r = *it->second;
     v1::GenerateStreamResponse delta;
+    const bool record = !r.spec().internal;
     if (r.first_token == absl::InfinitePast()) {
       r.first_token = done;
-      metrics_->time_to_first_token_seconds->Observe(absl::ToDoubleSeconds(done - r.spec().arrival));
-      metrics_->prompt_tokens_total->Increment(r.spec().prompt_ids.size());
+      if (record) {
+        metrics_->time_to_first_token_seconds->Observe(absl::ToDoubleSeconds(done - r.spec().arrival));
+        metrics_->prompt_tokens_total->Increment(r.spec().prompt_ids.size());
+      }
       delta.mutable_prompt_token_ids()->Assign(r.spec().prompt_ids.begin(), r.spec().prompt_ids.end());
-    } else {
+    } else if (record) {
       metrics_->inter_token_latency_seconds->Observe(absl::ToDoubleSeconds(done - r.last_token));
     }
     r.last_token = done;
-    metrics_->generation_tokens_total->Increment();
+    if (record) metrics_->generation_tokens_total->Increment();
     v1::FinishReason reason = r.OnToken(t, &delta);
     if (reason != v1::FINISH_REASON_UNSPECIFIED) {
       FinishRequest(r, reason, &delta);

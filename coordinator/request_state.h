@@ -28,6 +28,7 @@ struct RequestSpec {
   int logprobs = 0;
   int priority = 0;
   absl::Time arrival = absl::Now();
+  bool internal = false;  // server-made (warm-up): kept out of metrics and request logs
 };
 
 // Receives a request's output. Called on the engine thread: implementations must not block.

@@ -21,6 +21,8 @@ struct Case {
   int tp;
 };
 
+void PrintTo(const Case& c, std::ostream* os) { *os << c.model << " tp" << c.tp; }
+
 std::string Name(const ::testing::TestParamInfo<Case>& info) {
   std::string m = info.param.model;
   for (char& c : m) {
