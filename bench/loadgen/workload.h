@@ -1,0 +1,64 @@
+// Builds the requests a benchmark sends: synthetic prompts cut from real corpus text (token-exact, via the
+// server's Tokenize RPC), JSONL datasets, and shared-prefix workloads; plus request arrival schedules.
+#pragma once
+
+#include <cstdint>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "generation.grpc.pb.h"
+
+namespace tpserve::bench {
+
+enum class LenDist { kFixed, kUniform, kNormal };
+absl::StatusOr<LenDist> ParseLenDist(const std::string& name);
+
+// How lengths are drawn around a mean: fixed; uniform in [mean*(1-range), mean*(1+range)];
+// normal with standard deviation `std_tokens` (0 = mean/4). Always clipped to [1, max].
+struct LenSpec {
+  int mean = 128;
+  LenDist dist = LenDist::kFixed;
+  double range = 0.0;
+  double std_tokens = 0.0;
+};
+int DrawLen(const LenSpec& spec, int max, std::mt19937_64* rng);
+
+struct WorkloadOptions {
+  // Synthetic: prompts of `input` tokens (BOS included) cut from `corpus_dir`/*.txt.
+  LenSpec input;
+  LenSpec output;
+  std::string corpus_dir;
+  // Non-empty: one request per line, {"prompt": "..."} or {"messages": [{"role","content"}...]}, optional
+  // "output_len" (else drawn from `output`). Lines are reused round-robin when more requests are asked for.
+  std::string dataset;
+  // > 0: every prompt starts with one of `num_prefixes` shared prefixes of `prefix_len` tokens (after BOS).
+  int prefix_len = 0;
+  int num_prefixes = 1;
+  int max_context = 0;  // the server's max_context_length; input + output must stay under it
+  float temperature = 0.0f;
+  uint64_t seed = 0;
+};
+
+// One request to send: the proto itself, ready to go.
+struct RequestSpec {
+  v1::GenerateRequest request;
+  int expected_input_len = 0;  // -1 when the server decides (text/chat dataset inputs)
+  int output_len = 0;
+  int prefix_id = -1;          // which shared prefix, -1 for none
+};
+
+// Builds `count` requests. Uses `stub` for Tokenize/GetModelInfo. INVALID_ARGUMENT names the flag or file
+// at fault (a missing corpus, a malformed dataset line, lengths that do not fit the context).
+absl::StatusOr<std::vector<RequestSpec>> BuildWorkload(const WorkloadOptions& options, int count,
+                                                       v1::Generation::Stub* stub);
+
+enum class Arrival { kPoisson, kConstant };
+absl::StatusOr<Arrival> ParseArrival(const std::string& name);
+
+// Inter-arrival gaps in seconds for `count` requests at `rate` req/s. Poisson arrivals use gamma-distributed
+// gaps with shape `burstiness` and mean 1/rate (vLLM semantics: 1.0 = Poisson, < 1 burstier, > 1 smoother).
+std::vector<double> ArrivalGaps(Arrival arrival, double rate, double burstiness, int count, uint64_t seed);
+
+}  // namespace tpserve::bench
