@@ -5,7 +5,7 @@
 port=${1:-9090}
 path=${2:-/ready}
 host=${3:-127.0.0.1}
-exec 3<>"/dev/tcp/$host/$port" 2>/dev/null || exit 1
+{ exec 3<>"/dev/tcp/$host/$port"; } 2>/dev/null || exit 1
 printf 'GET %s HTTP/1.0\r\nHost: %s\r\nConnection: close\r\n\r\n' "$path" "$host" >&3
 IFS= read -r -t 5 status <&3 || exit 1
 exec 3<&-
