@@ -3,6 +3,8 @@
 # TARGETS="tpserve" limits what is built.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Lets ccache reuse objects across checkouts in different folders (CI clones anew each run).
+export CCACHE_BASEDIR="${CCACHE_BASEDIR:-$(pwd)}"
 BUILD_DIR=${BUILD_DIR:-build}
 GEN=()
 command -v ninja >/dev/null && GEN=(-G Ninja)
