@@ -1,0 +1,401 @@
+#!/usr/bin/env python3
+"""Renders every deploy/k8s overlay with kustomize and checks the objects against each other and the flags.
+
+Checks: TP topology (--world_size == --tp == pods per group x ranks per pod, GPUs per pod == ranks per pod),
+container ports == --port / --worker_port / --metrics_port, probes on real endpoints (gRPC health on the API
+port, /health and /ready on the metrics port), ConfigMap / PVC / Service / ServiceMonitor / PDB references,
+and (when the npm packages can be had) the Kubernetes OpenAPI schemas. A self-test breaks rendered objects on
+purpose and expects each break to be reported. Exit 0 pass, 1 fail, 77 skip (no renderer / no PyYAML).
+"""
+import argparse
+import copy
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+SKIP = 77
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+OVERLAYS = os.path.join(REPO, "deploy", "k8s", "overlays")
+HEALTH_PATHS = {"/health", "/ready"}
+
+try:
+    import yaml
+except ImportError:
+    print("SKIP: PyYAML is missing (apt-get install python3-yaml)")
+    sys.exit(SKIP)
+
+
+def renderer():
+    if shutil.which("kubectl"):
+        return ["kubectl", "kustomize"]
+    if shutil.which("kustomize"):
+        return ["kustomize", "build"]
+    return None
+
+
+def render(cmd, overlay):
+    out = subprocess.run(cmd + [overlay], capture_output=True, text=True, timeout=120)
+    if out.returncode != 0:
+        raise RuntimeError("%s %s failed: %s" % (" ".join(cmd), overlay, out.stderr.strip()))
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def parse_flags(text):
+    """--name=value lines of an absl flag file -> {name: value} (last wins, like absl)."""
+    flags = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line.startswith("--"):
+            continue
+        name, _, value = line[2:].partition("=")
+        if "-" in name:
+            flags.setdefault("__dashed__", []).append(name)
+        flags[name] = value
+    return flags
+
+
+def pod_templates(objs):
+    """(owner, template, pods per group, role) for every workload. role: group | leader | worker."""
+    out = []
+    for o in objs:
+        kind, spec = o["kind"], o.get("spec", {})
+        name = "%s/%s" % (kind, o["metadata"]["name"])
+        if kind in ("Deployment", "StatefulSet"):
+            out.append((name, spec["template"], spec.get("replicas", 1), o))
+        elif kind == "LeaderWorkerSet":
+            lwt = spec["leaderWorkerTemplate"]
+            out.append((name + " leader", lwt["leaderTemplate"], 1, o))
+            out.append((name + " worker", lwt.get("workerTemplate", lwt["leaderTemplate"]), lwt["size"] - 1, o))
+    return out
+
+
+def labels_match(selector, labels):
+    return all(labels.get(k) == v for k, v in (selector or {}).items())
+
+
+def gpus(container):
+    res = container.get("resources", {})
+    lim = res.get("limits", {}).get("nvidia.com/gpu")
+    req = res.get("requests", {}).get("nvidia.com/gpu")
+    return int(lim or 0), int(req or 0)
+
+
+def env_of(container):
+    return {e["name"]: e.get("value") for e in container.get("env", []) if "name" in e}
+
+
+def check(objs):
+    errs = []
+    by_kind = {}
+    for o in objs:
+        by_kind.setdefault(o["kind"], {})[o["metadata"]["name"]] = o
+    cms = by_kind.get("ConfigMap", {})
+    flag_cms = [c for n, c in cms.items() if n.startswith("tpserve-flags")]
+    if len(flag_cms) != 1:
+        return ["expected one tpserve-flags ConfigMap, found %d" % len(flag_cms)]
+    files = {k: parse_flags(v) for k, v in flag_cms[0].get("data", {}).items()}
+    for fname, f in files.items():
+        if "__dashed__" in f:
+            errs.append("%s: flag files need underscore names (absl reads them verbatim): %s" % (fname, f["__dashed__"]))
+    coord = files.get("coordinator.flags", {})
+    workerf = files.get("worker.flags", {})
+
+    templates = pod_templates(objs)
+    if not templates:
+        return errs + ["no workload (Deployment, StatefulSet or LeaderWorkerSet) rendered"]
+    ranks = {}          # rank source -> number of ranks it covers
+    group_pods = 0
+    api_pod_labels = []
+    all_pod_labels = []
+    for owner, tmpl, count, obj in templates:
+        spec = tmpl.get("spec", {})
+        labels = tmpl.get("metadata", {}).get("labels", {})
+        all_pod_labels.append(labels)
+        vols = {v["name"]: v for v in spec.get("volumes", [])}
+        for v in vols.values():
+            if "configMap" in v and v["configMap"]["name"] not in cms:
+                errs.append("%s: volume %s refers to ConfigMap %s, which is not rendered" % (owner, v["name"], v["configMap"]["name"]))
+            pvc = v.get("persistentVolumeClaim", {}).get("claimName")
+            if pvc and pvc not in by_kind.get("PersistentVolumeClaim", {}):
+                errs.append("%s: volume %s refers to PVC %s, which is not rendered" % (owner, v["name"], pvc))
+        ranks_in_pod = 0
+        gpus_in_pod = 0
+        for c in spec.get("containers", []):
+            args = c.get("args", [])
+            role = args[0] if args else None
+            if role not in ("serve", "coordinator", "worker"):
+                continue
+            cname = "%s container %s" % (owner, c["name"])
+            mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
+            fv = vols.get(mounts.get("/etc/tpserve"), {})
+            if fv.get("configMap", {}).get("name") != flag_cms[0]["metadata"]["name"]:
+                errs.append("%s: /etc/tpserve is not the tpserve-flags ConfigMap" % cname)
+            lim, req = gpus(c)
+            if lim != req:
+                errs.append("%s: nvidia.com/gpu request %d != limit %d" % (cname, req, lim))
+            gpus_in_pod += lim
+            flags = files.get(role + ".flags", {})
+            if not flags:
+                errs.append("%s: %s.flags missing from tpserve-flags" % (cname, role))
+                continue
+            # Workers load the path the coordinator sends them: it must exist in their pod too.
+            model = flags.get("model") or coord.get("model", "")
+            if not any(model.startswith(p.rstrip("/") + "/") for p in mounts if vols.get(mounts[p], {}).get("persistentVolumeClaim")):
+                errs.append("%s: --model=%s is not under a mounted model volume" % (cname, model))
+            if role in ("serve", "coordinator"):
+                api_pod_labels.append(labels)
+                ports = {p.get("name"): p["containerPort"] for p in c.get("ports", [])}
+                want = {"grpc": flags.get("port", "50051"), "metrics": flags.get("metrics_port", "9090")}
+                if role == "coordinator":
+                    want["worker"] = flags.get("worker_port", "50052")
+                for pname, val in want.items():
+                    if str(ports.get(pname)) != str(val):
+                        errs.append("%s: containerPort %s=%s but --%s=%s" % (cname, pname, ports.get(pname),
+                                    {"grpc": "port", "metrics": "metrics_port", "worker": "worker_port"}[pname], val))
+                errs += check_probes(cname, c, ports, flags)
+            if role == "serve":
+                tp = int(flags.get("tp", "1"))
+                ranks_in_pod += tp
+                ranks["serve"] = ranks.get("serve", 0) + tp * count
+                device = flags.get("device", "cpu")
+                want_gpu = tp if device.startswith("cuda") else 0
+                if lim != want_gpu:
+                    errs.append("%s: nvidia.com/gpu=%d but serve --tp=%d --device=%s needs %d" % (cname, lim, tp, device, want_gpu))
+            if role == "worker":
+                ranks_in_pod += 1
+                env = env_of(c)
+                device = workerf.get("device", "cpu")
+                if lim != (1 if device.startswith("cuda") else 0):
+                    errs.append("%s: one rank per pod on --device=%s needs nvidia.com/gpu=%d, has %d" % (
+                        cname, device, 1 if device.startswith("cuda") else 0, lim))
+                if obj["kind"] == "LeaderWorkerSet":
+                    src = "lws"
+                elif env.get("TPSERVE_RANK_FROM_HOSTNAME") == "1":
+                    src = "sts offset %s" % env.get("TPSERVE_RANK_OFFSET", "0")
+                    errs += check_sts_coordinator(cname, obj, env, by_kind)
+                elif "TPSERVE_RANK" in env:
+                    src = "rank %s" % env["TPSERVE_RANK"]
+                else:
+                    errs.append("%s: worker has no rank source (LWS, TPSERVE_RANK_FROM_HOSTNAME or TPSERVE_RANK)" % cname)
+                    continue
+                ranks.setdefault(src, []).append((owner, count))
+        if ranks_in_pod and gpus_in_pod and gpus_in_pod != ranks_in_pod:
+            errs.append("%s: %d GPUs per pod for %d ranks per pod" % (owner, gpus_in_pod, ranks_in_pod))
+        group_pods += count
+    errs += check_topology(ranks, coord, workerf, by_kind)
+    errs += check_services(objs, by_kind, templates, api_pod_labels, all_pod_labels)
+    return errs
+
+
+def check_probes(cname, c, ports, flags):
+    errs = []
+    api, metrics = int(flags.get("port", "50051")), int(flags.get("metrics_port", "9090"))
+    for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+        p = c.get(kind)
+        if not p:
+            errs.append("%s: no %s" % (cname, kind))
+            continue
+        if "grpc" in p:
+            if int(p["grpc"]["port"]) != api:
+                errs.append("%s: %s gRPC health on port %s, the API is --port=%d" % (cname, kind, p["grpc"]["port"], api))
+        elif "httpGet" in p:
+            port = p["httpGet"]["port"]
+            port = ports.get(port, -1) if isinstance(port, str) else port
+            if int(port) != metrics or p["httpGet"].get("path") not in HEALTH_PATHS:
+                errs.append("%s: %s GET %s on port %s is not /health or /ready on --metrics_port=%d" % (
+                    cname, kind, p["httpGet"].get("path"), p["httpGet"]["port"], metrics))
+        else:
+            errs.append("%s: %s is neither gRPC health nor an HTTP health endpoint" % (cname, kind))
+    if "grpc" not in c.get("readinessProbe", {}):
+        errs.append("%s: readiness must be gRPC health on the API port (SERVING only when all workers are up)" % cname)
+    return errs
+
+
+def check_sts_coordinator(cname, sts, env, by_kind):
+    host = env.get("TPSERVE_COORDINATOR_HOST", "")
+    leaders = [s for s in by_kind.get("StatefulSet", {}).values()
+               if any((c.get("args") or [None])[0] == "coordinator" for c in s["spec"]["template"]["spec"]["containers"])]
+    want = ["%s-0.%s" % (s["metadata"]["name"], s["spec"].get("serviceName")) for s in leaders]
+    if host not in want:
+        return ["%s: TPSERVE_COORDINATOR_HOST=%s is not the leader pod's stable DNS name %s" % (cname, host, want)]
+    svc = by_kind.get("Service", {}).get(leaders[0]["spec"].get("serviceName"))
+    if not svc or svc["spec"].get("clusterIP") != "None":
+        return ["%s: leader StatefulSet serviceName must be a rendered headless Service" % cname]
+    return []
+
+
+def check_topology(ranks, coord, workerf, by_kind):
+    errs = []
+    if "serve" in ranks:
+        return errs  # single-pod layouts: tp checked against GPUs above
+    tp = int(coord.get("tp", "1"))
+    world = int(workerf.get("world_size", "1"))
+    if world != tp:
+        errs.append("worker.flags --world_size=%d != coordinator.flags --tp=%d" % (world, tp))
+    if "lws" in ranks:
+        for lws in by_kind.get("LeaderWorkerSet", {}).values():
+            size = lws["spec"]["leaderWorkerTemplate"]["size"]
+            if size != tp:
+                errs.append("LeaderWorkerSet/%s: size=%d but --tp=%d (one rank per pod)" % (lws["metadata"]["name"], size, tp))
+    sts = {k: v for k, v in ranks.items() if k.startswith("sts")}
+    if sts:
+        covered = []
+        for src, owners in sts.items():
+            offset = int(src.split()[-1])
+            for owner, count in owners:
+                covered += list(range(offset, offset + count))
+        if sorted(covered) != list(range(tp)):
+            errs.append("StatefulSet ranks %s do not cover 0..%d exactly once (--tp=%d)" % (sorted(covered), tp - 1, tp))
+    return errs
+
+
+def check_services(objs, by_kind, templates, api_pod_labels, all_pod_labels):
+    errs = []
+    for name, svc in by_kind.get("Service", {}).items():
+        sel = svc["spec"].get("selector", {})
+        pods = [t for t in templates if labels_match(sel, t[1].get("metadata", {}).get("labels", {}))]
+        if not pods:
+            errs.append("Service/%s selects no pod template" % name)
+            continue
+        names = set()
+        nums = set()
+        for _, t, _, _ in pods:
+            for c in t["spec"]["containers"]:
+                for p in c.get("ports", []):
+                    names.add(p.get("name"))
+                    nums.add(p["containerPort"])
+        for p in svc["spec"].get("ports", []):
+            tgt = p.get("targetPort", p["port"])
+            if (isinstance(tgt, str) and tgt not in names) or (isinstance(tgt, int) and tgt not in nums):
+                errs.append("Service/%s port %s targets %s, which no selected container exposes" % (name, p.get("name"), tgt))
+    if "tpserve" in by_kind.get("Service", {}):
+        sel = by_kind["Service"]["tpserve"]["spec"]["selector"]
+        for owner, t, _, _ in templates:
+            has_api = any((c.get("args") or [None])[0] in ("serve", "coordinator") for c in t["spec"]["containers"])
+            if labels_match(sel, t.get("metadata", {}).get("labels", {})) != has_api:
+                errs.append("Service/tpserve must select exactly the pods that run a coordinator (%s)" % owner)
+    for name, sm in by_kind.get("ServiceMonitor", {}).items():
+        sel = sm["spec"]["selector"].get("matchLabels", {})
+        svcs = [s for s in by_kind.get("Service", {}).values() if labels_match(sel, s["metadata"].get("labels", {}))]
+        ports = {p.get("name") for s in svcs for p in s["spec"]["ports"]}
+        for ep in sm["spec"]["endpoints"]:
+            if ep.get("port") not in ports:
+                errs.append("ServiceMonitor/%s endpoint port %s is not a port of the Services it selects" % (name, ep.get("port")))
+            if ep.get("path", "/metrics") != "/metrics":
+                errs.append("ServiceMonitor/%s scrapes %s, tpserve serves /metrics" % (name, ep.get("path")))
+    for name, pdb in by_kind.get("PodDisruptionBudget", {}).items():
+        sel = pdb["spec"]["selector"].get("matchLabels", {})
+        if not any(labels_match(sel, l) for l in all_pod_labels):
+            errs.append("PodDisruptionBudget/%s selects no pod" % name)
+    return errs
+
+
+def mutations(objs):
+    """Broken copies of a rendered overlay, each of which check() must reject: (what, objects)."""
+    def first(kind):
+        return next((o for o in objs if o["kind"] == kind), None)
+
+    def containers(o):
+        if o["kind"] == "LeaderWorkerSet":
+            return o["spec"]["leaderWorkerTemplate"]["leaderTemplate"]["spec"]["containers"]
+        return o["spec"]["template"]["spec"]["containers"]
+
+    out = []
+    for kind in ("Deployment", "LeaderWorkerSet", "StatefulSet"):
+        if first(kind) is None:
+            continue
+        m = copy.deepcopy(objs)
+        w = next(o for o in m if o["kind"] == kind)
+        api = next((c for c in containers(w) if c.get("ports")), None)
+        if api is not None:
+            api["ports"][0]["containerPort"] += 1
+            out.append(("container port off by one", m))
+            m = copy.deepcopy(objs)
+            w = next(o for o in m if o["kind"] == kind)
+            api = next(c for c in containers(w) if c.get("ports"))
+            api["readinessProbe"] = {"httpGet": {"path": "/healthz", "port": "metrics"}}
+            out.append(("readiness on a made-up path", m))
+        m = copy.deepcopy(objs)
+        w = next(o for o in m if o["kind"] == kind)
+        c = next((c for c in containers(w) if c.get("resources", {}).get("limits", {}).get("nvidia.com/gpu")), None)
+        if c is None:
+            continue  # CPU layouts: neither the GPU count nor --tp is tied to a resource
+        c["resources"]["limits"]["nvidia.com/gpu"] = c["resources"]["requests"]["nvidia.com/gpu"] = 7
+        out.append(("GPU count != ranks", m))
+        m = copy.deepcopy(objs)
+        cm = next(o for o in m if o["kind"] == "ConfigMap")
+        for key in ("serve.flags", "coordinator.flags"):
+            if key in cm["data"]:
+                cm["data"][key] += "\n--tp=3\n"
+        out.append(("--tp changed without the topology", m))
+    return out
+
+
+def validate_schemas(objs, validator_dir, install):
+    node = shutil.which("node")
+    if not node:
+        return None, "node is missing"
+    nm = os.path.join(validator_dir, "node_modules")
+    if not os.path.isdir(os.path.join(nm, "kubernetes-models")) and install and shutil.which("npm"):
+        os.makedirs(validator_dir, exist_ok=True)
+        try:
+            subprocess.run(["npm", "install", "--prefix", validator_dir, "--no-audit", "--no-fund", "--silent",
+                            "kubernetes-models@5.1.0", "@kubernetes-models/prometheus-operator@6.0.0"],
+                           capture_output=True, text=True, timeout=180)
+        except subprocess.TimeoutExpired:
+            pass
+    if not os.path.isdir(os.path.join(nm, "kubernetes-models")):
+        return None, "npm packages kubernetes-models could not be installed into %s" % validator_dir
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "validate_schemas.mjs")
+    out = subprocess.run([node, script, nm], input=json.dumps(objs), capture_output=True, text=True, timeout=120)
+    return out.returncode == 0, (out.stdout + out.stderr).strip()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--validator-dir", default=os.path.join(REPO, "build", "deploy-validator"),
+                    help="where the npm schema packages live (installed there if missing)")
+    ap.add_argument("--no-install", action="store_true", help="do not npm install the schema packages")
+    args = ap.parse_args()
+    cmd = renderer()
+    if cmd is None:
+        print("SKIP: neither kubectl (kubectl kustomize) nor kustomize is installed")
+        return SKIP
+    failed = 0
+    schema_notes = []
+    overlays = sorted(d for d in os.listdir(OVERLAYS) if os.path.isdir(os.path.join(OVERLAYS, d)))
+    for name in overlays:
+        path = os.path.join(OVERLAYS, name)
+        try:
+            objs = render(cmd, path)
+        except (RuntimeError, subprocess.TimeoutExpired) as e:
+            print("FAIL %s: %s" % (name, e))
+            failed += 1
+            continue
+        errs = check(objs)
+        for what, broken in mutations(objs):
+            if not check(broken):
+                errs.append("self-test: a broken copy (%s) passed the checks" % what)
+        ok, msg = validate_schemas(objs, args.validator_dir, not args.no_install)
+        if ok is None:
+            schema_notes.append("%s: schema validation skipped: %s" % (name, msg))
+        elif not ok:
+            errs.append("schema: " + msg)
+        kinds = ", ".join(sorted({o["kind"] for o in objs}))
+        if errs:
+            failed += 1
+            print("FAIL %s (%s)" % (name, kinds))
+            for e in errs:
+                print("  - " + e)
+        else:
+            print("ok   %s: %d objects (%s)%s" % (name, len(objs), kinds, "; " + msg.splitlines()[-1] if ok else ""))
+    for n in schema_notes:
+        print("note: " + n)
+    print("%d passed, %d failed" % (len(overlays) - failed, failed))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
