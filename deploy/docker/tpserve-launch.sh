@@ -32,10 +32,15 @@ flag_value() {
 
 is_uint() { [[ "$1" =~ ^[0-9]+$ ]]; }
 
+# flagfile ROLE: --flagfile=... when the role's flag file exists. Without one (plain `docker run ... serve
+# --model=...`) the command-line flags alone apply; say so, since in Kubernetes it means a missing mount.
 flagfile() {
   local f="$flags_dir/$1.flags"
-  [ -f "$f" ] || die "flag file $f is missing (mount the tpserve-flags ConfigMap at $flags_dir or set TPSERVE_FLAGS_DIR)"
-  echo "--flagfile=$f"
+  if [ -f "$f" ]; then
+    echo "--flagfile=$f"
+  else
+    echo "tpserve-launch: no $f (tpserve-flags ConfigMap not mounted?): using command-line flags only" >&2
+  fi
 }
 
 [ $# -ge 1 ] || die "usage: tpserve-launch serve|coordinator|worker [extra tpserve flags]"
@@ -44,7 +49,8 @@ shift
 
 case "$role" in
   serve|coordinator)
-    exec "$bin" "$role" "$(flagfile "$role")" "$@"
+    ff=$(flagfile "$role")
+    exec "$bin" "$role" ${ff:+"$ff"} "$@"
     ;;
   worker)
     ff=$(flagfile worker)
@@ -71,7 +77,7 @@ case "$role" in
     fi
     coord_host=${TPSERVE_COORDINATOR_HOST:-${LWS_LEADER_ADDRESS:-127.0.0.1}}
     coord_port=$(flag_value "$flags_dir/coordinator.flags" worker_port 50052)
-    args=("$ff" "--rank=$rank" "--coordinator=$coord_host:$coord_port")
+    args=(${ff:+"$ff"} "--rank=$rank" "--coordinator=$coord_host:$coord_port")
     comm=${TPSERVE_COMM_HOST:-${POD_IP:-}}
     if [ -n "$comm" ]; then args+=("--comm_host=$comm"); fi
     echo "tpserve-launch: worker rank $rank/$world (from $from), coordinator $coord_host:$coord_port" >&2
