@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <unordered_set>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -232,12 +233,20 @@ absl::StatusOr<std::vector<RequestSpec>> BuildWorkload(const WorkloadOptions& o,
   }
   const int max_input = o.input.dist == LenDist::kFixed ? o.input.mean : max_ctx - 1;
   const size_t want =
-      std::max<size_t>(4096, 4 * static_cast<size_t>(max_input) + static_cast<size_t>(o.prefix_len) * o.num_prefixes);
+      std::max<size_t>(32768, 4 * static_cast<size_t>(max_input) + static_cast<size_t>(o.prefix_len) * o.num_prefixes);
   auto corpus = CorpusTokens(o.corpus_dir, want, stub);
   if (!corpus.ok()) return corpus.status();
   std::uniform_int_distribution<size_t> offset(0, corpus->size() - 1);
   std::vector<size_t> prefix_offsets;
-  for (int k = 0; k < (o.prefix_len > 0 ? o.num_prefixes : 0); ++k) prefix_offsets.push_back(offset(rng));
+  // Distinct start offsets: two prompts starting at the same place would share KV blocks and the prefix cache
+  // would flatter the run. (Bounded redraws; a tiny corpus may still repeat.)
+  std::unordered_set<size_t> used;
+  auto fresh_offset = [&] {
+    size_t off = offset(rng);
+    for (int tries = 0; tries < 64 && !used.insert(off).second; ++tries) off = offset(rng);
+    return off;
+  };
+  for (int k = 0; k < (o.prefix_len > 0 ? o.num_prefixes : 0); ++k) prefix_offsets.push_back(fresh_offset());
   std::uniform_int_distribution<int> pick_prefix(0, std::max(0, o.num_prefixes - 1));
 
   for (int i = 0; i < count; ++i) {
@@ -254,7 +263,7 @@ absl::StatusOr<std::vector<RequestSpec>> BuildWorkload(const WorkloadOptions& o,
       AppendSlice(*corpus, prefix_offsets[r.prefix_id], o.prefix_len, ids);
       unique -= o.prefix_len;
     }
-    AppendSlice(*corpus, offset(rng), unique, ids);
+    AppendSlice(*corpus, fresh_offset(), unique, ids);
     r.request.set_request_id(absl::StrCat("bench-", i));
     fill_common(&r);
     out.push_back(std::move(r));
