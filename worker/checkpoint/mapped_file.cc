@@ -40,8 +40,13 @@ absl::StatusOr<std::unique_ptr<MappedFile>> MappedFile::Open(const std::string& 
   return std::unique_ptr<MappedFile>(new MappedFile(path, data, size));
 }
 
+std::unique_ptr<MappedFile> MappedFile::FromMemory(std::string path, const uint8_t* data, size_t size) {
+  return std::unique_ptr<MappedFile>(new MappedFile(std::move(path), size > 0 ? data : nullptr, size,
+                                                    /*owns_mapping=*/false));
+}
+
 MappedFile::~MappedFile() {
-  if (data_ != nullptr) ::munmap(const_cast<uint8_t*>(data_), size_);
+  if (owns_mapping_ && data_ != nullptr) ::munmap(const_cast<uint8_t*>(data_), size_);
 }
 
 }  // namespace tpserve::checkpoint
