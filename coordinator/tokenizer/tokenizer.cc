@@ -27,12 +27,6 @@ bool FileExists(const std::string& path) {
   return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
 }
 
-// The special-token strings a HF config names; absent keys / files / null values stay nullopt.
-struct SpecialTokens {
-  std::optional<std::string> bos;
-  std::optional<std::string> eos;
-};
-
 // HF writes a token either as "<s>" or as {"__type": "AddedToken", "content": "<s>", ...}.
 absl::Status ReadTokenField(const nlohmann::json& config, const std::string& file, const char* key,
                             std::optional<std::string>* out) {
@@ -56,21 +50,26 @@ absl::Status ReadTokenField(const nlohmann::json& config, const std::string& fil
 }
 
 // Overlays the tokens named in `file` (if it exists) onto *tokens.
-absl::Status ReadSpecialTokens(const std::string& file, SpecialTokens* tokens) {
+absl::Status ReadSpecialTokens(const std::string& file, SpecialTokenNames* tokens) {
   if (!FileExists(file)) return absl::OkStatus();
   std::ifstream in(file, std::ios::binary);
   std::stringstream ss;
   ss << in.rdbuf();
   if (!in.good() && !in.eof()) return absl::InvalidArgumentError(absl::StrCat(file, ": cannot read"));
-  nlohmann::json config = nlohmann::json::parse(ss.str(), nullptr, /*allow_exceptions=*/false);
-  if (config.is_discarded()) return absl::InvalidArgumentError(absl::StrCat(file, ": not valid JSON"));
-  if (!config.is_object()) return absl::InvalidArgumentError(absl::StrCat(file, ": expected a JSON object"));
-  TP_RETURN_IF_ERROR(ReadTokenField(config, file, "bos_token", &tokens->bos));
-  TP_RETURN_IF_ERROR(ReadTokenField(config, file, "eos_token", &tokens->eos));
-  return absl::OkStatus();
+  return ParseSpecialTokensJson(ss.str(), file, tokens);
 }
 
 }  // namespace
+
+absl::Status ParseSpecialTokensJson(absl::string_view json_text, const std::string& file, SpecialTokenNames* names) {
+  nlohmann::json config = nlohmann::json::parse(json_text.begin(), json_text.end(), nullptr,
+                                                /*allow_exceptions=*/false);
+  if (config.is_discarded()) return absl::InvalidArgumentError(absl::StrCat(file, ": not valid JSON"));
+  if (!config.is_object()) return absl::InvalidArgumentError(absl::StrCat(file, ": expected a JSON object"));
+  TP_RETURN_IF_ERROR(ReadTokenField(config, file, "bos_token", &names->bos));
+  TP_RETURN_IF_ERROR(ReadTokenField(config, file, "eos_token", &names->eos));
+  return absl::OkStatus();
+}
 
 Tokenizer::Tokenizer() = default;
 Tokenizer::~Tokenizer() = default;
@@ -94,7 +93,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& mo
   }
 
   // HF semantics: special_tokens_map.json overrides tokenizer_config.json. Never generation_config.json.
-  SpecialTokens named;
+  SpecialTokenNames named;
   TP_RETURN_IF_ERROR(ReadSpecialTokens(model_dir + "/tokenizer_config.json", &named));
   TP_RETURN_IF_ERROR(ReadSpecialTokens(model_dir + "/special_tokens_map.json", &named));
   auto resolve = [&](const std::optional<std::string>& token, int fallback, const char* what) -> absl::StatusOr<int> {

@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -31,6 +32,18 @@ struct TokenPiece {
   bool leading_space = false;  // kText whose piece starts with "▁" (text starts with " ")
   std::string text;
 };
+
+// The BOS/EOS token strings a Hugging Face tokenizer_config.json or special_tokens_map.json names; a key that
+// is absent or null stays nullopt (so a later file can overlay an earlier one).
+struct SpecialTokenNames {
+  std::optional<std::string> bos;
+  std::optional<std::string> eos;
+};
+
+// Parses one such file's JSON_TEXT and overlays the tokens it names onto *NAMES (Tokenizer::Load's parser,
+// exposed so fuzz/ can drive it from bytes). FILE only names the file in messages. INVALID_ARGUMENT for
+// malformed JSON, a non-object, or a bos_token / eos_token that is neither a string nor {"content": string}.
+absl::Status ParseSpecialTokensJson(absl::string_view json_text, const std::string& file, SpecialTokenNames* names);
 
 // Immutable after Load: every const method is safe to call from many threads at once.
 class Tokenizer {
