@@ -36,7 +36,8 @@
 #endif
 
 ABSL_FLAG(std::string, server, "127.0.0.1:50051", "tpserve address HOST:PORT");
-ABSL_FLAG(int, concurrency, 1, "closed loop: requests in flight; with --request-rate: the cap (0 = none)");
+ABSL_FLAG(int, concurrency, 0,
+          "closed loop: requests in flight (0 = 1); with --request-rate: the most in flight (0 = no cap)");
 ABSL_FLAG(double, request_rate, 0, "open loop: requests per second (0 = closed loop)");
 ABSL_FLAG(std::string, arrival, "poisson", "open-loop arrivals: poisson (gamma, see --burstiness) or constant");
 ABSL_FLAG(double, burstiness, 1.0, "gamma shape of Poisson inter-arrivals: 1 = Poisson, <1 burstier, >1 smoother");
@@ -158,8 +159,10 @@ int Run() {
   sigaction(SIGINT, &sa, nullptr);
 
   bench::RunOptions ro;
-  ro.concurrency = absl::GetFlag(FLAGS_concurrency);
   ro.request_rate = absl::GetFlag(FLAGS_request_rate);
+  ro.concurrency = absl::GetFlag(FLAGS_concurrency);
+  if (ro.concurrency < 0) return Fail(absl::InvalidArgumentError("--concurrency must be >= 0"));
+  if (ro.concurrency == 0 && !(ro.request_rate > 0)) ro.concurrency = 1;
   ro.arrival = *arrival;
   ro.burstiness = absl::GetFlag(FLAGS_burstiness);
   ro.timeout_s = absl::GetFlag(FLAGS_timeout);
