@@ -7,6 +7,7 @@
 #include "absl/strings/str_split.h"
 #include "cli/commands.h"
 #include "cli/shared_flags.h"
+#include "common/credentials.h"
 #include "generation.grpc.pb.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
@@ -23,6 +24,7 @@ ABSL_FLAG(double, top_p, 1.0, "nucleus sampling, (0, 1]");
 ABSL_FLAG(bool, ignore_eos, false, "keep generating past EOS");
 ABSL_FLAG(std::vector<std::string>, stop, {}, "stop strings, comma-separated");
 ABSL_FLAG(std::string, request_id, "", "request id echoed by the server");
+ABSL_FLAG(std::string, tls_ca, "", "connect with TLS, verifying the server against this CA bundle (PEM)");
 ABSL_FLAG(int, timeout, 600, "seconds before the client gives up (the server then cancels the request)");
 
 namespace tpserve::cli {
@@ -63,9 +65,24 @@ int GenerateCommand() {
 
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);
-  auto channel = grpc::CreateCustomChannel(absl::GetFlag(FLAGS_server), grpc::InsecureChannelCredentials(), args);
+  TlsFiles tls;
+  tls.ca = absl::GetFlag(FLAGS_tls_ca);
+  auto creds = MakeChannelCredentials(tls);
+  if (!creds.ok()) {
+    std::fprintf(stderr, "tpserve generate: %s\n", std::string(creds.status().message()).c_str());
+    return 2;
+  }
+  auto channel = grpc::CreateCustomChannel(absl::GetFlag(FLAGS_server), *creds, args);
   auto stub = v1::Generation::NewStub(channel);
   grpc::ClientContext ctx;
+  if (!absl::GetFlag(FLAGS_api_key_file).empty()) {
+    auto key = ReadSmallFile(absl::GetFlag(FLAGS_api_key_file), "--api-key-file");
+    if (!key.ok()) {
+      std::fprintf(stderr, "tpserve generate: %s\n", std::string(key.status().message()).c_str());
+      return 2;
+    }
+    ctx.AddMetadata("authorization", "Bearer " + std::string(absl::StripAsciiWhitespace(*key)));
+  }
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(absl::GetFlag(FLAGS_timeout)));
   const bool json = absl::GetFlag(FLAGS_json);
   auto reader = stub->GenerateStream(&ctx, req);

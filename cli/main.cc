@@ -25,13 +25,13 @@ struct Command {
 };
 
 const Command kCommands[] = {
-    {"serve", "server_flags,serve_command,device_flags", "start the coordinator and --tp local workers; serve the public API",
+    {"serve", "server_flags,serve_command,device_flags,auth_flags", "start the coordinator and --tp local workers; serve the public API",
      tpserve::cli::ServeCommand},
-    {"coordinator", "server_flags", "start only the coordinator; workers register with `tpserve worker`",
+    {"coordinator", "server_flags,device_flags,auth_flags", "start only the coordinator; workers register with `tpserve worker`",
      tpserve::cli::CoordinatorCommand},
     {"worker", "worker_command,device_flags", "start one tensor-parallel worker that registers with a coordinator",
      tpserve::cli::WorkerCommand},
-    {"generate", "client_commands,output_flags", "send one generation request to a server and print the result",
+    {"generate", "client_commands,output_flags,auth_flags", "send one generation request to a server and print the result",
      tpserve::cli::GenerateCommand},
     {"tokenize", "tokenize_command,output_flags", "print the token ids of a text (no server needed)", tpserve::cli::TokenizeCommand},
     {"make-model", "make_model_command,output_flags", "write a random-weight Llama checkpoint and tokenizer",

@@ -84,6 +84,12 @@ class WorkerSupervisor {
                                      absl::StrCat("--cpu_isa=", isa_),
                                      "--comm_host=127.0.0.1"};
     if (!dump_dir_.empty() && rank == 0) args.push_back(absl::StrCat("--dump_dir=", dump_dir_));
+    for (const char* f : {"cluster_ca", "cluster_cert", "cluster_key"}) {
+      std::string v = f == std::string("cluster_ca")     ? absl::GetFlag(FLAGS_cluster_ca)
+                      : f == std::string("cluster_cert") ? absl::GetFlag(FLAGS_cluster_cert)
+                                                         : absl::GetFlag(FLAGS_cluster_key);
+      if (!v.empty()) args.push_back(absl::StrCat("--", f, "=", v));
+    }
     pid_t parent = getpid();
     pid_t pid = fork();
     if (pid < 0) return absl::InternalError("fork failed");

@@ -14,7 +14,9 @@
 #include "absl/strings/numbers.h"
 #include <cstring>
 #include "absl/strings/str_cat.h"
+#include "common/credentials.h"
 #include "common/log.h"
+#include "cli/shared_flags.h"
 #include "common/model_config.h"
 #include "worker/model/shard_spec.h"
 
@@ -50,6 +52,11 @@ ABSL_FLAG(int, step_timeout, 600, "seconds one engine step may take before the g
 ABSL_FLAG(int, load_timeout, 3600, "seconds to wait for all workers to register and load");
 ABSL_FLAG(bool, log_prompts, false, "include prompt text in logs (off: logs never hold prompt text)");
 ABSL_FLAG(bool, log_requests, true, "one structured log line per finished request");
+ABSL_FLAG(std::string, tls_cert, "", "TLS certificate chain (PEM) for the public API (plaintext when empty)");
+ABSL_FLAG(std::string, tls_key, "", "TLS private key (PEM) for the public API");
+ABSL_FLAG(std::string, tls_client_ca, "", "when set, public API clients must present a certificate signed by this CA");
+ABSL_FLAG(int, max_message_bytes, 4 << 20, "largest request message accepted on the public API");
+ABSL_FLAG(int, max_concurrent_streams, 100, "concurrent RPCs allowed per client connection");
 
 namespace tpserve::cli {
 
@@ -119,6 +126,18 @@ absl::StatusOr<coordinator::CoordinatorOptions> CoordinatorOptionsFromFlags() {
   o.max_model_len = absl::GetFlag(FLAGS_max_model_len);
   o.limits.max_prompt_tokens = absl::GetFlag(FLAGS_max_prompt_tokens);
   o.limits.max_new_tokens = absl::GetFlag(FLAGS_max_new_tokens_limit);
+  o.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  o.max_concurrent_streams = absl::GetFlag(FLAGS_max_concurrent_streams);
+  if (o.max_message_bytes < 1024 || o.max_concurrent_streams < 1) {
+    return absl::InvalidArgumentError("--max-message-bytes must be >= 1024 and --max-concurrent-streams >= 1");
+  }
+  o.api_tls = {absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key), absl::GetFlag(FLAGS_tls_client_ca)};
+  o.cluster_tls = {absl::GetFlag(FLAGS_cluster_cert), absl::GetFlag(FLAGS_cluster_key), absl::GetFlag(FLAGS_cluster_ca)};
+  if (!absl::GetFlag(FLAGS_api_key_file).empty()) {
+    auto key = ReadSmallFile(absl::GetFlag(FLAGS_api_key_file), "--api-key-file");
+    if (!key.ok()) return key.status();
+    o.api_key = std::string(absl::StripAsciiWhitespace(*key));
+  }
   return o;
 }
 

@@ -12,3 +12,7 @@ ABSL_DECLARE_FLAG(std::string, cpu_isa);
 ABSL_DECLARE_FLAG(bool, json);
 ABSL_DECLARE_FLAG(int64_t, seed);
 ABSL_DECLARE_FLAG(std::string, model);
+ABSL_DECLARE_FLAG(std::string, api_key_file);
+ABSL_DECLARE_FLAG(std::string, cluster_ca);
+ABSL_DECLARE_FLAG(std::string, cluster_cert);
+ABSL_DECLARE_FLAG(std::string, cluster_key);

@@ -27,6 +27,7 @@ int WorkerCommand() {
   o.comm_host = absl::GetFlag(FLAGS_comm_host);
   o.dump_dir = absl::GetFlag(FLAGS_dump_dir);
   o.connect_timeout = absl::Seconds(absl::GetFlag(FLAGS_connect_timeout));
+  o.cluster_tls = {absl::GetFlag(FLAGS_cluster_cert), absl::GetFlag(FLAGS_cluster_key), absl::GetFlag(FLAGS_cluster_ca)};
   std::atomic<bool> stop{false};
   absl::Status s = worker::RunWorker(o, &stop);
   if (!s.ok()) {

@@ -141,6 +141,23 @@ std::shared_ptr<RequestSink> NonOwning(Reactor* r) {
 GenerationService::GenerationService(const ApiServiceOptions& options, const Tokenizer* tokenizer)
     : options_(options), tokenizer_(tokenizer) {}
 
+grpc::Status GenerationService::Authorize(grpc::CallbackServerContext* context) const {
+  if (options_.api_key.empty()) return grpc::Status::OK;
+  const auto& md = context->client_metadata();
+  auto it = md.find("authorization");
+  if (it == md.end()) {
+    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                        "missing API key: send metadata 'authorization: Bearer <key>'");
+  }
+  const std::string got(it->second.data(), it->second.size());
+  const std::string want = "Bearer " + options_.api_key;
+  // Constant-time comparison: the time taken does not reveal how much of the key matched.
+  unsigned char diff = got.size() == want.size() ? 0 : 1;
+  for (size_t i = 0; i < got.size(); ++i) diff |= static_cast<unsigned char>(got[i] ^ want[i % want.size()]);
+  if (diff != 0) return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "invalid API key");
+  return grpc::Status::OK;
+}
+
 void GenerationService::SetEngine(Engine* engine, int kv_blocks, int kv_block_size) {
   kv_blocks_ = kv_blocks;
   kv_block_size_ = kv_block_size;
@@ -151,6 +168,10 @@ grpc::ServerUnaryReactor* GenerationService::Generate(grpc::CallbackServerContex
                                                       const v1::GenerateRequest* request,
                                                       v1::GenerateResponse* response) {
   auto* reactor = new UnaryGenerateReactor(response);
+  if (grpc::Status auth = Authorize(context); !auth.ok()) {
+    reactor->Finish(auth);
+    return reactor;
+  }
   Engine* engine = engine_.load();
   if (engine == nullptr) {
     reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "model is loading; retry when health reports SERVING"));
@@ -173,6 +194,10 @@ grpc::ServerUnaryReactor* GenerationService::Generate(grpc::CallbackServerContex
 grpc::ServerWriteReactor<v1::GenerateStreamResponse>* GenerationService::GenerateStream(
     grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {
   auto* reactor = new StreamGenerateReactor();
+  if (grpc::Status auth = Authorize(context); !auth.ok()) {
+    reactor->Finish(auth);
+    return reactor;
+  }
   Engine* engine = engine_.load();
   if (engine == nullptr) {
     reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "model is loading; retry when health reports SERVING"));
@@ -196,6 +221,10 @@ grpc::ServerUnaryReactor* GenerationService::Tokenize(grpc::CallbackServerContex
                                                       const v1::TokenizeRequest* request,
                                                       v1::TokenizeResponse* response) {
   auto* reactor = context->DefaultReactor();
+  if (grpc::Status auth = Authorize(context); !auth.ok()) {
+    reactor->Finish(auth);
+    return reactor;
+  }
   std::vector<int32_t> ids;
   if (request->has_chat()) {
     auto r = EncodeChatInput(request->chat(), *tokenizer_);
@@ -222,6 +251,11 @@ grpc::ServerUnaryReactor* GenerationService::Tokenize(grpc::CallbackServerContex
 grpc::ServerUnaryReactor* GenerationService::GetModelInfo(grpc::CallbackServerContext* context,
                                                           const v1::GetModelInfoRequest* request,
                                                           v1::ModelInfo* response) {
+  if (grpc::Status auth = Authorize(context); !auth.ok()) {
+    auto* reactor = context->DefaultReactor();
+    reactor->Finish(auth);
+    return reactor;
+  }
   const ModelConfig& c = options_.model_config;
   response->set_model_name(options_.model_name);
   response->set_architecture("LlamaForCausalLM");

@@ -22,6 +22,7 @@ struct ApiServiceOptions {
   int tensor_parallel_size = 1;
   std::string device = "cpu";
   std::string dtype;
+  std::string api_key;  // non-empty: every call needs metadata "authorization: Bearer <api_key>"
 };
 
 class GenerationService final : public tpserve::v1::Generation::CallbackService {
@@ -43,6 +44,9 @@ class GenerationService final : public tpserve::v1::Generation::CallbackService 
                                          tpserve::v1::ModelInfo* response) override;
 
  private:
+  // UNAUTHENTICATED unless the call carries the API key (always OK when no key is configured).
+  grpc::Status Authorize(grpc::CallbackServerContext* context) const;
+
   const ApiServiceOptions options_;
   const Tokenizer* tokenizer_;
   std::atomic<Engine*> engine_{nullptr};

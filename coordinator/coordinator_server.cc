@@ -71,13 +71,18 @@ absl::Status CoordinatorServer::Start() {
   api.limits = options_.limits;
   api.tensor_parallel_size = options_.group.world_size;
   api.device = options_.device;
+  api.api_key = options_.api_key;
   api.dtype = options_.group.dtype == "auto" ? DTypeName(config_.torch_dtype) : options_.group.dtype;
   api_ = std::make_unique<GenerationService>(api, tokenizer_.get());
 
+  auto cluster_creds = MakeServerCredentials(options_.cluster_tls, /*require_client_cert=*/true);
+  if (!cluster_creds.ok()) return cluster_creds.status();
+  auto api_creds = MakeServerCredentials(options_.api_tls, /*require_client_cert=*/!options_.api_tls.ca.empty());
+  if (!api_creds.ok()) return api_creds.status();
   // Control plane first, so workers can register while the public port comes up.
   {
     grpc::ServerBuilder b;
-    b.AddListeningPort(absl::StrCat(options_.worker_host, ":", options_.worker_port), grpc::InsecureServerCredentials(),
+    b.AddListeningPort(absl::StrCat(options_.worker_host, ":", options_.worker_port), *cluster_creds,
                        &worker_port_);
     b.RegisterService(pool_.get());
     b.SetMaxReceiveMessageSize(64 << 20);
@@ -92,9 +97,10 @@ absl::Status CoordinatorServer::Start() {
     grpc::EnableDefaultHealthCheckService(true);
     grpc::reflection::InitProtoReflectionServerBuilderPlugin();
     grpc::ServerBuilder b;
-    b.AddListeningPort(absl::StrCat(options_.host, ":", options_.port), grpc::InsecureServerCredentials(), &port_);
+    b.AddListeningPort(absl::StrCat(options_.host, ":", options_.port), *api_creds, &port_);
     b.RegisterService(api_.get());
     b.SetMaxReceiveMessageSize(options_.max_message_bytes);
+    b.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, options_.max_concurrent_streams);
     public_server_ = b.BuildAndStart();
     if (!public_server_ || port_ == 0) {
       return absl::UnavailableError(

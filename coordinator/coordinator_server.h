@@ -10,6 +10,7 @@
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
+#include "common/credentials.h"
 #include "common/model_config.h"
 #include "coordinator/api_service.h"
 #include "coordinator/engine.h"
@@ -36,6 +37,10 @@ struct CoordinatorOptions {
   ValidationLimits limits;
   int max_model_len = 0;            // 0 = the model's max_position_embeddings
   int max_message_bytes = 4 << 20;
+  int max_concurrent_streams = 100;  // per client connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS)
+  TlsFiles api_tls;                   // TLS for the public API (cert + key; ca => clients must present certs)
+  TlsFiles cluster_tls;               // mutual TLS for the worker control plane
+  std::string api_key;                // when set, clients must send "authorization: Bearer <key>"
   std::string device = "cpu";
 };
 

@@ -317,7 +317,9 @@ absl::Status RunWorker(const WorkerOptions& options, std::atomic<bool>* stop) {
   args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 200);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
-  auto channel = grpc::CreateCustomChannel(options.coordinator, grpc::InsecureChannelCredentials(), args);
+  auto creds = MakeChannelCredentials(options.cluster_tls);
+  if (!creds.ok()) return creds.status();
+  auto channel = grpc::CreateCustomChannel(options.coordinator, *creds, args);
   auto stub = std::shared_ptr<wv1::WorkerControl::Stub>(wv1::WorkerControl::NewStub(channel));
   absl::Time unregistered_since = absl::Now();
   bool announced = false;

@@ -10,6 +10,7 @@
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
+#include "common/credentials.h"
 
 namespace tpserve::worker {
 
@@ -24,6 +25,7 @@ struct WorkerOptions {
                                     // coordinator is local, else this host's name)
   std::string dump_dir;             // debug: rank 0 writes each step's logits here
   absl::Duration connect_timeout = absl::Seconds(300);  // give up registering after this long
+  TlsFiles cluster_tls;  // mutual TLS to the coordinator: this worker's cert/key + the cluster CA
 };
 
 // Runs until the coordinator sends Shutdown (OK), Stop() is called (OK), or registration keeps failing for

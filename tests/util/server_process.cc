@@ -127,12 +127,19 @@ std::string ServerProcess::ReadLog() const {
   return ss.str();
 }
 
+std::shared_ptr<grpc::Channel> ServerProcess::NewChannel() const {
+  if (options_.tls_ca.empty()) return grpc::CreateChannel(address(), grpc::InsecureChannelCredentials());
+  grpc::SslCredentialsOptions o;
+  o.pem_root_certs = ReadFileOrDie(options_.tls_ca);
+  return grpc::CreateChannel(address(), grpc::SslCredentials(o));
+}
+
 std::unique_ptr<tpserve::v1::Generation::Stub> ServerProcess::NewStub() const {
-  return tpserve::v1::Generation::NewStub(grpc::CreateChannel(address(), grpc::InsecureChannelCredentials()));
+  return tpserve::v1::Generation::NewStub(NewChannel());
 }
 
 std::string ServerProcess::HealthStatus() const {
-  auto stub = grpc::health::v1::Health::NewStub(grpc::CreateChannel(address(), grpc::InsecureChannelCredentials()));
+  auto stub = grpc::health::v1::Health::NewStub(NewChannel());
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
   grpc::health::v1::HealthCheckRequest req;

@@ -20,6 +20,7 @@ struct ServerOptions {
   int tp = 1;
   std::vector<std::string> extra_flags;  // e.g. "--max_num_seqs=2"
   absl::Duration ready_timeout = absl::Seconds(180);
+  std::string tls_ca;   // when the public API runs TLS: the CA that signed its certificate
 };
 
 class ServerProcess {
@@ -43,6 +44,7 @@ class ServerProcess {
   const std::string& log_path() const { return log_path_; }
   std::string ReadLog() const;
   std::unique_ptr<tpserve::v1::Generation::Stub> NewStub() const;
+  std::shared_ptr<grpc::Channel> NewChannel() const;  // TLS when options.tls_ca is set
 
   // grpc.health.v1 Check of the overall server: "SERVING", "NOT_SERVING", or an error string.
   std::string HealthStatus() const;
