@@ -164,10 +164,10 @@ void GenerationService::SetEngine(Engine* engine, int kv_blocks, int kv_block_si
   engine_ = engine;
 }
 
-grpc::ServerUnaryReactor* GenerationService::Generate(grpc::CallbackServerContext* context,
-                                                      const v1::GenerateRequest* request,
-                                                      v1::GenerateResponse* response) {
-  auto* reactor = new UnaryGenerateReactor(response);
+// Shared by Generate and GenerateStream: authorise, validate, submit; any failure finishes the reactor.
+template <typename Reactor>
+Reactor* GenerationService::StartGeneration(grpc::CallbackServerContext* context, const v1::GenerateRequest& request,
+                                            Reactor* reactor) {
   if (grpc::Status auth = Authorize(context); !auth.ok()) {
     reactor->Finish(auth);
     return reactor;
@@ -177,7 +177,7 @@ grpc::ServerUnaryReactor* GenerationService::Generate(grpc::CallbackServerContex
     reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "model is loading; retry when health reports SERVING"));
     return reactor;
   }
-  auto spec = ValidateGenerateRequest(*request, *tokenizer_, options_.limits);
+  auto spec = ValidateGenerateRequest(request, *tokenizer_, options_.limits);
   if (!spec.ok()) {
     reactor->Finish(ToGrpcStatus(spec.status()));
     return reactor;
@@ -191,30 +191,15 @@ grpc::ServerUnaryReactor* GenerationService::Generate(grpc::CallbackServerContex
   return reactor;
 }
 
+grpc::ServerUnaryReactor* GenerationService::Generate(grpc::CallbackServerContext* context,
+                                                      const v1::GenerateRequest* request,
+                                                      v1::GenerateResponse* response) {
+  return StartGeneration(context, *request, new UnaryGenerateReactor(response));
+}
+
 grpc::ServerWriteReactor<v1::GenerateStreamResponse>* GenerationService::GenerateStream(
     grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {
-  auto* reactor = new StreamGenerateReactor();
-  if (grpc::Status auth = Authorize(context); !auth.ok()) {
-    reactor->Finish(auth);
-    return reactor;
-  }
-  Engine* engine = engine_.load();
-  if (engine == nullptr) {
-    reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "model is loading; retry when health reports SERVING"));
-    return reactor;
-  }
-  auto spec = ValidateGenerateRequest(*request, *tokenizer_, options_.limits);
-  if (!spec.ok()) {
-    reactor->Finish(ToGrpcStatus(spec.status()));
-    return reactor;
-  }
-  auto handle = engine->Submit(std::move(*spec), NonOwning(reactor));
-  if (!handle.ok()) {
-    reactor->Finish(ToGrpcStatus(handle.status()));
-    return reactor;
-  }
-  reactor->latch().SetHandle(engine, *handle);
-  return reactor;
+  return StartGeneration(context, *request, new StreamGenerateReactor());
 }
 
 grpc::ServerUnaryReactor* GenerationService::Tokenize(grpc::CallbackServerContext* context,

@@ -46,6 +46,9 @@ class GenerationService final : public tpserve::v1::Generation::CallbackService 
  private:
   // UNAUTHENTICATED unless the call carries the API key (always OK when no key is configured).
   grpc::Status Authorize(grpc::CallbackServerContext* context) const;
+  template <typename Reactor>
+  Reactor* StartGeneration(grpc::CallbackServerContext* context, const tpserve::v1::GenerateRequest& request,
+                           Reactor* reactor);
 
   const ApiServiceOptions options_;
   const Tokenizer* tokenizer_;

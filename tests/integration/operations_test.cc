@@ -17,12 +17,7 @@ namespace {
 namespace v1 = tpserve::v1;
 
 v1::GenerateRequest Greedy(const std::string& prompt, int max_new_tokens) {
-  v1::GenerateRequest req;
-  req.set_prompt(prompt);
-  req.mutable_sampling()->set_temperature(0);
-  req.mutable_stopping()->set_max_new_tokens(max_new_tokens);
-  req.mutable_stopping()->set_ignore_eos(true);
-  return req;
+  return GreedyRequest(prompt, max_new_tokens);
 }
 
 const std::string kLabels = "{model_name=\"stories260K\"}";

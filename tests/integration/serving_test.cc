@@ -20,12 +20,7 @@ const char* kPrompts[] = {"Once upon a time", "Lily and Tom", "The big dog", "On
                           "Tim had a red ball", "The sun was hot", "Sue liked to sing", "A cat sat"};
 
 v1::GenerateRequest Greedy(const std::string& prompt, int max_new_tokens) {
-  v1::GenerateRequest req;
-  req.set_prompt(prompt);
-  req.mutable_sampling()->set_temperature(0);
-  req.mutable_stopping()->set_max_new_tokens(max_new_tokens);
-  req.mutable_stopping()->set_ignore_eos(true);
-  return req;
+  return GreedyRequest(prompt, max_new_tokens);
 }
 
 std::vector<int32_t> RunUnary(v1::Generation::Stub& stub, const v1::GenerateRequest& req, grpc::Status* status = nullptr) {

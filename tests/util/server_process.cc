@@ -202,6 +202,15 @@ std::vector<pid_t> ServerProcess::ChildPids() const {
   return out;
 }
 
+tpserve::v1::GenerateRequest GreedyRequest(const std::string& prompt, int max_new_tokens) {
+  tpserve::v1::GenerateRequest req;
+  req.set_prompt(prompt);
+  req.mutable_sampling()->set_temperature(0);
+  req.mutable_stopping()->set_max_new_tokens(max_new_tokens);
+  req.mutable_stopping()->set_ignore_eos(true);
+  return req;
+}
+
 double MetricValue(const std::string& text, const std::string& sample) {
   for (absl::string_view line : absl::StrSplit(text, '\n')) {
     if (absl::StartsWith(line, sample) && line.size() > sample.size() && line[sample.size()] == ' ') {

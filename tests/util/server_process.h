@@ -67,6 +67,9 @@ class ServerProcess {
   int exit_status_ = -1;
 };
 
+// A greedy request: prompt text, ignore_eos, exactly max_new_tokens new tokens.
+tpserve::v1::GenerateRequest GreedyRequest(const std::string& prompt, int max_new_tokens);
+
 // Parses the Prometheus text format: value of the sample with this exact name+labels string, e.g.
 // `tpserve:generation_tokens_total{model_name="m"}`; NaN when absent.
 double MetricValue(const std::string& metrics_text, const std::string& sample);
