@@ -66,12 +66,11 @@ std::string SpecialTokensMapJson() {
 
 std::string DefaultTokenizerCorpusDir() {
   std::vector<std::string> candidates;
-  // __FILE__ is <source>/coordinator/tokenizer/train_tokenizer.cc when CMake compiles by absolute path.
-  const std::string self = __FILE__;
-  const std::string suffix = "/coordinator/tokenizer/train_tokenizer.cc";
-  if (!self.empty() && self[0] == '/' && absl::EndsWith(self, suffix)) {
-    candidates.push_back(self.substr(0, self.size() - suffix.size()) + "/data/tokenizer-corpus");
-  }
+  // The source tree this binary was built from (CMake passes its absolute path; __FILE__ is relative under
+  // ccache's base_dir), then the copy the build places next to the binaries.
+#ifdef TPSERVE_SOURCE_TREE
+  candidates.push_back(std::string(TPSERVE_SOURCE_TREE) + "/data/tokenizer-corpus");
+#endif
   std::error_code ec;
   const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
   if (!ec) candidates.push_back((exe.parent_path().parent_path() / "share/tpserve/tokenizer-corpus").string());
