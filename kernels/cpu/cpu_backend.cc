@@ -60,6 +60,9 @@ class CpuKvCache : public KvCache {
           return absl::ResourceExhaustedError(absl::StrCat("cannot allocate a ", c->bytes() >> 20,
                                                            " MiB KV cache in host memory; lower num_blocks"));
         }
+        // Touch every page now: the pool is reserved memory, so RSS shows it from startup (an out-of-memory
+        // shows at load, not hours later), and the first requests do not pay page faults.
+        std::memset(p, 0, layer);
         list->push_back(static_cast<float*>(p));
       }
     }
