@@ -50,6 +50,9 @@ ABSL_FLAG(int, prefill_runs, 3, "timed prefill runs per length");
 ABSL_FLAG(int, warmup, 2, "untimed steps before each measurement");
 ABSL_FLAG(int, block_size, 16, "KV block size");
 ABSL_FLAG(std::string, json, "", "also write the results as JSON to this file");
+ABSL_FLAG(int, idle_us, 0,
+          "sleep this long before each step (untimed), as a server idles between steps while the plan and the "
+          "sampled tokens cross gRPC; shows what thread-pool wake-ups after an idle gap cost");
 
 namespace {
 
@@ -116,6 +119,7 @@ struct Plan {
 
 // Times one Forward; on rank 0 appends wall and collective seconds to `s`.
 absl::Status TimedStep(model::LlamaModel& m, const model::StepInput& in, Series* s) {
+  if (const int idle = absl::GetFlag(FLAGS_idle_us); idle > 0) std::this_thread::sleep_for(std::chrono::microseconds(idle));
   const auto t0 = std::chrono::steady_clock::now();
   absl::StatusOr<model::StepOutput> r = m.Forward(in);
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
