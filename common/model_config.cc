@@ -1,7 +1,9 @@
 // config.json (LlamaForCausalLM) parsing and writing.
 #include "common/model_config.h"
 
+#include <cmath>
 #include <fstream>
+#include <limits>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
@@ -33,7 +35,13 @@ absl::Status ReadFloat(const json& j, const char* key, float* out) {
     return absl::InvalidArgumentError(
         absl::StrCat("config.json: field '", key, "' must be a number, got ", it->dump()));
   }
-  *out = it->get<float>();
+  // A double past float's range (rope_theta 1e39) would become inf and pass the "> 0" checks.
+  const double v = it->get<double>();
+  if (!std::isfinite(v) || std::fabs(v) > std::numeric_limits<float>::max()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("config.json: field '", key, "' must be a finite float32 number, got ", it->dump()));
+  }
+  *out = static_cast<float>(v);
   return absl::OkStatus();
 }
 
