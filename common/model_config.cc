@@ -45,13 +45,18 @@ absl::Status ReadFloat(const json& j, const char* key, float* out) {
   return absl::OkStatus();
 }
 
-// eos_token_id may be an int or a list (first wins).
+// eos_token_id may be an int or a list (first wins). Anything that is not an id in [0, INT_MAX] is -1
+// (absent): narrowing 4294967298 to int would silently yield 2.
 int ReadTokenId(const json& j, const char* key) {
   auto it = j.find(key);
   if (it == j.end()) return -1;
-  if (it->is_number_integer()) return it->get<int>();
-  if (it->is_array() && !it->empty() && (*it)[0].is_number_integer()) return (*it)[0].get<int>();
-  return -1;
+  const json& v = it->is_array() && !it->empty() ? (*it)[0] : *it;
+  if (!v.is_number_integer()) return -1;
+  if (v.is_number_unsigned()) {
+    return v.get<uint64_t>() <= static_cast<uint64_t>(std::numeric_limits<int>::max()) ? v.get<int>() : -1;
+  }
+  const int64_t id = v.get<int64_t>();
+  return id >= 0 && id <= std::numeric_limits<int>::max() ? static_cast<int>(id) : -1;
 }
 
 }  // namespace
