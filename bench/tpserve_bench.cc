@@ -21,6 +21,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
@@ -264,6 +265,12 @@ int main(int argc, char** argv) {
   std::vector<char*> args{argv[0]};
   for (auto& a : storage) args.push_back(a.data());
   absl::SetProgramUsageMessage("tpserve-bench --server HOST:PORT [flags]: load generator for tpserve");
+  // --help lists this tool's own flags (absl matches flag files against the program name by default).
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view file) {
+    return file.find("bench/") != absl::string_view::npos;
+  };
+  absl::SetFlagsUsageConfig(usage);
   std::vector<char*> positional = absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
   if (positional.size() > 1) {
     std::fprintf(stderr, "tpserve-bench: unexpected argument '%s' (flags look like --name=value)\n", positional[1]);
