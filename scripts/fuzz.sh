@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# Builds the libFuzzer targets in fuzz/ (clang, ASan + UBSan, build-fuzz) and runs each for SECONDS seconds
+# from generated seeds plus a corpus kept in the build dir between runs. Fails on any crash, leak, UB report,
+# timeout or out-of-memory; the reproducer lands in BUILD_DIR/artifacts/ (rerun: bin/<target> <file>).
+# Usage: scripts/fuzz.sh [SECONDS=60] [TARGET...]   (BUILD_DIR overrides build-fuzz; FUZZ_JOBS=2 parallel)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BUILD_DIR="${BUILD_DIR:-${ROOT}/build-fuzz}"
+SECONDS_PER_TARGET="${1:-60}"
+shift || true
+TARGETS=("$@")
+[ ${#TARGETS[@]} -eq 0 ] && TARGETS=(safetensors zip pickle model_config tokenizer_config)
+SHARED="${ROOT}/../shared"
+
+# clang's libFuzzer runtime ships in libclang-rt-14-dev on Debian 12 (scripts/install-deps.sh).
+probe="$(mktemp -d)"
+trap 'rm -rf "${probe}"' EXIT
+echo 'extern "C" int LLVMFuzzerTestOneInput(const unsigned char*, unsigned long) { return 0; }' >"${probe}/p.cc"
+if ! clang++ -fsanitize=fuzzer,address,undefined "${probe}/p.cc" -o "${probe}/p" 2>"${probe}/err"; then
+  cat "${probe}/err" >&2
+  echo "fuzz.sh: clang++ -fsanitize=fuzzer does not link; apt-get install clang libclang-rt-14-dev" >&2
+  exit 1
+fi
+
+CC=clang CXX=clang++ cmake -S "${ROOT}" -B "${BUILD_DIR}" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DTPSERVE_FUZZ=ON -DTPSERVE_BUILD_TESTS=OFF -DTPSERVE_BUILD_BENCH=OFF >/dev/null
+ninja -C "${BUILD_DIR}" -j"${JOBS:-2}" fuzz_targets
+
+# Seeds: small hand-built inputs (fuzz/make_seeds.py), then real files where present (the shared
+# stories260K checkpoints, written by torch and safetensors themselves, and a make-model run).
+SEEDS="${BUILD_DIR}/seeds"
+rm -rf "${SEEDS}"
+python3 "${ROOT}/fuzz/make_seeds.py" "${SEEDS}"
+extract_pkl() {  # ZIP OUT: the archive's data.pkl, a real pickler's output
+  python3 - "$1" "$2" <<'PY'
+import sys, zipfile
+z = zipfile.ZipFile(sys.argv[1])
+name = next(n for n in z.namelist() if n.endswith("data.pkl"))
+open(sys.argv[2], "wb").write(z.read(name))
+PY
+}
+add_model_dir() {  # DIR TAG: JSON configs and pickles always; checkpoints only when small enough to mutate
+  local dir="$1" tag="$2" f
+  [ -f "${dir}/config.json" ] && cp "${dir}/config.json" "${SEEDS}/model_config/${tag}_config.json"
+  for f in tokenizer_config.json special_tokens_map.json; do
+    [ -f "${dir}/${f}" ] && cp "${dir}/${f}" "${SEEDS}/tokenizer_config/${tag}_${f}"
+  done
+  for f in "${dir}"/*.safetensors; do
+    [ -f "$f" ] && [ "$(stat -c %s "$f")" -le 2097152 ] && cp "$f" "${SEEDS}/safetensors/${tag}_$(basename "$f")"
+  done
+  for f in "${dir}"/*.bin; do
+    [ -f "$f" ] || continue
+    extract_pkl "$f" "${SEEDS}/pickle/${tag}_$(basename "$f" .bin).pkl"
+    [ "$(stat -c %s "$f")" -le 2097152 ] && cp "$f" "${SEEDS}/zip/${tag}_$(basename "$f")"
+  done
+  return 0
+}
+for d in stories260K stories260K-pt stories260K-pt-bf16; do
+  [ -d "${SHARED}/models/${d}" ] && add_model_dir "${SHARED}/models/${d}" "${d}"
+done
+[ -d "${SHARED}/tokenizers/llama2" ] && add_model_dir "${SHARED}/tokenizers/llama2" llama2
+TPSERVE_BIN="${ROOT}/build/bin/tpserve"
+if [ -x "${TPSERVE_BIN}" ]; then
+  mm="${BUILD_DIR}/make-model"
+  if "${TPSERVE_BIN}" make-model --preset tiny --format both --out "${mm}" >/dev/null 2>&1; then
+    add_model_dir "${mm}" make-model
+  else
+    echo "fuzz.sh: make-model failed; continuing with the other seeds" >&2
+  fi
+fi
+for t in "${TARGETS[@]}"; do
+  "${BUILD_DIR}/bin/fuzz_seed_check" "${t}" "${SEEDS}/${t}"/*
+done
+
+# Past findings (fuzz/regressions/<target>/) must still run clean before any new fuzzing.
+for t in "${TARGETS[@]}"; do
+  reg="${ROOT}/fuzz/regressions/${t}"
+  if [ -d "${reg}" ] && [ -n "$(ls -A "${reg}")" ]; then
+    "${BUILD_DIR}/bin/${t}_fuzz" -rss_limit_mb=2048 -timeout=10 "${reg}"/* >"${BUILD_DIR}/regressions-${t}.log" 2>&1 ||
+      { tail -n 40 "${BUILD_DIR}/regressions-${t}.log" >&2; echo "fuzz.sh: regression in ${t}" >&2; exit 1; }
+  fi
+done
+
+declare -A DICT=([safetensors]=json [model_config]=json [tokenizer_config]=json [pickle]=pickle [zip]=pickle)
+mkdir -p "${BUILD_DIR}/artifacts"
+export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1"
+export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
+failed=()
+for t in "${TARGETS[@]}"; do
+  corpus="${BUILD_DIR}/corpus/${t}"
+  mkdir -p "${corpus}"
+  log="${BUILD_DIR}/artifacts/${t}.log"
+  echo "== fuzz ${t} for ${SECONDS_PER_TARGET} s (corpus ${corpus}, log ${log})"
+  regs=()
+  [ -d "${ROOT}/fuzz/regressions/${t}" ] && regs=("${ROOT}/fuzz/regressions/${t}")
+  if "${BUILD_DIR}/bin/${t}_fuzz" "${corpus}" "${SEEDS}/${t}" "${regs[@]}" -dict="${ROOT}/fuzz/${DICT[$t]}.dict" \
+      -max_total_time="${SECONDS_PER_TARGET}" -rss_limit_mb=2048 -malloc_limit_mb=2048 -timeout=10 \
+      -max_len=4194304 -print_final_stats=1 -artifact_prefix="${BUILD_DIR}/artifacts/${t}-" >"${log}" 2>&1; then
+    grep -E "^stat::number_of_executed_units|^Done" "${log}" | tail -1
+  else
+    tail -n 60 "${log}" >&2
+    failed+=("${t}")
+  fi
+done
+if [ ${#failed[@]} -ne 0 ]; then
+  echo "fuzz.sh: FAILED: ${failed[*]} (reproducers in ${BUILD_DIR}/artifacts/)" >&2
+  exit 1
+fi
+echo "fuzz.sh: all ${#TARGETS[@]} targets ran ${SECONDS_PER_TARGET} s without a finding"
