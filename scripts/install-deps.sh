@@ -9,6 +9,7 @@ PKGS=(
   libabsl-dev prometheus-cpp-dev libsentencepiece-dev sentencepiece
   libgloo-dev nlohmann-json3-dev libssl-dev zlib1g-dev
   libgtest-dev libgmock-dev libbenchmark-dev
+  clang libclang-rt-14-dev python3
   curl openssl
 )
 
