@@ -16,6 +16,7 @@ if [ "${SKIP_ASAN:-0}" != 1 ]; then
   echo "== loader tests under ASan/UBSan"
   bash scripts/asan-checkpoint-tests.sh
 fi
+if [ "${SKIP_FUZZ:-0}" != 1 ]; then bash scripts/fuzz.sh "${FUZZ_SECONDS:-60}"; fi
 NVCC=$(command -v nvcc || true)
 [ -z "$NVCC" ] && [ -x /usr/local/cuda/bin/nvcc ] && NVCC=/usr/local/cuda/bin/nvcc
 if [ "${SKIP_CUDA:-0}" = 1 ]; then
