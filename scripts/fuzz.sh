@@ -83,6 +83,9 @@ for t in "${TARGETS[@]}"; do
 done
 
 declare -A DICT=([safetensors]=json [model_config]=json [tokenizer_config]=json [pickle]=pickle [zip]=pickle)
+# Largest input per target: room for the real checkpoints among the seeds, small for the JSON configs so
+# the corpus does not fill with megabyte configs.
+declare -A MAX_LEN=([safetensors]=2097152 [zip]=2097152 [pickle]=65536 [model_config]=8192 [tokenizer_config]=8192)
 mkdir -p "${BUILD_DIR}/artifacts"
 export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
@@ -96,7 +99,7 @@ for t in "${TARGETS[@]}"; do
   [ -d "${ROOT}/fuzz/regressions/${t}" ] && regs=("${ROOT}/fuzz/regressions/${t}")
   if "${BUILD_DIR}/bin/${t}_fuzz" "${corpus}" "${SEEDS}/${t}" "${regs[@]}" -dict="${ROOT}/fuzz/${DICT[$t]}.dict" \
       -max_total_time="${SECONDS_PER_TARGET}" -rss_limit_mb=2048 -malloc_limit_mb=2048 -timeout=10 \
-      -max_len=4194304 -print_final_stats=1 -artifact_prefix="${BUILD_DIR}/artifacts/${t}-" >"${log}" 2>&1; then
+      -max_len="${MAX_LEN[$t]}" -print_final_stats=1 -artifact_prefix="${BUILD_DIR}/artifacts/${t}-" >"${log}" 2>&1; then
     grep -E "^stat::number_of_executed_units|^Done" "${log}" | tail -1
   else
     tail -n 60 "${log}" >&2
