@@ -142,6 +142,13 @@ put("zip", "half_named_archive", z)
 put("pickle", "plain_values_p2", pickle.dumps(
     {"a": [1, -2, 300, 70000, 2**40, True, False, None], "b": ("x", b"y".decode(), ())}, protocol=2))
 
+# ---- *.index.json
+put("shard_index", "two_shards", json.dumps({"metadata": {"total_size": 1176064}, "weight_map": {
+    "model.embed_tokens.weight": "pytorch_model-00001-of-00002.bin",
+    "model.layers.0.self_attn.q_proj.weight": "pytorch_model-00001-of-00002.bin",
+    "lm_head.weight": "pytorch_model-00002-of-00002.bin"}}, indent=2))
+put("shard_index", "safetensors_one", json.dumps({"weight_map": {"model.norm.weight": "model-00001-of-00001.safetensors"}}))
+
 # ---- config.json
 llama13b = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 5120,
             "intermediate_size": 13824, "num_hidden_layers": 40, "num_attention_heads": 40,

@@ -9,6 +9,7 @@
 #include "absl/status/status.h"
 #include "common/model_config.h"
 #include "coordinator/tokenizer/tokenizer.h"
+#include "worker/checkpoint/index.h"
 #include "worker/checkpoint/pickle_reader.h"
 #include "worker/checkpoint/safetensors.h"
 #include "worker/checkpoint/torch_checkpoint.h"
@@ -21,6 +22,7 @@ absl::Status Check(const std::string& target, const std::string& path, const std
   if (target == "safetensors") return checkpoint::ParseSafetensors(*file).status();
   if (target == "zip") return checkpoint::ParseTorchZip(*file).status();
   if (target == "pickle") return checkpoint::Unpickle(bytes, path).status();
+  if (target == "shard_index") return checkpoint::ParseShardIndex(bytes, path).status();
   if (target == "model_config") return ParseModelConfig(bytes).status();
   if (target == "tokenizer_config") {
     coordinator::SpecialTokenNames names;
@@ -33,7 +35,7 @@ absl::Status Check(const std::string& target, const std::string& path, const std
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::fprintf(stderr, "usage: seed_check safetensors|zip|pickle|model_config|tokenizer_config FILE...\n");
+    std::fprintf(stderr, "usage: seed_check safetensors|zip|pickle|shard_index|model_config|tokenizer_config FILE...\n");
     return 2;
   }
   int bad = 0;

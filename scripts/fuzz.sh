@@ -10,7 +10,7 @@ BUILD_DIR="${BUILD_DIR:-${ROOT}/build-fuzz}"
 SECONDS_PER_TARGET="${1:-60}"
 shift || true
 TARGETS=("$@")
-[ ${#TARGETS[@]} -eq 0 ] && TARGETS=(safetensors zip pickle model_config tokenizer_config)
+[ ${#TARGETS[@]} -eq 0 ] && TARGETS=(safetensors zip pickle shard_index model_config tokenizer_config)
 SHARED="${ROOT}/../shared"
 
 # clang's libFuzzer runtime ships in libclang-rt-14-dev on Debian 12 (scripts/install-deps.sh).
@@ -42,6 +42,9 @@ PY
 }
 add_model_dir() {  # DIR TAG: JSON configs and pickles always; checkpoints only when small enough to mutate
   local dir="$1" tag="$2" f
+  for f in "${dir}"/*.index.json; do
+    [ -f "$f" ] && cp "$f" "${SEEDS}/shard_index/${tag}_$(basename "$f")"
+  done
   [ -f "${dir}/config.json" ] && cp "${dir}/config.json" "${SEEDS}/model_config/${tag}_config.json"
   for f in tokenizer_config.json special_tokens_map.json; do
     [ -f "${dir}/${f}" ] && cp "${dir}/${f}" "${SEEDS}/tokenizer_config/${tag}_${f}"
@@ -82,10 +85,11 @@ for t in "${TARGETS[@]}"; do
   fi
 done
 
-declare -A DICT=([safetensors]=json [model_config]=json [tokenizer_config]=json [pickle]=pickle [zip]=pickle)
+declare -A DICT=([safetensors]=json [model_config]=json [tokenizer_config]=json [pickle]=pickle [zip]=pickle
+  [shard_index]=json)
 # Largest input per target: room for the real checkpoints among the seeds, small for the JSON configs so
 # the corpus does not fill with megabyte configs.
-declare -A MAX_LEN=([safetensors]=2097152 [zip]=2097152 [pickle]=65536 [model_config]=8192 [tokenizer_config]=8192)
+declare -A MAX_LEN=([safetensors]=2097152 [zip]=2097152 [pickle]=65536 [shard_index]=16384 [model_config]=8192 [tokenizer_config]=8192)
 mkdir -p "${BUILD_DIR}/artifacts"
 export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
