@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
 """Writes small valid seed inputs for the fuzz targets (scripts/fuzz.sh): OUT/<target>/<name>.
+`make_seeds.py shrink-safetensors SRC DST` instead writes a small copy of a real checkpoint's layout.
 
 Hand-built so the seeds stay a few hundred bytes (fast to mutate) while covering each format's features:
 safetensors with every dtype, metadata, scalars and empty tensors; torch.save-style zips (stored entries,
@@ -16,7 +17,30 @@ import sys
 import types
 import zlib
 
-OUT = sys.argv[1]
+
+
+def shrink_safetensors(src, dst):
+    """Rewrites a real .safetensors file with its own names, dtypes, metadata and tensor order but every
+    dimension cut to at most 2, so the seed keeps the real header's shape while staying a few KB."""
+    with open(src, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+    metadata = header.pop("__metadata__", None)
+    order = sorted(header, key=lambda k: header[k]["data_offsets"][0])
+    size = {"F32": 4, "BF16": 2, "F16": 2}
+    tensors = {}
+    for i, name in enumerate(order):
+        e = header[name]
+        shape = [min(d, 2) for d in e["shape"]]
+        numel = 1
+        for d in shape:
+            numel *= d
+        tensors[name] = (e["dtype"], shape, bytes((i + j) % 251 + 1 for j in range(numel * size[e["dtype"]])))
+    with open(dst, "wb") as f:
+        f.write(safetensors(tensors, metadata))
+
+
+OUT = sys.argv[1]  # or "shrink-safetensors" SRC DST: only that, see the end of the safetensors section
 
 
 def put(target, name, data):
@@ -26,7 +50,7 @@ def put(target, name, data):
 
 
 # ---- safetensors: u64 header length, JSON header, data section.
-def safetensors(tensors, metadata=None):
+def safetensors(tensors, metadata=None):  # dict keeps insertion order: data laid out in that order
     header, blob = {}, b""
     for name, (dtype, shape, raw) in tensors.items():
         header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [len(blob), len(blob) + len(raw)]}
@@ -37,6 +61,10 @@ def safetensors(tensors, metadata=None):
     h += b" " * (-len(h) % 8)
     return struct.pack("<Q", len(h)) + h + blob
 
+
+if OUT == "shrink-safetensors":
+    shrink_safetensors(sys.argv[2], sys.argv[3])
+    sys.exit(0)
 
 f32 = lambda *v: struct.pack("<%df" % len(v), *v)
 put("safetensors", "f32_1d", safetensors({"model.norm.weight": ("F32", [4], f32(1, 2, 3, 4))}, {"format": "pt"}))
@@ -171,3 +199,4 @@ put("tokenizer_config", "added_tokens", json.dumps({"add_bos_token": True, "bos_
                                                     "eos_token": added("</s>"), "pad_token": None,
                                                     "model_max_length": 8192, "legacy": False}))
 put("tokenizer_config", "null_eos", json.dumps({"bos_token": "<s>", "eos_token": None}))
+

@@ -40,7 +40,10 @@ name = next(n for n in z.namelist() if n.endswith("data.pkl"))
 open(sys.argv[2], "wb").write(z.read(name))
 PY
 }
-add_model_dir() {  # DIR TAG: JSON configs and pickles always; checkpoints only when small enough to mutate
+# Whole checkpoints mutate slowly (each run copies the input): safetensors files go in shrunk to their
+# header's layout, torch zips only when small (their real data.pkl always goes to the pickle target).
+MAX_CHECKPOINT_SEED=262144
+add_model_dir() {  # DIR TAG: JSON configs and pickles always; checkpoints small or shrunk
   local dir="$1" tag="$2" f
   for f in "${dir}"/*.index.json; do
     [ -f "$f" ] && cp "$f" "${SEEDS}/shard_index/${tag}_$(basename "$f")"
@@ -50,12 +53,13 @@ add_model_dir() {  # DIR TAG: JSON configs and pickles always; checkpoints only 
     [ -f "${dir}/${f}" ] && cp "${dir}/${f}" "${SEEDS}/tokenizer_config/${tag}_${f}"
   done
   for f in "${dir}"/*.safetensors; do
-    [ -f "$f" ] && [ "$(stat -c %s "$f")" -le 2097152 ] && cp "$f" "${SEEDS}/safetensors/${tag}_$(basename "$f")"
+    [ -f "$f" ] && python3 "${ROOT}/fuzz/make_seeds.py" shrink-safetensors "$f" \
+      "${SEEDS}/safetensors/${tag}_$(basename "$f")"
   done
   for f in "${dir}"/*.bin; do
     [ -f "$f" ] || continue
     extract_pkl "$f" "${SEEDS}/pickle/${tag}_$(basename "$f" .bin).pkl"
-    [ "$(stat -c %s "$f")" -le 2097152 ] && cp "$f" "${SEEDS}/zip/${tag}_$(basename "$f")"
+    [ "$(stat -c %s "$f")" -le "${MAX_CHECKPOINT_SEED}" ] && cp "$f" "${SEEDS}/zip/${tag}_$(basename "$f")"
   done
   return 0
 }
@@ -87,9 +91,8 @@ done
 
 declare -A DICT=([safetensors]=json [model_config]=json [tokenizer_config]=json [pickle]=pickle [zip]=pickle
   [shard_index]=json)
-# Largest input per target: room for the real checkpoints among the seeds, small for the JSON configs so
-# the corpus does not fill with megabyte configs.
-declare -A MAX_LEN=([safetensors]=2097152 [zip]=2097152 [pickle]=65536 [shard_index]=16384 [model_config]=8192 [tokenizer_config]=8192)
+# Largest input per target: small, so the corpora do not fill with megabyte inputs that mutate slowly.
+declare -A MAX_LEN=([safetensors]=262144 [zip]=262144 [pickle]=65536 [shard_index]=16384 [model_config]=8192 [tokenizer_config]=8192)
 mkdir -p "${BUILD_DIR}/artifacts"
 export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
