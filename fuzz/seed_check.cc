@@ -1,6 +1,9 @@
 // seed_check TARGET FILE...: runs each seed through TARGET's parser and fails unless every one is accepted,
 // so scripts/fuzz.sh notices when the generated seeds stop being valid inputs (and the fuzzers would start
 // from rejected bytes only).
+#include <stdlib.h>
+#include <unistd.h>
+
 #include <cstdio>
 #include <fstream>
 #include <sstream>
@@ -24,6 +27,16 @@ absl::Status Check(const std::string& target, const std::string& path, const std
   if (target == "pickle") return checkpoint::Unpickle(bytes, path).status();
   if (target == "shard_index") return checkpoint::ParseShardIndex(bytes, path).status();
   if (target == "model_config") return ParseModelConfig(bytes).status();
+  if (target == "tokenizer_model") {  // Load takes a directory
+    char dir[] = "/tmp/tpserve-seed-check-XXXXXX";
+    if (mkdtemp(dir) == nullptr) return absl::InternalError("mkdtemp failed");
+    const std::string model = std::string(dir) + "/tokenizer.model";
+    std::ofstream(model, std::ios::binary) << bytes;
+    absl::Status s = coordinator::Tokenizer::Load(dir).status();
+    std::remove(model.c_str());
+    ::rmdir(dir);
+    return s;
+  }
   if (target == "tokenizer_config") {
     coordinator::SpecialTokenNames names;
     return coordinator::ParseSpecialTokensJson(bytes, path, &names);
@@ -35,7 +48,7 @@ absl::Status Check(const std::string& target, const std::string& path, const std
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::fprintf(stderr, "usage: seed_check safetensors|zip|pickle|shard_index|model_config|tokenizer_config FILE...\n");
+    std::fprintf(stderr, "usage: seed_check safetensors|zip|pickle|shard_index|model_config|tokenizer_config|tokenizer_model FILE...\n");
     return 2;
   }
   int bad = 0;
