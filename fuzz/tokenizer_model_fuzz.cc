@@ -16,8 +16,9 @@ namespace {
 
 const std::string& ScratchDir() {
   static const std::string* dir = [] {
-    char tmpl[] = "/tmp/tpserve-tokenizer-fuzz-XXXXXX";
-    if (mkdtemp(tmpl) == nullptr) std::abort();
+    const char* tmp = getenv("TMPDIR");  // scripts/fuzz.sh points it into the build dir
+    std::string tmpl = std::string(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp") + "/tokenizer-fuzz-XXXXXX";
+    if (mkdtemp(tmpl.data()) == nullptr) std::abort();
     return new std::string(tmpl);
   }();
   return *dir;

@@ -100,7 +100,9 @@ declare -A DICT=([safetensors]=json [model_config]=json [tokenizer_config]=json 
 # Largest input per target: small, so the corpora do not fill with megabyte inputs that mutate slowly.
 declare -A MAX_LEN=([safetensors]=262144 [zip]=262144 [pickle]=65536 [shard_index]=16384 [model_config]=8192 [tokenizer_config]=8192
   [tokenizer_model]=65536)
-mkdir -p "${BUILD_DIR}/artifacts"
+mkdir -p "${BUILD_DIR}/artifacts" "${BUILD_DIR}/tmp"
+rm -rf "${BUILD_DIR}/tmp/"*
+export TMPDIR="${BUILD_DIR}/tmp"  # tokenizer_model_fuzz's scratch dirs, cleared on each run
 export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
 failed=()
