@@ -361,15 +361,18 @@ absl::Status Machine::Step(uint8_t op, bool* stop) {
       (*list)->items.insert((*list)->items.end(), items->begin(), items->end());
       return absl::OkStatus();
     }
-    case 'b': {  // BUILD: only the no-op state an OrderedDict may carry
+    case 'b': {  // BUILD on a dict: attribute state an OrderedDict may carry, e.g. a state_dict's `_metadata`
+      // (torch.save(model.state_dict()) pickles it as BUILD {'_metadata': OrderedDict(...)}). The state is plain
+      // data, already parsed by the restricted reader; it is dropped, nothing is executed.
       auto state = Pop();
       if (!state.ok()) return state.status();
       auto obj = Top();
       if (!obj.ok()) return obj.status();
       const PickleValue* s = *state;
-      bool empty_state = s->kind == Kind::kNone || ((s->kind == Kind::kDict) && s->entries.empty()) ||
-                         ((s->kind == Kind::kTuple) && s->items.empty());
-      if ((*obj)->kind != Kind::kDict || !empty_state) return Bad("BUILD is only allowed with an empty state on a dict");
+      bool data_state = s->kind == Kind::kNone || s->kind == Kind::kDict || s->kind == Kind::kTuple;
+      if ((*obj)->kind != Kind::kDict || !data_state) {
+        return Bad("BUILD is only allowed on a dict, with a dict/tuple/None state");
+      }
       return absl::OkStatus();
     }
     default:
