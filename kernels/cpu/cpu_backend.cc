@@ -1,6 +1,7 @@
 // The CPU backend: runtime ISA dispatch (AVX-512 / AVX2 / baseline) to the kernel tables of
 // kernels/cpu/cpu_kernels.h, work split across a persistent thread pool, host memory, float32 paged KV.
 #include <cpuid.h>
+#include <sys/mman.h>
 
 #include <algorithm>
 #include <cmath>
@@ -38,9 +39,23 @@ bool HasAvx512Bf16() {
   return __builtin_cpu_supports("avx512bf16");
 }
 
+// Large buffers (weights, the KV pool) are 2 MiB aligned and asked for transparent huge pages: a decode
+// step streams every weight once, and with 4 KiB pages the TLB misses cost ~10% of the read bandwidth.
+// (THP is often in "madvise" mode, so without the advice the kernel never backs them with huge pages.)
+constexpr size_t kHugePage = size_t{2} << 20;
+
+void* TryAlignedAlloc(size_t bytes) {
+  if (bytes >= 2 * kHugePage) {
+    const size_t rounded = (bytes + kHugePage - 1) / kHugePage * kHugePage;
+    void* p = std::aligned_alloc(kHugePage, rounded);
+    if (p != nullptr) madvise(p, rounded, MADV_HUGEPAGE);  // advisory: failure only costs speed
+    return p;
+  }
+  return std::aligned_alloc(64, std::max<size_t>(64, (bytes + 63) / 64 * 64));
+}
+
 void* AlignedAlloc(size_t bytes) {
-  const size_t rounded = std::max<size_t>(64, (bytes + 63) / 64 * 64);
-  void* p = std::aligned_alloc(64, rounded);
+  void* p = TryAlignedAlloc(bytes);
   TP_CHECK(p != nullptr) << "out of host memory allocating " << bytes << " bytes";
   return p;
 }
@@ -55,7 +70,7 @@ class CpuKvCache : public KvCache {
     const size_t layer = c->LayerBytes();
     for (int l = 0; l < spec.num_layers; ++l) {
       for (auto* list : {&c->k_, &c->v_}) {
-        void* p = std::aligned_alloc(64, std::max<size_t>(64, (layer + 63) / 64 * 64));
+        void* p = TryAlignedAlloc(layer);
         if (p == nullptr) {
           return absl::ResourceExhaustedError(absl::StrCat("cannot allocate a ", c->bytes() >> 20,
                                                            " MiB KV cache in host memory; lower num_blocks"));
@@ -129,6 +144,15 @@ class CpuBackend : public Backend {
       uint16_t* xb = xb_.data();
       pool_.ParallelFor(total, 1 << 16, [&](int64_t b, int64_t e) { k_.round_to_bf16(x + b, e - b, xb + b); });
       job.xb = xb;
+    }
+    if (k_.split_x(w.dtype)) {
+      const int64_t kp = cpu::SplitXCols(w.cols);
+      if (static_cast<int64_t>(xs_.size()) < m * kp) xs_.resize(m * kp);
+      float* xs = xs_.data();
+      pool_.ParallelFor(m, 8, [&](int64_t b, int64_t e) {
+        for (int64_t r = b; r < e; ++r) k_.split_x_row(x + r * w.cols, w.cols, xs + r * kp);
+      });
+      job.xs = xs;
     }
     // Columns split in multiples of 16 output features; the value of each element is independent of
     // the split (cpu_kernels.h), only the load balance changes.
@@ -341,6 +365,7 @@ class CpuBackend : public Backend {
   const CpuKernels& k_;
   ThreadPool pool_;
   std::vector<uint16_t> xb_;  // x rounded to bf16 for vdpbf16ps matmuls
+  std::vector<float> xs_;     // x rows repacked by split_x_row
   std::vector<float> attn_scratch_;
   std::vector<int> seq_of_;
   std::vector<int64_t> cost_prefix_;

@@ -15,6 +15,7 @@ namespace tpserve::kernels::cpu {
 struct MatmulJob {
   const float* x = nullptr;      // [m, k] float32 activations
   const uint16_t* xb = nullptr;  // [m, k] x rounded to bf16, set when the kernel's bf16_dot(w) is true
+  const float* xs = nullptr;     // [m, SplitXCols(k)] x rows by split_x_row, set when split_x(w) is true
   int64_t m = 0;
   int64_t k = 0;
   const void* w = nullptr;  // [n, k] weights in `wdt`
@@ -63,7 +64,14 @@ struct CpuKernels {
   // rotate_half RoPE of `heads` heads of one token in place; cos/sin: [head_dim / 2].
   void (*rope)(float* x, int heads, int head_dim, const float* cos, const float* sin);
   void (*attention)(const AttentionJob& job);
+  // True when matmul for this weight dtype reads job.xs (x rows repacked by split_x_row) instead of job.x.
+  bool (*split_x)(DType wdt);
+  // One row of k: per 16-element chunk, the 8 even-index elements then the 8 odd ones; the last chunk
+  // zero-padded. out: [SplitXCols(k)]
+  void (*split_x_row)(const float* x, int64_t k, float* out);
 };
+
+inline int64_t SplitXCols(int64_t k) { return (k + 15) / 16 * 16; }
 
 const CpuKernels& ScalarKernels();
 const CpuKernels& Avx2Kernels();

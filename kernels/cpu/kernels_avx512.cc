@@ -127,6 +127,7 @@ void RoundToBf16Portable(const float* x, int64_t n, uint16_t* out) {
 }
 
 bool NoBf16Dot(DType) { return false; }
+bool NoSplitX(DType) { return false; }
 bool Bf16DotForBf16(DType dt) { return dt == DType::kBF16; }
 
 }  // namespace
@@ -135,11 +136,13 @@ const CpuKernels& Avx512Kernels(bool with_bf16) {
   static const CpuKernels plain = {
       "avx512",          &NoBf16Dot,         &MatmulAvx512,         &RoundToBf16Portable,
       &ConvertRow<V512>, &RmsNormRow<V512>,  &AddRmsNormRow<V512>,  &AddRange<V512>,
-      &SiluMul<V512>,    &Rope<V512>,        &Attention<V512>};
+      &SiluMul<V512>,    &Rope<V512>,        &Attention<V512>,      &NoSplitX,
+      nullptr};
   static const CpuKernels bf16 = {
       "avx512-bf16",     &Bf16DotForBf16,    &MatmulAvx512Bf16,     &RoundToBf16,
       &ConvertRow<V512>, &RmsNormRow<V512>,  &AddRmsNormRow<V512>,  &AddRange<V512>,
-      &SiluMul<V512>,    &Rope<V512>,        &Attention<V512>};
+      &SiluMul<V512>,    &Rope<V512>,        &Attention<V512>,      &NoSplitX,
+      nullptr};
   return with_bf16 ? bf16 : plain;
 }
 

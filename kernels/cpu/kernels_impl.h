@@ -27,6 +27,7 @@ inline float Bf16Bits(uint16_t h) {
 }
 
 inline int64_t MinI(int64_t a, int64_t b) { return a < b ? a : b; }
+inline int64_t MaxI(int64_t a, int64_t b) { return a > b ? a : b; }
 
 // Weight loads by dtype: L elements, or the first n (< L) zero-padded.
 template <class V, DType DT>

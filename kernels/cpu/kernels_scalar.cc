@@ -84,6 +84,7 @@ void RoundToBf16(const float* x, int64_t n, uint16_t* out) {
 }
 
 bool NoBf16Dot(DType) { return false; }
+bool NoSplitX(DType) { return false; }
 
 }  // namespace
 
@@ -91,7 +92,8 @@ const CpuKernels& ScalarKernels() {
   static const CpuKernels table = {
       "scalar",             &NoBf16Dot,            &MatmulScalar,           &RoundToBf16,
       &ConvertRow<VScalar>, &RmsNormRow<VScalar>,  &AddRmsNormRow<VScalar>, &AddRange<VScalar>,
-      &SiluMul<VScalar>,    &Rope<VScalar>,        &Attention<VScalar>};
+      &SiluMul<VScalar>,    &Rope<VScalar>,        &Attention<VScalar>,      &NoSplitX,
+      nullptr};
   return table;
 }
 
