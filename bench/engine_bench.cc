@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
+#include "bench/dashed_flags.h"
 #include "absl/flags/parse.h"
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
@@ -276,18 +277,7 @@ std::string JsonEscape(const std::string& s) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  // Flags are spelled with dashes, as the tpserve CLI takes them (--batch-sizes); absl names them with
-  // underscores, so normalise the names (not the values) first.
-  std::vector<std::string> args(argv, argv + argc);
-  std::vector<char*> argp;
-  for (std::string& a : args) {
-    if (a.size() > 2 && a[0] == '-' && a[1] == '-') {
-      const size_t eq = a.find('=');
-      std::replace(a.begin() + 2, eq == std::string::npos ? a.end() : a.begin() + eq, '-', '_');
-    }
-    argp.push_back(a.data());
-  }
-  absl::ParseCommandLine(static_cast<int>(argp.size()), argp.data());
+  tpserve::bench::ParseDashedCommandLine(argc, argv);
   Plan plan;
   auto fail = [](const absl::Status& s) {
     std::fprintf(stderr, "engine-bench: %s\n", s.ToString().c_str());
