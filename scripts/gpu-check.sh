@@ -164,9 +164,16 @@ else
   ROWS+=("engine-bench|MISSING ${ENGINE_BENCH[0]} and decode-bench|0")
 fi
 
+# NCCL all-reduce latency (issue 3): needs one GPU per rank, so only on multi-GPU machines.
+if [[ "${GPU_COUNT:-0}" -ge 2 && -x "$BIN/allreduce-bench" ]]; then
+  worlds=2
+  [[ "${GPU_COUNT}" -ge 4 ]] && worlds=2,4
+  run_step "allreduce-bench" 60 "$BIN/allreduce-bench" --comm nccl --worlds "$worlds"
+fi
+
 echo
 echo "==== benchmark tables"
-for f in "$LOGS/cuda-ops-bench.log" "$LOGS/engine-bench.log" "$LOGS"/decode-bench-*.log; do
+for f in "$LOGS/cuda-ops-bench.log" "$LOGS/engine-bench.log" "$LOGS/allreduce-bench.log" "$LOGS"/decode-bench-*.log; do
   [[ -f "$f" ]] && { echo "--- $(basename "$f" .log)"; grep -v "^\[" "$f" | tail -n 40; }
 done
 

@@ -15,7 +15,7 @@ OUT=${2:-$BUILD/gpu-pack}
 SHARED_SRC=${TPSERVE_SHARED_DIR:-$ROOT/../shared}
 
 # Binaries gpu-check.sh may run; missing ones are skipped (edit freely).
-BINARIES=(kernels_tests worker_tests engine-bench decode-bench cuda-ops-bench)
+BINARIES=(kernels_tests worker_tests engine-bench decode-bench cuda-ops-bench allreduce-bench)
 # Small shared data the GPU end-to-end tests read (never the 13B checkpoint).
 SHARED_ITEMS=(models/stories260K models/stories260K-pt models/stories260K-pt-bf16 reference tokenizers/llama2)
 
