@@ -9,9 +9,15 @@ PKGS=(
   libabsl-dev prometheus-cpp-dev libsentencepiece-dev sentencepiece
   libgloo-dev nlohmann-json3-dev libssl-dev zlib1g-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  clang libclang-rt-14-dev python3
+  clang libclang-rt-14-dev python3 python3-yaml
   curl openssl
 )
+# The deploy tests validate the rendered manifests with node (npm kubernetes-models), and
+# bench/compare-llamacpp installs llama.cpp from npm. Take Debian's packages only where the machine has
+# none: an image may ship newer ones. kubectl is not installed here: Debian 12's kubernetes-client is 1.20,
+# whose built-in kustomize is too old for the overlays; without kubectl the manifest test skips and says so.
+command -v node >/dev/null || PKGS+=(nodejs)
+command -v npm >/dev/null || PKGS+=(npm)
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
