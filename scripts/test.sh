@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command (README, .ci/run): installs dependencies, builds, and runs every test under CTest.
-# Then compiles and links the CUDA build (no GPU needed; its GPU tests skip) and runs the checkpoint-loader
-# tests under AddressSanitizer + UndefinedBehaviorSanitizer. SKIP_CUDA=1 / SKIP_ASAN=1 skip those stages.
+# Then runs the suite again under AddressSanitizer + UndefinedBehaviorSanitizer, fuzzes the file parsers,
+# and compiles and links the CUDA build (no GPU needed; its GPU tests skip). SKIP_ASAN=1 / SKIP_FUZZ=1 /
+# SKIP_CUDA=1 skip those stages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
@@ -13,8 +14,8 @@ echo "== tests"
 (cd build && ctest --output-on-failure -j "${CTEST_JOBS:-2}" --timeout 900)
 
 if [ "${SKIP_ASAN:-0}" != 1 ]; then
-  echo "== loader tests under ASan/UBSan"
-  bash scripts/asan-checkpoint-tests.sh
+  echo "== the test suite under ASan/UBSan"
+  bash scripts/asan-tests.sh
 fi
 if [ "${SKIP_FUZZ:-0}" != 1 ]; then bash scripts/fuzz.sh "${FUZZ_SECONDS:-60}"; fi
 NVCC=$(command -v nvcc || true)
