@@ -37,7 +37,7 @@
 
 ABSL_FLAG(std::string, model, "", "checkpoint directory (config.json + safetensors/bin); else --random-weights");
 ABSL_FLAG(bool, random_weights, false, "seeded random weights of --preset's shape (no checkpoint)");
-ABSL_FLAG(std::string, preset, "llama-2-13b", "shape for --random-weights: tiny or llama-2-13b");
+ABSL_FLAG(std::string, preset, "llama-2-13b", "shape for --random-weights: tiny, bench-0.9b or llama-2-13b");
 ABSL_FLAG(int, num_layers, -1, "override the layer count (-1 keeps the preset's / checkpoint's)");
 ABSL_FLAG(std::string, dtype, "bfloat16", "random weights' dtype: bfloat16, float16 or float32");
 ABSL_FLAG(std::string, device, "cpu", "cpu or cuda:K (rank r uses cuda:K+r)");

@@ -13,7 +13,7 @@
 #include "worker/model/synthetic_model.h"
 
 ABSL_FLAG(std::string, out, "", "output directory");
-ABSL_FLAG(std::string, preset, "tiny", "tiny or llama-2-13b");
+ABSL_FLAG(std::string, preset, "tiny", "tiny, bench-0.9b (bench/compare-llamacpp's 0.94B shape) or llama-2-13b");
 ABSL_FLAG(int, num_layers, -1, "override the preset's layer count (e.g. 2 for a shortened 13B)");
 ABSL_FLAG(std::string, weight_dtype, "bfloat16", "bfloat16, float16 or float32");
 ABSL_FLAG(std::string, format, "safetensors", "safetensors, pytorch (zip .bin shards like the Tulu release) or both");

@@ -74,9 +74,24 @@ TEST(SyntheticModelTest, Presets) {
   EXPECT_EQ(big->max_position_embeddings, 8192);
   EXPECT_FLOAT_EQ(big->rms_norm_eps, 1e-6f);
   EXPECT_FLOAT_EQ(big->rope_theta, 1e4f);
+  auto bench = PresetConfig("bench-0.9b");  // bench/compare-llamacpp's model
+  ASSERT_TRUE(bench.ok());
+  EXPECT_EQ(bench->hidden_size, 2048);
+  EXPECT_EQ(bench->num_layers, 16);
+  EXPECT_EQ(bench->num_heads, 16);
+  EXPECT_EQ(bench->num_kv_heads, 16);
+  EXPECT_EQ(bench->head_dim, 128);
+  EXPECT_EQ(bench->intermediate_size, 5504);
+  EXPECT_EQ(bench->vocab_size, 32000);
+  EXPECT_EQ(bench->max_position_embeddings, 4096);
+  EXPECT_FLOAT_EQ(bench->rms_norm_eps, 1e-5f);
+  const int64_t h = bench->hidden_size, ff = bench->intermediate_size, v = bench->vocab_size;
+  const int64_t params = bench->num_layers * (4 * h * h + 3 * h * ff + 2 * h) + 2 * v * h + h;
+  EXPECT_NEAR(params / 1e9, 0.94, 0.005);
   auto bad = PresetConfig("mistral-7b");
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(absl::StrContains(bad.status().message(), "mistral-7b"));
+  EXPECT_TRUE(absl::StrContains(bad.status().message(), "bench-0.9b"));
 }
 
 TEST(SyntheticModelTest, BadOptionsRefused) {

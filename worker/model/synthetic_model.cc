@@ -303,9 +303,20 @@ absl::StatusOr<ModelConfig> PresetConfig(absl::string_view name) {
     c.vocab_size = 32000;
     c.max_position_embeddings = 8192;
     c.rms_norm_eps = 1e-6f;
+  } else if (name == "bench-0.9b") {
+    // The shape bench/compare-llamacpp runs both engines on: big enough that decode is memory-bound
+    // (1.9 GB in 16-bit), small enough to run many rounds on a 2-core machine.
+    c.hidden_size = 2048;
+    c.num_layers = 16;
+    c.num_heads = 16;
+    c.num_kv_heads = 16;
+    c.intermediate_size = 5504;
+    c.vocab_size = 32000;
+    c.max_position_embeddings = 4096;
+    c.rms_norm_eps = 1e-5f;
   } else {
-    return absl::InvalidArgumentError(
-        absl::StrCat("unknown model preset '", name, "': expected \"tiny\" or \"llama-2-13b\""));
+    return absl::InvalidArgumentError(absl::StrCat("unknown model preset '", name,
+                                                   "': expected \"tiny\", \"bench-0.9b\" or \"llama-2-13b\""));
   }
   c.head_dim = c.hidden_size / c.num_heads;
   return c;

@@ -18,7 +18,7 @@ namespace tpserve::model {
 struct SyntheticModelOptions {
   std::string out_dir;            // created when absent; earlier checkpoint files of a layout written now
                                   // (single file, shards, index) are removed first
-  std::string preset = "tiny";    // "tiny" | "llama-2-13b"
+  std::string preset = "tiny";    // "tiny" | "bench-0.9b" | "llama-2-13b"
   int num_layers = -1;            // -1 keeps the preset's
   DType dtype = DType::kBF16;     // weights' dtype (inv_freq buffers are always float32, as in Tulu)
   uint64_t seed = 0;
@@ -30,7 +30,10 @@ struct SyntheticModelOptions {
 
 // "tiny": hidden 256, 4 layers, 8 heads, 4 KV heads, MLP 688, vocab 512, ctx 2048, eps 1e-5.
 // "llama-2-13b": hidden 5120, 40 layers, 40 heads, 40 KV heads, MLP 13824, vocab 32000, ctx 8192
-// (Tulu V2.5), eps 1e-6. Both rope theta 1e4, bos 1, eos 2. Unknown names are INVALID_ARGUMENT.
+// (Tulu V2.5), eps 1e-6.
+// "bench-0.9b": hidden 2048, 16 layers, 16 heads, 16 KV heads, MLP 5504, vocab 32000, ctx 4096, eps 1e-5
+// (0.94 B parameters; bench/compare-llamacpp's model).
+// All rope theta 1e4, bos 1, eos 2. Unknown names are INVALID_ARGUMENT.
 absl::StatusOr<ModelConfig> PresetConfig(absl::string_view name);
 
 // The config WriteSyntheticModel writes for OPTIONS (preset with the overrides applied).
