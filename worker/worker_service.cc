@@ -4,11 +4,13 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <deque>
 #include <cstdio>
 #include <fstream>
 #include <thread>
 
 #include "absl/strings/match.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
@@ -32,6 +34,40 @@ namespace wv1 = tpserve::worker::v1;
 namespace {
 
 using Stream = grpc::ClientReaderWriter<wv1::WorkerMessage, wv1::CoordinatorMessage>;
+
+// Messages the coordinator sent, in order, from the stream's reader thread to the session thread.
+// Thread-safe.
+class Inbox {
+ public:
+  void Push(wv1::CoordinatorMessage m) {
+    absl::MutexLock lock(&mu_);
+    queue_.push_back(std::move(m));
+  }
+  void Close() {
+    absl::MutexLock lock(&mu_);
+    closed_ = true;
+  }
+  // Blocks for the next message; false once the stream has ended and every message was taken.
+  bool Pop(wv1::CoordinatorMessage* out) {
+    absl::MutexLock lock(&mu_);
+    mu_.Await(absl::Condition(this, &Inbox::ReadyLocked));
+    if (queue_.empty()) return false;
+    *out = std::move(queue_.front());
+    queue_.pop_front();
+    return true;
+  }
+  // True when the stream ended within `timeout`.
+  bool WaitClosed(absl::Duration timeout) {
+    absl::MutexLock lock(&mu_);
+    return mu_.AwaitWithTimeout(absl::Condition(&closed_), timeout);
+  }
+
+ private:
+  bool ReadyLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return closed_ || !queue_.empty(); }
+  absl::Mutex mu_;
+  std::deque<wv1::CoordinatorMessage> queue_ ABSL_GUARDED_BY(mu_);
+  bool closed_ ABSL_GUARDED_BY(mu_) = false;
+};
 
 std::string Hostname() {
   char buf[256] = {0};
@@ -258,8 +294,27 @@ absl::Status Worker::Session(const std::shared_ptr<wv1::WorkerControl::Stub>& st
     stream->Finish();
     return absl::UnavailableError("coordinator not reachable");
   }
+  // A reader thread keeps a Read pending on the stream at all times. With the synchronous API the transport
+  // only makes progress (answers the channel's keepalive pings, notices a dead peer) while some thread waits
+  // on the call, and one message can run for minutes: a 13B prefill chunk on CPU, or loading 26 GB of
+  // weights. Reading only between messages let the 5 s keepalive watchdog drop the worker mid-step. The
+  // session thread runs the messages in order and writes the replies (gRPC allows one reader and one writer
+  // on a stream at once).
+  Inbox inbox;
+  std::thread reader([&] {
+    wv1::CoordinatorMessage m;
+    while (stream->Read(&m)) inbox.Push(std::move(m));
+    inbox.Close();
+  });
+  // Ends the call: waits for the reader (cancelling the call if the coordinator does not close it within
+  // `grace`), then collects the status.
+  auto end_call = [&](absl::Duration grace) {
+    if (!inbox.WaitClosed(grace)) ctx.TryCancel();
+    reader.join();
+    return stream->Finish();
+  };
   wv1::CoordinatorMessage msg;
-  while (stream->Read(&msg)) {
+  while (inbox.Pop(&msg)) {
     *registered = true;
     wv1::WorkerMessage reply;
     switch (msg.msg_case()) {
@@ -289,14 +344,14 @@ absl::Status Worker::Session(const std::shared_ptr<wv1::WorkerControl::Stub>& st
         TP_LOG(INFO) << "coordinator says shut down: " << msg.shutdown().reason();
         *shutdown = true;
         stream->WritesDone();
-        stream->Finish();
+        end_call(absl::Seconds(5));
         return absl::OkStatus();
       default:
         continue;
     }
     if (!stream->Write(reply)) break;
   }
-  grpc::Status s = stream->Finish();
+  grpc::Status s = end_call(absl::ZeroDuration());
   return absl::UnavailableError(absl::StrCat("control stream ended: ", s.error_message()));
 }
 
