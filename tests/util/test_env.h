@@ -1,6 +1,7 @@
 // Where tests find shared data, built binaries and scratch space.
 #pragma once
 
+#include <filesystem>
 #include <string>
 
 #include "gtest/gtest.h"
@@ -16,6 +17,15 @@ std::string SourceDir();  // repository root
 // A fresh directory under $TMPDIR, removed by the caller or at exit.
 std::string MakeTempDir(const std::string& tag);
 std::string ReadFileOrDie(const std::string& path);
+
+// A MakeTempDir directory removed, with everything in it, when the object goes out of scope.
+struct ScopedTempDir {
+  explicit ScopedTempDir(const std::string& tag) : path(MakeTempDir(tag)) {}
+  ~ScopedTempDir() { std::filesystem::remove_all(path); }
+  ScopedTempDir(const ScopedTempDir&) = delete;
+  ScopedTempDir& operator=(const ScopedTempDir&) = delete;
+  std::string path;
+};
 
 }  // namespace tpserve::testing
 

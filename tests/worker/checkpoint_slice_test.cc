@@ -17,12 +17,7 @@
 namespace tpserve::checkpoint {
 namespace {
 
-// A MakeTempDir directory removed when the test ends.
-struct ScopedTempDir {
-  explicit ScopedTempDir(const std::string& tag) : path(testing::MakeTempDir(tag)) {}
-  ~ScopedTempDir() { std::filesystem::remove_all(path); }
-  std::string path;
-};
+using testing::ScopedTempDir;
 
 float RawF32(const TensorInfo& t, int64_t r, int64_t c) {
   float v;

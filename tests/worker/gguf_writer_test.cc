@@ -28,11 +28,7 @@
 namespace tpserve::checkpoint {
 namespace {
 
-struct ScopedTempDir {
-  explicit ScopedTempDir(const std::string& tag) : path(testing::MakeTempDir(tag)) {}
-  ~ScopedTempDir() { std::filesystem::remove_all(path); }
-  std::string path;
-};
+using testing::ScopedTempDir;
 
 // ---- An independent reader of the GGUF bytes (the spec in llama.cpp's gguf.h, nothing from the writer). ----
 

@@ -3,7 +3,6 @@
 // rank, and per-rank weight bytes of total / N plus the replicated norms. Random-weight models cover KV head
 // replication (tp > num_kv_heads), padded vocab and tied embeddings.
 #include <cmath>
-#include <filesystem>
 #include <thread>
 #include <vector>
 
@@ -240,11 +239,8 @@ class RankOnlyCommunicator : public comm::Communicator {
 // The loader keeps norm vectors in float32 (a few KB; RMSNorm reads them in float32 anyway), so the
 // replicated part is counted at 4 bytes an element.
 TEST(LlamaTpMemoryTest, ThirteenBShapedTwoLayersLoadsOneHalfPerRankPlusNorms) {
-  const std::string dir = tpserve::testing::MakeTempDir("tp-13b-2l");
-  struct Cleanup {
-    std::string d;
-    ~Cleanup() { std::filesystem::remove_all(d); }
-  } cleanup{dir};
+  const tpserve::testing::ScopedTempDir tmp("tp-13b-2l");
+  const std::string& dir = tmp.path;
   SyntheticModelOptions o;
   o.out_dir = dir;
   o.preset = "llama-2-13b";

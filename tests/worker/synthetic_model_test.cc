@@ -20,12 +20,7 @@
 namespace tpserve::model {
 namespace {
 
-// A MakeTempDir directory removed when the test ends.
-struct ScopedTempDir {
-  explicit ScopedTempDir(const std::string& tag) : path(testing::MakeTempDir(tag)) {}
-  ~ScopedTempDir() { std::filesystem::remove_all(path); }
-  std::string path;
-};
+using testing::ScopedTempDir;
 
 using checkpoint::Checkpoint;
 
