@@ -6,6 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
+# ccache keys on paths relative to the checkout for every stage (CPU, ASan, fuzz, CUDA builds), so a fresh
+# clone in another folder reuses what earlier builds compiled.
+export CCACHE_BASEDIR="${CCACHE_BASEDIR:-$(pwd)}"
 bash scripts/install-deps.sh
 
 echo "== CPU build"
