@@ -1,6 +1,6 @@
 // kernels-bench: CPU backend matmul speed per ISA and weight dtype against limits measured in the same
-// run — a multi-threaded streaming-read probe (GB/s) and an FMA / vdpbf16ps peak (GFLOP/s).
-//   kernels-bench [--isa=all|avx512|avx2|scalar] [--threads=N] [--dtypes=f32,bf16,f16] [--m=1,16,512]
+// run — a multi-threaded streaming-read probe (GB/s) and an FMA / vdpbf16ps / AMX peak (GFLOP/s).
+//   kernels-bench [--isa=all|amx|avx512|avx2|scalar] [--threads=N] [--dtypes=f32,bf16,f16] [--m=1,16,512]
 //                 [--shapes=5120x5120,...] [--min_time=0.3] [--json=FILE] [--probe_only]
 #include <immintrin.h>
 #include <sys/mman.h>
@@ -25,7 +25,7 @@
 #include "kernels/backend.h"
 #include "nlohmann/json.hpp"
 
-ABSL_FLAG(std::string, isa, "all", "all, avx512, avx2 or scalar");
+ABSL_FLAG(std::string, isa, "all", "all, amx, avx512, avx2 or scalar");
 ABSL_FLAG(int, threads, 0, "CPU backend threads (0 = all cores)");
 ABSL_FLAG(std::string, dtypes, "f32,bf16,f16", "weight dtypes");
 ABSL_FLAG(std::string, m, "1,16,512", "rows of x (tokens)");
@@ -166,13 +166,50 @@ __attribute__((target("avx512f,avx512bf16"))) float DpLoop() {
   return _mm512_reduce_add_ps(sum);
 }
 
+// AMX tdpbf16ps: a 16 x 16 x 32 bf16 tile product per instruction = 16384 flops; four independent
+// accumulators, operands loaded once (the calling thread must hold the tile permission: kAmx detected).
+constexpr int64_t kAmxIters = kPeakIters / 16;
+
+__attribute__((target("amx-tile,amx-bf16"))) float AmxLoop() {
+  struct alignas(64) {
+    uint8_t palette, start, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+  } cfg = {};
+  cfg.palette = 1;
+  for (int t = 0; t < 8; ++t) {
+    cfg.rows[t] = 16;
+    cfg.colsb[t] = 64;
+  }
+  _tile_loadconfig(&cfg);
+  alignas(64) static const uint16_t ones[16 * 32] = {};
+  alignas(64) float out[16 * 16];
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  _tile_loadd(4, ones, 64);
+  _tile_loadd(5, ones, 64);
+  _tile_loadd(6, ones, 64);
+  _tile_loadd(7, ones, 64);
+  for (int64_t it = 0; it < kAmxIters; ++it) {
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+  }
+  _tile_stored(0, out, 64);
+  _tile_release();
+  return out[0];
+}
+
 // Best of several short runs, so a run that shared its core with something else does not count.
-double PeakGflops(int threads, float (*loop)(), double flops_per_iter) {
+double PeakGflops(int threads, float (*loop)(), double flops_per_iter, int64_t iters = kPeakIters) {
   std::vector<float> sink(threads * 16);
   double best = 0;
   for (int rep = 0; rep < 15; ++rep) {
     const double s = RunOnThreads(threads, [&](int t) { sink[t * 16] = loop(); });
-    best = std::max(best, double(threads) * kPeakIters * flops_per_iter / s / 1e9);
+    best = std::max(best, double(threads) * iters * flops_per_iter / s / 1e9);
   }
   return best;
 }
@@ -190,7 +227,8 @@ int Main() {
   int threads = absl::GetFlag(FLAGS_threads);
   if (threads <= 0) threads = std::max(1u, std::thread::hardware_concurrency());
   __builtin_cpu_init();
-  const bool has512 = DetectCpuIsa() == CpuIsa::kAvx512;
+  const bool has_amx = DetectCpuIsa() == CpuIsa::kAmx;
+  const bool has512 = has_amx || DetectCpuIsa() == CpuIsa::kAvx512;
   const bool has_bf16 = has512 && __builtin_cpu_supports("avx512bf16");
   const bool has_avx2 = DetectCpuIsa() != CpuIsa::kScalar;
 
@@ -199,14 +237,17 @@ int Main() {
   const double fma_peak = has512 ? PeakGflops(threads, &FmaLoop512, 24 * 16 * 2) : 0.0;
   const double fma256_peak = has_avx2 ? PeakGflops(threads, &FmaLoop256, 12 * 8 * 2) : 0.0;
   const double dp_peak = has_bf16 ? PeakGflops(threads, &DpLoop, 24 * 64) : 0.0;
+  const double amx_peak = has_amx ? PeakGflops(threads, &AmxLoop, 4 * 16384, kAmxIters) : 0.0;
   std::printf(
-      "threads %d  read bandwidth %.1f GB/s  FMA peak %.0f (zmm) / %.0f (ymm) GFLOP/s  dpbf16 peak %.0f GFLOP/s\n",
-      threads, read_gbps, fma_peak, fma256_peak, dp_peak);
+      "threads %d  read bandwidth %.1f GB/s  FMA peak %.0f (zmm) / %.0f (ymm) GFLOP/s  dpbf16 peak %.0f GFLOP/s"
+      "  AMX bf16 peak %.0f GFLOP/s\n",
+      threads, read_gbps, fma_peak, fma256_peak, dp_peak, amx_peak);
   report["threads"] = threads;
   report["read_gbps"] = read_gbps;
   report["fma_peak_gflops"] = fma_peak;
   report["fma256_peak_gflops"] = fma256_peak;
   report["dpbf16_peak_gflops"] = dp_peak;
+  report["amx_bf16_peak_gflops"] = amx_peak;
   const std::string json_path = absl::GetFlag(FLAGS_json);
   if (absl::GetFlag(FLAGS_probe_only)) {
     if (!json_path.empty()) std::ofstream(json_path) << report.dump(2) << "\n";
@@ -215,7 +256,7 @@ int Main() {
 
   std::vector<CpuIsa> isas;
   const std::string isa_flag = absl::GetFlag(FLAGS_isa);
-  for (CpuIsa isa : {CpuIsa::kAvx512, CpuIsa::kAvx2, CpuIsa::kScalar}) {
+  for (CpuIsa isa : {CpuIsa::kAmx, CpuIsa::kAvx512, CpuIsa::kAvx2, CpuIsa::kScalar}) {
     if (isa_flag == "all" || isa_flag == CpuIsaName(isa)) isas.push_back(isa);
   }
   std::vector<DType> dtypes;
@@ -282,7 +323,9 @@ int Main() {
           const double gbps = bytes / t / 1e9;
           const double gflops = 2.0 * m * n * k / t / 1e9;
           const bool dot_bf16 = dt == DType::kBF16 && be->name().find("bf16") != std::string::npos;
-          const double peak = dot_bf16                 ? dp_peak
+          const bool amx_bf16 = dt == DType::kBF16 && isa == CpuIsa::kAmx && k % 32 == 0;
+          const double peak = amx_bf16                 ? amx_peak
+                              : dot_bf16               ? dp_peak
                               : isa == CpuIsa::kAvx512 ? fma_peak
                               : isa == CpuIsa::kAvx2   ? fma256_peak
                                                        : 0.0;  // baseline code: no meaningful peak

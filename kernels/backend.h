@@ -130,15 +130,20 @@ class Backend {
 // The plain reference: simple loops, float32 math (float64 accumulators where cheap), single thread.
 std::unique_ptr<Backend> CreateReferenceBackend();
 
-enum class CpuIsa { kAuto, kAvx512, kAvx2, kScalar };
+// kAmx: AVX-512 with avx512_bf16, plus AMX-BF16 tiles for BF16 matmuls (Sapphire Rapids and later).
+enum class CpuIsa { kAuto, kAmx, kAvx512, kAvx2, kScalar };
 struct CpuBackendOptions {
   int threads = 0;            // 0 => std::thread::hardware_concurrency()
-  CpuIsa isa = CpuIsa::kAuto;  // tests force kAvx2 / kScalar to cover every path
+  CpuIsa isa = CpuIsa::kAuto;  // tests force kAvx512 / kAvx2 / kScalar to cover every path
 };
 // Fails (INVALID_ARGUMENT) when the requested ISA is not supported by this CPU.
 absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(const CpuBackendOptions& options);
 const char* CpuIsaName(CpuIsa isa);
-CpuIsa DetectCpuIsa();  // best ISA this machine supports
+// Best ISA this machine supports. kAmx only once Linux granted this process the AMX tile state
+// (arch_prctl ARCH_REQ_XCOMP_PERM, requested here on the first call).
+CpuIsa DetectCpuIsa();
+// Parses "auto", "amx", "avx512", "avx2" or "scalar" (the --cpu-isa values); false on anything else.
+bool ParseCpuIsa(const std::string& s, CpuIsa* isa);
 
 // CUDA device `device`. UNAVAILABLE when built without CUDA or when no driver/device is present.
 absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(int device);

@@ -87,11 +87,10 @@ absl::StatusOr<int> CudaOrdinal(const std::string& device) {
 }
 
 absl::StatusOr<kernels::CpuIsa> ParseIsa(const std::string& s) {
-  if (s == "auto") return kernels::CpuIsa::kAuto;
-  if (s == "avx512") return kernels::CpuIsa::kAvx512;
-  if (s == "avx2") return kernels::CpuIsa::kAvx2;
-  if (s == "scalar") return kernels::CpuIsa::kScalar;
-  return absl::InvalidArgumentError(absl::StrCat("--cpu-isa '", s, "': expected auto, avx512, avx2 or scalar"));
+  kernels::CpuIsa isa;
+  if (kernels::ParseCpuIsa(s, &isa)) return isa;
+  return absl::InvalidArgumentError(
+      absl::StrCat("--cpu-isa '", s, "': expected auto, amx, avx512, avx2 or scalar"));
 }
 
 // Everything a worker keeps across control-stream reconnects.

@@ -20,7 +20,7 @@ struct WorkerOptions {
   int world_size = 1;
   std::string device = "cpu";       // "cpu" or "cuda:K"
   int threads = 0;                  // CPU kernel threads; 0 => from the coordinator, else all cores
-  std::string cpu_isa = "auto";     // auto | avx512 | avx2 | scalar
+  std::string cpu_isa = "auto";     // auto | amx | avx512 | avx2 | scalar
   std::string comm_host;            // address to bind for Gloo pairs ("" => 127.0.0.1 when the
                                     // coordinator is local, else this host's name)
   std::string dump_dir;             // debug: rank 0 writes each step's logits here

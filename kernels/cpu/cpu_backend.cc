@@ -154,6 +154,15 @@ class CpuBackend : public Backend {
       });
       job.xs = xs;
     }
+    if (job.xb != nullptr && k_.pack_x(w.dtype, w.cols)) {
+      const int64_t blocks = (m + 15) / 16;
+      if (static_cast<int64_t>(xp_.size()) < blocks * 16 * w.cols) xp_.resize(blocks * 16 * w.cols);
+      uint16_t* xp = xp_.data();
+      pool_.ParallelFor(blocks, 1, [&](int64_t b, int64_t e) {
+        for (int64_t blk = b; blk < e; ++blk) k_.pack_x_block(job.xb, m, w.cols, blk, xp);
+      });
+      job.xp = xp;
+    }
     // Columns split in multiples of 16 output features; the value of each element is independent of
     // the split (cpu_kernels.h), only the load balance changes.
     const int64_t units = (w.rows + 15) / 16;
@@ -366,6 +375,7 @@ class CpuBackend : public Backend {
   ThreadPool pool_;
   std::vector<uint16_t> xb_;  // x rounded to bf16 for vdpbf16ps matmuls
   std::vector<float> xs_;     // x rows repacked by split_x_row
+  std::vector<uint16_t> xp_;  // xb packed into AMX token tiles
   std::vector<float> attn_scratch_;
   std::vector<int> seq_of_;
   std::vector<int64_t> cost_prefix_;
@@ -382,9 +392,16 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(const CpuBackendOption
   }
   const CpuIsa best = DetectCpuIsa();
   CpuIsa isa = options.isa == CpuIsa::kAuto ? best : options.isa;
-  const bool supported = isa == CpuIsa::kScalar ||
-                         (isa == CpuIsa::kAvx2 && (best == CpuIsa::kAvx2 || best == CpuIsa::kAvx512) && HasF16c()) ||
-                         (isa == CpuIsa::kAvx512 && best == CpuIsa::kAvx512 && HasF16c());
+  // Each ISA is a superset of the next: amx > avx512 > avx2 > scalar.
+  auto rank = [](CpuIsa i) {
+    switch (i) {
+      case CpuIsa::kAmx: return 3;
+      case CpuIsa::kAvx512: return 2;
+      case CpuIsa::kAvx2: return 1;
+      default: return 0;
+    }
+  };
+  const bool supported = isa == CpuIsa::kScalar || (rank(isa) <= rank(best) && HasF16c());
   if (!supported) {
     return absl::InvalidArgumentError(absl::StrCat("CpuBackendOptions.isa = ", CpuIsaName(isa),
                                                    " is not supported by this CPU (best available: ",
@@ -392,6 +409,7 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(const CpuBackendOption
   }
   const CpuKernels* kernels = nullptr;
   switch (isa) {
+    case CpuIsa::kAmx: kernels = &cpu::AmxKernels(); break;
     case CpuIsa::kAvx512: kernels = &cpu::Avx512Kernels(HasAvx512Bf16()); break;
     case CpuIsa::kAvx2: kernels = &cpu::Avx2Kernels(); break;
     default: kernels = &cpu::ScalarKernels(); break;

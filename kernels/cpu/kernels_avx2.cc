@@ -86,6 +86,7 @@ void SplitXRow(const float* x, int64_t k, float* out) {
 }
 
 bool SplitForBf16(DType dt) { return dt == DType::kBF16; }
+bool NoPackX(DType, int64_t) { return false; }
 
 constexpr int64_t kBf16KChunk = 512;  // k per block: an MR-row strip of x (MR * 2 KiB) stays in L1
 
@@ -203,7 +204,7 @@ const CpuKernels& Avx2Kernels() {
       "avx2",            &NoBf16Dot,         &MatmulAvx2,           &RoundToBf16,
       &ConvertRow<V256>, &RmsNormRow<V256>,  &AddRmsNormRow<V256>,  &AddRange<V256>,
       &SiluMul<V256>,    &Rope<V256>,        &Attention<V256>,      &SplitForBf16,
-      &SplitXRow};
+      &SplitXRow,        &NoPackX,           nullptr};
   return table;
 }
 

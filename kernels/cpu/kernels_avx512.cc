@@ -126,8 +126,17 @@ void RoundToBf16Portable(const float* x, int64_t n, uint16_t* out) {
   }
 }
 
+// AMX tiles take 32 k per step; other k (never a real Llama shape) keep the vdpbf16ps path, for every m.
+bool AmxPacksX(DType dt, int64_t k) { return dt == DType::kBF16 && k > 0 && k % 32 == 0; }
+
+void MatmulAmxOrAvx512Bf16(const MatmulJob& job, int64_t n_begin, int64_t n_end) {
+  if (job.xp != nullptr) return MatmulAmxBf16(job, n_begin, n_end);
+  MatmulAvx512Bf16(job, n_begin, n_end);
+}
+
 bool NoBf16Dot(DType) { return false; }
 bool NoSplitX(DType) { return false; }
+bool NoPackX(DType, int64_t) { return false; }
 bool Bf16DotForBf16(DType dt) { return dt == DType::kBF16; }
 
 }  // namespace
@@ -137,13 +146,22 @@ const CpuKernels& Avx512Kernels(bool with_bf16) {
       "avx512",          &NoBf16Dot,         &MatmulAvx512,         &RoundToBf16Portable,
       &ConvertRow<V512>, &RmsNormRow<V512>,  &AddRmsNormRow<V512>,  &AddRange<V512>,
       &SiluMul<V512>,    &Rope<V512>,        &Attention<V512>,      &NoSplitX,
-      nullptr};
+      nullptr,           &NoPackX,           nullptr};
   static const CpuKernels bf16 = {
       "avx512-bf16",     &Bf16DotForBf16,    &MatmulAvx512Bf16,     &RoundToBf16,
       &ConvertRow<V512>, &RmsNormRow<V512>,  &AddRmsNormRow<V512>,  &AddRange<V512>,
       &SiluMul<V512>,    &Rope<V512>,        &Attention<V512>,      &NoSplitX,
-      nullptr};
+      nullptr,           &NoPackX,           nullptr};
   return with_bf16 ? bf16 : plain;
+}
+
+const CpuKernels& AmxKernels() {
+  static const CpuKernels amx = {
+      "amx-bf16",        &Bf16DotForBf16,    &MatmulAmxOrAvx512Bf16, &RoundToBf16,
+      &ConvertRow<V512>, &RmsNormRow<V512>,  &AddRmsNormRow<V512>,   &AddRange<V512>,
+      &SiluMul<V512>,    &Rope<V512>,        &Attention<V512>,       &NoSplitX,
+      nullptr,           &AmxPacksX,         &PackXAmxBlock};
+  return amx;
 }
 
 }  // namespace tpserve::kernels::cpu

@@ -85,6 +85,7 @@ void RoundToBf16(const float* x, int64_t n, uint16_t* out) {
 
 bool NoBf16Dot(DType) { return false; }
 bool NoSplitX(DType) { return false; }
+bool NoPackX(DType, int64_t) { return false; }
 
 }  // namespace
 
@@ -93,7 +94,7 @@ const CpuKernels& ScalarKernels() {
       "scalar",             &NoBf16Dot,            &MatmulScalar,           &RoundToBf16,
       &ConvertRow<VScalar>, &RmsNormRow<VScalar>,  &AddRmsNormRow<VScalar>, &AddRange<VScalar>,
       &SiluMul<VScalar>,    &Rope<VScalar>,        &Attention<VScalar>,      &NoSplitX,
-      nullptr};
+      nullptr,              &NoPackX,              nullptr};
   return table;
 }
 

@@ -175,7 +175,8 @@ TEST_P(CpuAttentionTest, BatchInvariant) {
       << "sequence alone vs in the mixed batch";
 }
 
-INSTANTIATE_TEST_SUITE_P(Isa, CpuAttentionTest, ::testing::Values(CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512),
+INSTANTIATE_TEST_SUITE_P(Isa, CpuAttentionTest,
+                         ::testing::Values(CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512, CpuIsa::kAmx),
                          [](const ::testing::TestParamInfo<CpuIsa>& info) { return CpuIsaName(info.param); });
 
 }  // namespace

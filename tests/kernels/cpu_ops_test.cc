@@ -1,5 +1,5 @@
 // The CPU backend against the reference backend, for every ISA this machine supports (kScalar, kAvx2,
-// kAvx512; others skip with a message) and weight dtypes F32/BF16/F16, on real Llama-2-13B sizes
+// kAvx512, kAmx; others skip with a message) and weight dtypes F32/BF16/F16, on real Llama-2-13B sizes
 // (5120, 13824, head_dim 128, 40 heads) and odd ones (5125, 13; m = 1, 3, 17, 64).
 #include <cmath>
 #include <algorithm>
@@ -105,7 +105,10 @@ TEST_P(CpuOpsTest, MatmulMatchesReferenceOddShapes) {
   struct Shape {
     int64_t m, n, k;
   };
-  const Shape shapes[] = {{3, 517, 5125}, {17, 13, 5120}, {64, 96, 1000}, {1, 7, 13}, {5, 33, 31}, {2, 9, 1}};
+  // k = 5120, 2048 and 64 take the AMX tiles (k % 32 == 0), with feature tails (13, 517 % 16) and partial
+  // token blocks (m = 17, 33); the others the vdpbf16ps path.
+  const Shape shapes[] = {{3, 517, 5125}, {17, 13, 5120}, {64, 96, 1000},  {1, 7, 13},
+                          {5, 33, 31},    {2, 9, 1},      {33, 517, 2048}, {48, 80, 64}};
   for (DType dt : {DType::kF32, DType::kBF16, DType::kF16}) {
     for (const Shape& s : shapes) CheckMatmul(*cpu_, *ref_, dt, s.m, s.n, s.k);
   }
@@ -115,7 +118,7 @@ TEST_P(CpuOpsTest, MatmulMatchesReferenceOddShapes) {
 // supported ISA, which keeps this test fast.
 TEST(CpuMatmul, RealSizesEveryIsa) {
   std::vector<std::unique_ptr<Backend>> cpus;
-  for (CpuIsa isa : {CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512}) {
+  for (CpuIsa isa : {CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512, CpuIsa::kAmx}) {
     auto be = CreateCpuBackend(CpuBackendOptions{2, isa});
     if (be.ok()) cpus.push_back(std::move(*be));
   }
@@ -142,12 +145,14 @@ TEST(CpuMatmul, RealSizesEveryIsa) {
 }
 
 // Row r's result must be bitwise identical alone, inside batches of 7 and 64, and with 1 or 2 threads.
+// k = 1024 takes the AMX tiles where present (n = 301 leaves a 13-feature tail), k = 1029 the rest.
 TEST_P(CpuOpsTest, MatmulIsBatchInvariant) {
   auto one_thread = CreateCpuBackend(CpuBackendOptions{1, GetParam()});
   ASSERT_TRUE(one_thread.ok());
-  const int64_t n = 301, k = 1029, m = 64;
-  for (DType dt : {DType::kF32, DType::kBF16, DType::kF16}) {
-    SCOPED_TRACE(DTypeName(dt));
+  const int64_t n = 301, m = 64;
+  for (const auto& [k, dt] : {std::pair{int64_t{1029}, DType::kF32}, std::pair{int64_t{1029}, DType::kBF16},
+                              std::pair{int64_t{1029}, DType::kF16}, std::pair{int64_t{1024}, DType::kBF16}}) {
+    SCOPED_TRACE(std::string(DTypeName(dt)) + " k=" + std::to_string(k));
     HostWeight w = MakeWeight(dt, n, k, 42);
     auto x = RandomVec(m * k, 43);
     std::vector<float> full(m * n), full1(m * n);
@@ -245,7 +250,8 @@ TEST_P(CpuOpsTest, RopeMatchesReference) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Isa, CpuOpsTest, ::testing::Values(CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512),
+INSTANTIATE_TEST_SUITE_P(Isa, CpuOpsTest,
+                         ::testing::Values(CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512, CpuIsa::kAmx),
                          [](const ::testing::TestParamInfo<CpuIsa>& info) { return CpuIsaName(info.param); });
 
 TEST(CpuBackend, RejectsBadOptions) {
@@ -254,10 +260,19 @@ TEST(CpuBackend, RejectsBadOptions) {
   auto best = CreateCpuBackend(CpuBackendOptions{0, CpuIsa::kAuto});
   ASSERT_TRUE(best.ok()) << best.status();
   EXPECT_EQ((*best)->name().rfind("cpu-", 0), 0u) << (*best)->name();
-  if (DetectCpuIsa() != CpuIsa::kAvx512) {
+  const CpuIsa detected = DetectCpuIsa();
+  if (detected != CpuIsa::kAvx512 && detected != CpuIsa::kAmx) {
     auto unsupported = CreateCpuBackend(CpuBackendOptions{1, CpuIsa::kAvx512});
     EXPECT_EQ(unsupported.status().code(), absl::StatusCode::kInvalidArgument);
   }
+  if (detected != CpuIsa::kAmx) {
+    auto unsupported = CreateCpuBackend(CpuBackendOptions{1, CpuIsa::kAmx});
+    EXPECT_EQ(unsupported.status().code(), absl::StatusCode::kInvalidArgument);
+  }
+  CpuIsa parsed;
+  EXPECT_TRUE(ParseCpuIsa("amx", &parsed));
+  EXPECT_EQ(parsed, CpuIsa::kAmx);
+  EXPECT_FALSE(ParseCpuIsa("avx1024", &parsed));
 }
 
 }  // namespace
