@@ -292,29 +292,39 @@ class CpuBackend : public Backend {
     const int group = nq / nk;
     const int nt = batch.num_tokens;
     if (nt <= 0) return;
-    // Jobs are (token, kv head); split by cost (context length) so long prefill tails do not land on
-    // one thread.
-    seq_of_.resize(nt);
-    cost_prefix_.assign(nt + 1, 0);
+    // Jobs are (query block, kv head): up to kQueryBlock consecutive tokens of one sequence share each
+    // K/V chunk while it is in L1 (a 512-token prefill otherwise streams every K/V row once per token).
+    // Split by cost (summed context) so long prefill tails do not land on one thread.
+    constexpr int kQueryBlock = 8;
+    contexts_.resize(nt);
+    for (int t = 0; t < nt; ++t) contexts_[t] = batch.positions[t] + 1;
+    units_.clear();
+    cost_prefix_.assign(1, 0);
     for (int sq = 0; sq < batch.num_seqs; ++sq) {
-      for (int t = batch.query_start[sq]; t < batch.query_start[sq + 1]; ++t) seq_of_[t] = sq;
+      for (int t = batch.query_start[sq]; t < batch.query_start[sq + 1]; t += kQueryBlock) {
+        const int len = std::min(kQueryBlock, batch.query_start[sq + 1] - t);
+        units_.push_back({sq, t, len});
+        int64_t cost = 0;
+        for (int i = 0; i < len; ++i) cost += contexts_[t + i];
+        cost_prefix_.push_back(cost_prefix_.back() + cost);
+      }
     }
-    for (int t = 0; t < nt; ++t) cost_prefix_[t + 1] = cost_prefix_[t] + batch.positions[t] + 1;
+    const int nu = static_cast<int>(units_.size());
     const int threads = pool_.size();
-    const int64_t scratch_floats = cpu::AttentionScratchFloats(group, hd);
+    const int64_t scratch_floats = cpu::AttentionScratchFloats(kQueryBlock, group, hd);
     if (static_cast<int64_t>(attn_scratch_.size()) < scratch_floats * threads) {
       attn_scratch_.resize(scratch_floats * threads);
     }
-    const int64_t total = cost_prefix_[nt] * nk;
+    const int64_t total = cost_prefix_[nu] * nk;
     auto run = [&](int tid) {
-      // Job j = t * nk + kh costs context(t); find this thread's share of the cumulative cost.
+      // Job j = u * nk + kh costs cost(u); find this thread's share of the cumulative cost.
       auto job_at_cost = [&](int64_t cost) -> int64_t {
-        if (cost >= total) return static_cast<int64_t>(nt) * nk;
-        // Token t spans costs [prefix[t] * nk, prefix[t + 1] * nk), ctx(t) per KV head.
-        const int t = static_cast<int>(
+        if (cost >= total) return static_cast<int64_t>(nu) * nk;
+        // Unit u spans costs [prefix[u] * nk, prefix[u + 1] * nk), cost(u) per KV head.
+        const int u = static_cast<int>(
             std::upper_bound(cost_prefix_.begin(), cost_prefix_.end(), cost / nk) - cost_prefix_.begin() - 1);
-        const int64_t ctx = cost_prefix_[t + 1] - cost_prefix_[t];
-        return static_cast<int64_t>(t) * nk + (cost - cost_prefix_[t] * nk) / ctx;
+        const int64_t unit_cost = cost_prefix_[u + 1] - cost_prefix_[u];
+        return static_cast<int64_t>(u) * nk + (cost - cost_prefix_[u] * nk) / unit_cost;
       };
       const int64_t jb = job_at_cost(total * tid / threads), je = job_at_cost(total * (tid + 1) / threads);
       AttentionJob job;
@@ -325,14 +335,17 @@ class CpuBackend : public Backend {
       job.head_dim = hd;
       job.group = group;
       job.scale = scale;
+      job.q_stride = static_cast<int64_t>(nq) * hd;
       job.scratch = attn_scratch_.data() + scratch_floats * tid;
       for (int64_t j = jb; j < je; ++j) {
-        const int t = static_cast<int>(j / nk), kh = static_cast<int>(j % nk);
+        const QueryBlock& u = units_[j / nk];
+        const int kh = static_cast<int>(j % nk);
         job.kv_head = kh;
-        job.q = q + (static_cast<int64_t>(t) * nq + kh * group) * hd;
-        job.out = out + (static_cast<int64_t>(t) * nq + kh * group) * hd;
-        job.block_table = batch.block_tables + static_cast<int64_t>(seq_of_[t]) * batch.max_blocks_per_seq;
-        job.context = batch.positions[t] + 1;
+        job.tokens = u.tokens;
+        job.contexts = contexts_.data() + u.first;
+        job.q = q + (static_cast<int64_t>(u.first) * nq + kh * group) * hd;
+        job.out = out + (static_cast<int64_t>(u.first) * nq + kh * group) * hd;
+        job.block_table = batch.block_tables + static_cast<int64_t>(u.seq) * batch.max_blocks_per_seq;
         k_.attention(job);
       }
     };
@@ -377,7 +390,11 @@ class CpuBackend : public Backend {
   std::vector<float> xs_;     // x rows repacked by split_x_row
   std::vector<uint16_t> xp_;  // xb packed into AMX token tiles
   std::vector<float> attn_scratch_;
-  std::vector<int> seq_of_;
+  struct QueryBlock {
+    int seq, first, tokens;
+  };
+  std::vector<QueryBlock> units_;  // attention jobs' query blocks
+  std::vector<int> contexts_;
   std::vector<int64_t> cost_prefix_;
   std::mutex rope_mu_;
   std::map<std::pair<float, int>, RopeTable> rope_tables_;

@@ -25,10 +25,16 @@ struct MatmulJob {
   float* y = nullptr;  // [m, n]
 };
 
-// One (token, KV head) of paged attention: the `group` query heads that share KV head `kv_head`.
+// `tokens` query tokens of one sequence against one KV head of paged attention: each token's `group`
+// query heads that share KV head `kv_head`. Tokens of a job walk the keys together, chunk by chunk, so a
+// prefill reads each K/V row once per job instead of once per token; every token's arithmetic is the
+// same as if it ran alone (batch invariance).
 struct AttentionJob {
-  const float* q = nullptr;       // [group, head_dim] query heads of this token
-  float* out = nullptr;           // [group, head_dim]
+  const float* q = nullptr;  // token i: [group, head_dim] at q + i * q_stride
+  float* out = nullptr;      // token i: [group, head_dim] at out + i * q_stride
+  int64_t q_stride = 0;
+  int tokens = 1;
+  const int* contexts = nullptr;  // token i attends to keys [0, contexts[i])
   const float* k_cache = nullptr;  // layer's K: [num_blocks, block_size, num_kv_heads, head_dim]
   const float* v_cache = nullptr;
   const int32_t* block_table = nullptr;  // this sequence's blocks
@@ -37,12 +43,11 @@ struct AttentionJob {
   int kv_head = 0;
   int head_dim = 0;
   int group = 0;
-  int context = 0;  // keys [0, context)
   float scale = 0.0f;
-  float* scratch = nullptr;  // >= AttentionScratchFloats(group, head_dim) floats
+  float* scratch = nullptr;  // >= AttentionScratchFloats(tokens, group, head_dim) floats
 };
-inline int64_t AttentionScratchFloats(int group, int head_dim) {
-  return static_cast<int64_t>(group) * (head_dim + 64) + 64;
+inline int64_t AttentionScratchFloats(int tokens, int group, int head_dim) {
+  return static_cast<int64_t>(tokens) * group * (head_dim + 2) + static_cast<int64_t>(group) * 32 + 64;
 }
 
 struct CpuKernels {

@@ -304,53 +304,68 @@ void ExpInPlace(float* x, int n) {
 constexpr int kKeyChunk = 32;
 
 // Keys are visited in fixed chunks of kKeyChunk positions from 0, so a token's result depends only on
-// its query and its context — not on which other tokens share the call.
+// its query and its context — not on which other tokens share the call or the job. The job's tokens
+// take each chunk in turn while its K/V rows are in L1.
 template <class V>
 void Attention(const AttentionJob& job) {
-  const int hd = job.head_dim, g = job.group;
-  float* acc = job.scratch;                             // [g, hd]
-  float* scores = acc + static_cast<int64_t>(g) * hd;   // [g, kKeyChunk]
-  float* run_max = scores + g * kKeyChunk;              // [g]
-  float* run_sum = run_max + g;                         // [g]
-  for (int h = 0; h < g; ++h) {
-    for (int d = 0; d < hd; ++d) acc[h * hd + d] = 0.0f;
-    run_max[h] = -INFINITY;
-    run_sum[h] = 0.0f;
+  const int hd = job.head_dim, g = job.group, nt = job.tokens;
+  float* scores = job.scratch;                                  // [g, kKeyChunk], one token at a time
+  float* acc_all = scores + g * kKeyChunk;                      // per token [g, hd]
+  float* max_all = acc_all + static_cast<int64_t>(nt) * g * hd;  // per token [g]
+  float* sum_all = max_all + nt * g;                            // per token [g]
+  int max_context = 0;
+  for (int i = 0; i < nt; ++i) max_context = job.contexts[i] > max_context ? job.contexts[i] : max_context;
+  for (int64_t e = 0; e < static_cast<int64_t>(nt) * g * hd; ++e) acc_all[e] = 0.0f;
+  for (int e = 0; e < nt * g; ++e) {
+    max_all[e] = -INFINITY;
+    sum_all[e] = 0.0f;
   }
   const int64_t kv_row = static_cast<int64_t>(job.num_kv_heads) * hd;
   auto row_of = [&](const float* base, int p) {
     const int64_t block = job.block_table[p / job.block_size];
     return base + (block * job.block_size + p % job.block_size) * kv_row + static_cast<int64_t>(job.kv_head) * hd;
   };
-  for (int c0 = 0; c0 < job.context; c0 += kKeyChunk) {
-    const int cn = job.context - c0 < kKeyChunk ? job.context - c0 : kKeyChunk;
-    for (int j = 0; j < cn; ++j) {
-      const float* kr = row_of(job.k_cache, c0 + j);
-      for (int h = 0; h < g; ++h) scores[h * kKeyChunk + j] = Dot<V>(job.q + h * hd, kr, hd) * job.scale;
-    }
-    for (int h = 0; h < g; ++h) {
-      float* s = scores + h * kKeyChunk;
-      float cmax = run_max[h];
-      for (int j = 0; j < cn; ++j) cmax = s[j] > cmax ? s[j] : cmax;
-      const float correction = std::exp(run_max[h] - cmax);  // 0 on the first chunk (exp(-inf))
-      run_max[h] = cmax;
-      for (int j = 0; j < cn; ++j) s[j] -= cmax;
-      ExpInPlace<V>(s, cn);
-      float sum = 0.0f;
-      for (int j = 0; j < cn; ++j) sum += s[j];
-      run_sum[h] = run_sum[h] * correction + sum;
-      // The rescale of the running output rides on this chunk's first value update.
-      const float* vr = row_of(job.v_cache, c0);
-      ScaleAxpy<V>(acc + h * hd, correction, s[0], vr, hd);
-    }
-    for (int j = 1; j < cn; ++j) {
-      const float* vr = row_of(job.v_cache, c0 + j);
-      for (int h = 0; h < g; ++h) Axpy<V>(acc + h * hd, scores[h * kKeyChunk + j], vr, hd);
+  for (int c0 = 0; c0 < max_context; c0 += kKeyChunk) {
+    for (int i = 0; i < nt; ++i) {
+      const int context = job.contexts[i];
+      if (context <= c0) continue;
+      const float* q = job.q + i * job.q_stride;
+      float* acc = acc_all + static_cast<int64_t>(i) * g * hd;
+      float* run_max = max_all + i * g;
+      float* run_sum = sum_all + i * g;
+      const int cn = context - c0 < kKeyChunk ? context - c0 : kKeyChunk;
+      for (int j = 0; j < cn; ++j) {
+        const float* kr = row_of(job.k_cache, c0 + j);
+        for (int h = 0; h < g; ++h) scores[h * kKeyChunk + j] = Dot<V>(q + h * hd, kr, hd) * job.scale;
+      }
+      for (int h = 0; h < g; ++h) {
+        float* s = scores + h * kKeyChunk;
+        float cmax = run_max[h];
+        for (int j = 0; j < cn; ++j) cmax = s[j] > cmax ? s[j] : cmax;
+        const float correction = std::exp(run_max[h] - cmax);  // 0 on the first chunk (exp(-inf))
+        run_max[h] = cmax;
+        for (int j = 0; j < cn; ++j) s[j] -= cmax;
+        ExpInPlace<V>(s, cn);
+        float sum = 0.0f;
+        for (int j = 0; j < cn; ++j) sum += s[j];
+        run_sum[h] = run_sum[h] * correction + sum;
+        // The rescale of the running output rides on this chunk's first value update.
+        const float* vr = row_of(job.v_cache, c0);
+        ScaleAxpy<V>(acc + h * hd, correction, s[0], vr, hd);
+      }
+      for (int j = 1; j < cn; ++j) {
+        const float* vr = row_of(job.v_cache, c0 + j);
+        for (int h = 0; h < g; ++h) Axpy<V>(acc + h * hd, scores[h * kKeyChunk + j], vr, hd);
+      }
     }
   }
-  for (int h = 0; h < g; ++h) {
-    const float inv = 1.0f / run_sum[h];
-    for (int d = 0; d < hd; ++d) job.out[h * hd + d] = acc[h * hd + d] * inv;
+  for (int i = 0; i < nt; ++i) {
+    const float* acc = acc_all + static_cast<int64_t>(i) * g * hd;
+    float* out = job.out + i * job.q_stride;
+    for (int h = 0; h < g; ++h) {
+      const float inv = 1.0f / sum_all[i * g + h];
+      for (int d = 0; d < hd; ++d) out[h * hd + d] = acc[h * hd + d] * inv;
+    }
   }
 }
 
