@@ -60,8 +60,9 @@ void* AlignedAlloc(size_t bytes) {
   return p;
 }
 
-// Per layer K and V, each [num_blocks, block_size, num_kv_heads, head_dim] float32. Not zeroed:
-// attention only reads slots that WriteKv filled.
+// Per layer K and V, each [num_blocks, block_size, num_kv_heads, head_dim] in spec.dtype (float32 or
+// bfloat16: half the bytes a decode step reads per token of context, and twice the sequences per GiB).
+// Not zeroed: attention only reads slots that WriteKv filled.
 class CpuKvCache : public KvCache {
  public:
   // RESOURCE_EXHAUSTED when the host cannot hold it.
@@ -78,28 +79,28 @@ class CpuKvCache : public KvCache {
         // Touch every page now: the pool is reserved memory, so RSS shows it from startup (an out-of-memory
         // shows at load, not hours later), and the first requests do not pay page faults.
         std::memset(p, 0, layer);
-        list->push_back(static_cast<float*>(p));
+        list->push_back(p);
       }
     }
     return c;
   }
   ~CpuKvCache() override {
-    for (float* p : k_) std::free(p);
-    for (float* p : v_) std::free(p);
+    for (void* p : k_) std::free(p);
+    for (void* p : v_) std::free(p);
   }
   const KvCacheSpec& spec() const override { return spec_; }
   size_t bytes() const override { return LayerBytes() * 2 * spec_.num_layers; }
   size_t LayerBytes() const {
     return static_cast<size_t>(spec_.num_blocks) * spec_.block_size * spec_.num_kv_heads * spec_.head_dim *
-           sizeof(float);
+           DTypeSize(spec_.dtype);
   }
-  float* k(int layer) const { return k_[layer]; }
-  float* v(int layer) const { return v_[layer]; }
+  void* k(int layer) const { return k_[layer]; }
+  void* v(int layer) const { return v_[layer]; }
 
  private:
   explicit CpuKvCache(const KvCacheSpec& spec) : spec_(spec) {}
   KvCacheSpec spec_;
-  std::vector<float*> k_, v_;
+  std::vector<void*> k_, v_;
 };
 
 // cos/sin of position * inv_freq for positions [0, rows), computed exactly as the reference does
@@ -256,14 +257,18 @@ class CpuBackend : public Backend {
           spec.num_layers, ", ", spec.num_blocks, ", ", spec.block_size, ", ", spec.num_kv_heads, ", ",
           spec.head_dim));
     }
+    if (spec.dtype != DType::kF32 && spec.dtype != DType::kBF16) {
+      return absl::InvalidArgumentError(absl::StrCat("the CPU KV cache holds float32 or bfloat16, not ",
+                                                     DTypeName(spec.dtype)));
+    }
     auto cache = CpuKvCache::Create(spec);
     if (!cache.ok()) return cache.status();
     return std::unique_ptr<KvCache>(std::move(*cache));
   }
 
   size_t KvBlockBytes(const KvCacheSpec& spec) const override {
-    return static_cast<size_t>(spec.num_layers) * 2 * spec.block_size * spec.num_kv_heads * spec.head_dim *
-           sizeof(float);
+    const size_t elem = spec.dtype == DType::kBF16 ? 2 : 4;
+    return static_cast<size_t>(spec.num_layers) * 2 * spec.block_size * spec.num_kv_heads * spec.head_dim * elem;
   }
 
   // Negative slots (padding tokens) are skipped.
@@ -277,8 +282,13 @@ class CpuBackend : public Backend {
       const int64_t slot = batch.slot_mapping[t];
       if (slot < 0) continue;
       TP_CHECK(slot < static_cast<int64_t>(s.num_blocks) * s.block_size) << "slot " << slot;
-      std::memcpy(c->k(layer) + slot * row, k + t * row, row * sizeof(float));
-      std::memcpy(c->v(layer) + slot * row, v + t * row, row * sizeof(float));
+      if (s.dtype == DType::kBF16) {
+        k_.round_to_bf16(k + t * row, row, static_cast<uint16_t*>(c->k(layer)) + slot * row);
+        k_.round_to_bf16(v + t * row, row, static_cast<uint16_t*>(c->v(layer)) + slot * row);
+      } else {
+        std::memcpy(static_cast<float*>(c->k(layer)) + slot * row, k + t * row, row * sizeof(float));
+        std::memcpy(static_cast<float*>(c->v(layer)) + slot * row, v + t * row, row * sizeof(float));
+      }
     }
   }
 
@@ -330,6 +340,7 @@ class CpuBackend : public Backend {
       AttentionJob job;
       job.k_cache = c->k(layer);
       job.v_cache = c->v(layer);
+      job.kv_dtype = s.dtype;
       job.block_size = s.block_size;
       job.num_kv_heads = nk;
       job.head_dim = hd;

@@ -35,8 +35,9 @@ struct AttentionJob {
   int64_t q_stride = 0;
   int tokens = 1;
   const int* contexts = nullptr;  // token i attends to keys [0, contexts[i])
-  const float* k_cache = nullptr;  // layer's K: [num_blocks, block_size, num_kv_heads, head_dim]
-  const float* v_cache = nullptr;
+  const void* k_cache = nullptr;  // layer's K: [num_blocks, block_size, num_kv_heads, head_dim] in kv_dtype
+  const void* v_cache = nullptr;
+  DType kv_dtype = DType::kF32;  // kF32 or kBF16
   const int32_t* block_table = nullptr;  // this sequence's blocks
   int block_size = 0;
   int num_kv_heads = 0;

@@ -261,36 +261,39 @@ void Rope(float* x, int heads, int head_dim, const float* cos, const float* sin)
 
 // ---- paged attention: online softmax over key chunks ----
 
-template <class V>
-float Dot(const float* a, const float* b, int n) {
+// a . b where b is a K row in the cache's dtype (WLoad widens bf16; float32 loads as is).
+template <class V, DType DT>
+float Dot(const float* a, const typename WLoad<V, DT>::E* b, int n) {
   typename V::T acc = V::Zero();
   int i = 0;
-  for (; i + V::L <= n; i += V::L) acc = V::Fma(V::Load(a + i), V::Load(b + i), acc);
-  if (i < n) acc = V::Fma(V::LoadN(a + i, n - i), V::LoadN(b + i, n - i), acc);
+  for (; i + V::L <= n; i += V::L) acc = V::Fma(V::Load(a + i), WLoad<V, DT>::Full(b + i), acc);
+  if (i < n) acc = V::Fma(V::LoadN(a + i, n - i), WLoad<V, DT>::Part(b + i, n - i), acc);
   return V::ReduceAdd(acc);
 }
 
 // acc[0:n] = acc * scale + p * v
-template <class V>
-void ScaleAxpy(float* acc, float scale, float p, const float* v, int n) {
+template <class V, DType DT>
+void ScaleAxpy(float* acc, float scale, float p, const typename WLoad<V, DT>::E* v, int n) {
   const typename V::T s = V::Set1(scale), pv = V::Set1(p);
   int i = 0;
-  for (; i + V::L <= n; i += V::L) V::Store(acc + i, V::Fma(pv, V::Load(v + i), V::Mul(V::Load(acc + i), s)));
+  for (; i + V::L <= n; i += V::L) {
+    V::Store(acc + i, V::Fma(pv, WLoad<V, DT>::Full(v + i), V::Mul(V::Load(acc + i), s)));
+  }
   if (i < n) {
     const int r = n - i;
-    V::StoreN(acc + i, V::Fma(pv, V::LoadN(v + i, r), V::Mul(V::LoadN(acc + i, r), s)), r);
+    V::StoreN(acc + i, V::Fma(pv, WLoad<V, DT>::Part(v + i, r), V::Mul(V::LoadN(acc + i, r), s)), r);
   }
 }
 
 // acc[0:n] += p * v
-template <class V>
-void Axpy(float* acc, float p, const float* v, int n) {
+template <class V, DType DT>
+void Axpy(float* acc, float p, const typename WLoad<V, DT>::E* v, int n) {
   const typename V::T pv = V::Set1(p);
   int i = 0;
-  for (; i + V::L <= n; i += V::L) V::Store(acc + i, V::Fma(pv, V::Load(v + i), V::Load(acc + i)));
+  for (; i + V::L <= n; i += V::L) V::Store(acc + i, V::Fma(pv, WLoad<V, DT>::Full(v + i), V::Load(acc + i)));
   if (i < n) {
     const int r = n - i;
-    V::StoreN(acc + i, V::Fma(pv, V::LoadN(v + i, r), V::LoadN(acc + i, r)), r);
+    V::StoreN(acc + i, V::Fma(pv, WLoad<V, DT>::Part(v + i, r), V::LoadN(acc + i, r)), r);
   }
 }
 
@@ -306,8 +309,9 @@ constexpr int kKeyChunk = 32;
 // Keys are visited in fixed chunks of kKeyChunk positions from 0, so a token's result depends only on
 // its query and its context — not on which other tokens share the call or the job. The job's tokens
 // take each chunk in turn while its K/V rows are in L1.
-template <class V>
-void Attention(const AttentionJob& job) {
+template <class V, DType DT>
+void AttentionT(const AttentionJob& job) {
+  using E = typename WLoad<V, DT>::E;
   const int hd = job.head_dim, g = job.group, nt = job.tokens;
   float* scores = job.scratch;                                  // [g, kKeyChunk], one token at a time
   float* acc_all = scores + g * kKeyChunk;                      // per token [g, hd]
@@ -321,9 +325,10 @@ void Attention(const AttentionJob& job) {
     sum_all[e] = 0.0f;
   }
   const int64_t kv_row = static_cast<int64_t>(job.num_kv_heads) * hd;
-  auto row_of = [&](const float* base, int p) {
+  auto row_of = [&](const void* base, int p) {
     const int64_t block = job.block_table[p / job.block_size];
-    return base + (block * job.block_size + p % job.block_size) * kv_row + static_cast<int64_t>(job.kv_head) * hd;
+    return static_cast<const E*>(base) + (block * job.block_size + p % job.block_size) * kv_row +
+           static_cast<int64_t>(job.kv_head) * hd;
   };
   for (int c0 = 0; c0 < max_context; c0 += kKeyChunk) {
     for (int i = 0; i < nt; ++i) {
@@ -335,8 +340,8 @@ void Attention(const AttentionJob& job) {
       float* run_sum = sum_all + i * g;
       const int cn = context - c0 < kKeyChunk ? context - c0 : kKeyChunk;
       for (int j = 0; j < cn; ++j) {
-        const float* kr = row_of(job.k_cache, c0 + j);
-        for (int h = 0; h < g; ++h) scores[h * kKeyChunk + j] = Dot<V>(q + h * hd, kr, hd) * job.scale;
+        const E* kr = row_of(job.k_cache, c0 + j);
+        for (int h = 0; h < g; ++h) scores[h * kKeyChunk + j] = Dot<V, DT>(q + h * hd, kr, hd) * job.scale;
       }
       for (int h = 0; h < g; ++h) {
         float* s = scores + h * kKeyChunk;
@@ -350,12 +355,12 @@ void Attention(const AttentionJob& job) {
         for (int j = 0; j < cn; ++j) sum += s[j];
         run_sum[h] = run_sum[h] * correction + sum;
         // The rescale of the running output rides on this chunk's first value update.
-        const float* vr = row_of(job.v_cache, c0);
-        ScaleAxpy<V>(acc + h * hd, correction, s[0], vr, hd);
+        const E* vr = row_of(job.v_cache, c0);
+        ScaleAxpy<V, DT>(acc + h * hd, correction, s[0], vr, hd);
       }
       for (int j = 1; j < cn; ++j) {
-        const float* vr = row_of(job.v_cache, c0 + j);
-        for (int h = 0; h < g; ++h) Axpy<V>(acc + h * hd, scores[h * kKeyChunk + j], vr, hd);
+        const E* vr = row_of(job.v_cache, c0 + j);
+        for (int h = 0; h < g; ++h) Axpy<V, DT>(acc + h * hd, scores[h * kKeyChunk + j], vr, hd);
       }
     }
   }
@@ -367,6 +372,12 @@ void Attention(const AttentionJob& job) {
       for (int d = 0; d < hd; ++d) out[h * hd + d] = acc[h * hd + d] * inv;
     }
   }
+}
+
+template <class V>
+void Attention(const AttentionJob& job) {
+  if (job.kv_dtype == DType::kBF16) return AttentionT<V, DType::kBF16>(job);
+  AttentionT<V, DType::kF32>(job);
 }
 
 }  // namespace

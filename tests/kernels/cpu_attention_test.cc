@@ -1,7 +1,8 @@
 // Paged attention of the CPU backend against the reference, for every supported ISA: several sequences
 // of different lengths in one step (prefill from scratch, a prefill chunk on top of cached tokens,
 // decode tokens), GQA ratios 1, 2 and 8, head_dim 128 and 8, shuffled (non-contiguous) block tables,
-// and bitwise batch invariance of one token's output.
+// and bitwise batch invariance of one token's output; and the bfloat16 cache (bf16 models) against the
+// reference fed the same K/V rounded to bf16.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -104,8 +105,10 @@ Scenario MakeScenario(int nq, int nk, int hd, const std::vector<SeqPlan>& seqs, 
 }
 
 // Writes history and this step's K/V into a fresh cache (layer 1 of 2), then runs attention.
-std::vector<float> RunAttention(Backend& be, const Scenario& s) {
-  auto cache = be.CreateKvCache(KvCacheSpec{2, s.num_blocks, s.block_size, s.nk, s.hd});
+std::vector<float> RunAttention(Backend& be, const Scenario& s, DType kv_dtype = DType::kF32) {
+  KvCacheSpec spec{2, s.num_blocks, s.block_size, s.nk, s.hd};
+  spec.dtype = kv_dtype;
+  auto cache = be.CreateKvCache(spec);
   EXPECT_TRUE(cache.ok()) << cache.status();
   if (!s.hist_slots.empty()) be.WriteKv(**cache, 1, s.hist_k.data(), s.hist_v.data(), s.History());
   const AttentionBatch step = s.Step();
@@ -146,6 +149,36 @@ TEST_P(CpuAttentionTest, MixedPrefillAndDecodeMatchReference) {
       }
     }
   }
+}
+
+// A bf16 cache stores K/V rounded to nearest-even bf16 and widens them exactly: the result is the float32
+// computation on the rounded values.
+TEST_P(CpuAttentionTest, Bf16CacheMatchesReferenceOnRoundedKv) {
+  Scenario s = MakeScenario(40, 5, 128, kMixedStep, 13);
+  Scenario rounded = s;
+  for (auto* v : {&rounded.hist_k, &rounded.hist_v, &rounded.k, &rounded.v}) {
+    for (float& x : *v) x = BF16ToF32(F32ToBF16(x));
+  }
+  const auto got = RunAttention(*cpu_, s, DType::kBF16);
+  const auto want = RunAttention(*ref_, rounded);
+  int bad = 0;
+  for (size_t i = 0; i < got.size() && bad < 5; ++i) {
+    if (!(std::fabs(got[i] - want[i]) <= 2e-6 + 1e-4 * std::fabs(want[i]))) {
+      ADD_FAILURE() << CpuIsaName(GetParam()) << " bf16 cache [" << i << "] got " << got[i] << " want " << want[i];
+      ++bad;
+    }
+  }
+  auto one = CreateCpuBackend(CpuBackendOptions{1, GetParam()});
+  ASSERT_TRUE(one.ok());
+  const auto got_1t = RunAttention(**one, s, DType::kBF16);
+  EXPECT_EQ(std::memcmp(got.data(), got_1t.data(), got.size() * 4), 0) << "1 vs 2 threads";
+  KvCacheSpec f16{2, 4, 16, 5, 128};
+  f16.dtype = DType::kF16;
+  EXPECT_EQ(cpu_->CreateKvCache(f16).status().code(), absl::StatusCode::kInvalidArgument);
+  f16.dtype = DType::kBF16;
+  KvCacheSpec f32 = f16;
+  f32.dtype = DType::kF32;
+  EXPECT_EQ(cpu_->KvBlockBytes(f16) * 2, cpu_->KvBlockBytes(f32));
 }
 
 // A decode token's output is bitwise the same alone, inside the mixed step, and with 1 or 2 threads.

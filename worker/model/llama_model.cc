@@ -86,6 +86,13 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::CreateRandom(const Shard
   return m;
 }
 
+// K and V in the model's dtype when its matrices are bf16 (as vLLM's kv_cache_dtype "auto"): a bf16 model's
+// keys and values are bf16 products in the checkpoint's own framework too, and they halve the bytes decode
+// reads per token of context. float32 and float16 models keep a float32 cache (the stories260K references).
+DType LlamaModel::KvDType() const {
+  return weights_->layer(0).qkv.dtype == DType::kBF16 ? DType::kBF16 : DType::kF32;
+}
+
 size_t LlamaModel::KvBlockBytes(int block_size) const {
   kernels::KvCacheSpec s;
   s.num_layers = config().num_layers;
@@ -93,6 +100,7 @@ size_t LlamaModel::KvBlockBytes(int block_size) const {
   s.block_size = block_size;
   s.num_kv_heads = spec_.local_kv_heads();
   s.head_dim = config().head_dim;
+  s.dtype = KvDType();
   return backend_->KvBlockBytes(s);
 }
 
@@ -110,6 +118,7 @@ absl::Status LlamaModel::AllocateKv(int num_blocks, int block_size) {
   s.block_size = block_size;
   s.num_kv_heads = spec_.local_kv_heads();
   s.head_dim = config().head_dim;
+  s.dtype = KvDType();
   TP_ASSIGN_OR_RETURN(kv_, backend_->CreateKvCache(s));
   block_size_ = block_size;
   num_blocks_ = num_blocks;

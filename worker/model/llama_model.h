@@ -81,6 +81,7 @@ class LlamaModel {
 
   // KV bytes of one block across all layers, this rank's KV heads.
   size_t KvBlockBytes(int block_size) const;
+  DType KvDType() const;  // the KV cache element type asked of the backend
   // (Re)creates the paged KV cache; drops any previous one first. RESOURCE_EXHAUSTED from the backend when
   // it does not fit.
   absl::Status AllocateKv(int num_blocks, int block_size);
