@@ -46,6 +46,25 @@ class ThreadPool {
     });
   }
 
+  // Like ParallelFor, but every thread takes the next `chunk` of [0, n) until none is left: a thread
+  // that was preempted or runs on a busier core does less, instead of everyone waiting for it.
+  template <class Fn>
+  void ParallelForChunks(int64_t n, int64_t chunk, int64_t min_parallel, Fn&& fn) {
+    if (n <= 0) return;
+    if (size() == 1 || n < min_parallel) {
+      fn(int64_t{0}, n);
+      return;
+    }
+    if (chunk < 1) chunk = 1;
+    std::atomic<int64_t> next{0};
+    Run([&](int) {
+      for (int64_t b = next.fetch_add(chunk, std::memory_order_relaxed); b < n;
+           b = next.fetch_add(chunk, std::memory_order_relaxed)) {
+        fn(b, b + chunk < n ? b + chunk : n);
+      }
+    });
+  }
+
  private:
   using Thunk = void (*)(void* ctx, int index);
   template <class Fn>
