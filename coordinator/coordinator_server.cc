@@ -87,6 +87,11 @@ absl::Status CoordinatorServer::Start() {
     b.RegisterService(pool_.get());
     b.SetMaxReceiveMessageSize(64 << 20);
     b.SetMaxSendMessageSize(64 << 20);
+    // Workers ping every 10 s (worker_service.cc) and keep pinging through a step that sends nothing for
+    // minutes (a 13B CPU prefill, a 26 GB load). gRPC's server default takes any ping within 5 min of the
+    // last one without data as a strike and sends GOAWAY "too_many_pings" after two: accept one per 5 s.
+    b.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 5000);
+    b.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
     worker_server_ = b.BuildAndStart();
     if (!worker_server_ || worker_port_ == 0) {
       return absl::UnavailableError(absl::StrCat("cannot listen for workers on ", options_.worker_host, ":",

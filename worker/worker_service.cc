@@ -369,6 +369,10 @@ absl::Status RunWorker(const WorkerOptions& options, std::atomic<bool>* stop) {
   args.SetMaxSendMessageSize(64 << 20);
   args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
   args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
+  // Keep pinging while a long step or load sends no data (gRPC's default stops after 2 such pings, which
+  // leaves a dead coordinator unnoticed until the step ends); the coordinator accepts a ping per 5 s.
+  args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 200);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
   auto creds = MakeChannelCredentials(options.cluster_tls);
