@@ -7,6 +7,8 @@
 #   deploy.*           renders YAML with kubectl/python; no project code under the sanitizers
 #   LlamaTpMemoryTest* writes and loads a 1.9 GB 13B-shaped checkpoint: byte accounting, not memory safety
 #                      (the same loader paths run in the checkpoint and TP tests)
+#   LongStepTest*      one deliberately slow (scalar) 30-40 s prefill step, which ASan makes minutes; the
+#                      worker paths it crosses run in the lifecycle tests
 # Usage: scripts/asan-tests.sh [ctest args]   (BUILD_DIR overrides build-asan)
 set -euo pipefail
 
@@ -26,5 +28,5 @@ export LSAN_OPTIONS="suppressions=${ROOT}/scripts/lsan-suppressions.txt:print_su
 
 cd "${BUILD_DIR}"
 ctest --output-on-failure -j "${CTEST_JOBS:-2}" --timeout 1200 \
-  -E '^(TpserveBench|deploy\.|LlamaTpMemoryTest)' "$@"
+  -E '^(TpserveBench|deploy\.|LlamaTpMemoryTest|LongStepTest)' "$@"
 echo "asan-tests: all passed"
