@@ -13,6 +13,7 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "kernels/cpu/cpu_kernels.h"
@@ -157,14 +158,22 @@ void MatmulAmxBf16(const MatmulJob& job, int64_t n_begin, int64_t n_end) {
       BlockOneTokenTile(job, n0, na, 16, 0);
     }
   } else {
-    // 32 weight rows (2 x 16 x k bf16, L2-resident) against every token block pair.
-    for (int64_t n0 = n_begin; n0 < full_end; n0 += 32) {
-      const bool two = full_end - n0 >= 32;
+    // A slab of up to ~1 MiB of weight rows stays in L2 while every token block pair passes over it, 32
+    // rows at a time; each pair of packed token blocks is then read from L2 once per 32 rows instead of
+    // streaming all of x from L3 for every 32 rows (which bound a 512-token prefill).
+    const int64_t slab = std::max<int64_t>(32, (int64_t{1} << 20) / (2 * job.k) / 32 * 32);
+    for (int64_t nb = n_begin; nb < full_end; nb += slab) {
+      const int64_t ne = std::min(full_end, nb + slab), pairs_end = nb + (ne - nb) / 32 * 32;
       int64_t b = 0;
-      if (two) {
-        for (; b + 2 <= blocks; b += 2) BlockTwoByTwo(job, n0, b);
+      for (; b + 2 <= blocks; b += 2) {
+        for (int64_t n0 = nb; n0 < pairs_end; n0 += 32) BlockTwoByTwo(job, n0, b);
       }
-      for (; b < blocks; ++b) BlockOneTokenTile(job, n0, two ? 2 : 1, 16, b);
+      for (int64_t n0 = nb; n0 < pairs_end; n0 += 32) {
+        for (int64_t bb = b; bb < blocks; ++bb) BlockOneTokenTile(job, n0, 2, 16, bb);
+      }
+      if (pairs_end < ne) {
+        for (int64_t bb = 0; bb < blocks; ++bb) BlockOneTokenTile(job, pairs_end, 1, 16, bb);
+      }
     }
   }
   if (full_end < n_end) {
