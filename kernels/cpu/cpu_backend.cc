@@ -1,5 +1,5 @@
 // The CPU backend: runtime ISA dispatch (AVX-512 / AVX2 / baseline) to the kernel tables of
-// kernels/cpu/cpu_kernels.h, work split across a persistent thread pool, host memory, float32 paged KV.
+// kernels/cpu/cpu_kernels.h, work split across a persistent thread pool, host memory, paged KV in float32 or bfloat16.
 #include <cpuid.h>
 #include <sys/mman.h>
 
