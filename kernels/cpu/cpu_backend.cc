@@ -1,5 +1,6 @@
-// The CPU backend: runtime ISA dispatch (AVX-512 / AVX2 / baseline) to the kernel tables of
-// kernels/cpu/cpu_kernels.h, work split across a persistent thread pool, host memory, paged KV in float32 or bfloat16.
+// The CPU backend: runtime ISA dispatch (AMX / AVX-512 / AVX2 / baseline) to the kernel tables of
+// kernels/cpu/cpu_kernels.h, work split across a persistent thread pool, host memory, paged KV in float32
+// or bfloat16.
 #include <cpuid.h>
 #include <sys/mman.h>
 
