@@ -93,10 +93,15 @@ class WorkerSupervisor {
     pid_t parent = getpid();
     pid_t pid = fork();
     if (pid < 0) return absl::InternalError("fork failed");
+    if (pid > 0) setpgid(pid, pid);  // the child does too (below): whichever runs first
     if (pid == 0) {
       // A worker never outlives its launcher, even after SIGKILL of the launcher.
       prctl(PR_SET_PDEATHSIG, SIGKILL);
       if (getppid() != parent) _exit(1);
+      // Its own process group: Ctrl-C in a terminal (or `timeout`, or kill -- -PGID) signals the launcher's
+      // group, and the launcher drains and then shuts the workers down in order. Workers killed by the same
+      // signal would leave the in-flight requests nothing to finish on.
+      setpgid(0, 0);
       sigset_t none;
       sigemptyset(&none);
       pthread_sigmask(SIG_SETMASK, &none, nullptr);
@@ -108,6 +113,11 @@ class WorkerSupervisor {
     }
     absl::MutexLock lock(&mu_);
     pids_[rank] = pid;
+    if (stopping_) {
+      // Stop() began while this restart was forking and may have looked at pids_ already.
+      kill(pid, SIGKILL);
+      return absl::OkStatus();
+    }
     TP_LOG(INFO) << "started worker rank " << rank << " (pid " << pid << ", " << dev << ")";
     return absl::OkStatus();
   }
@@ -145,7 +155,12 @@ class WorkerSupervisor {
       if (restart) {
         TP_LOG(WARNING) << "worker rank " << rank << " (pid " << pid << ") " << how << "; restarting it";
         absl::SleepFor(absl::Milliseconds(500));
-        if (!Spawn(rank).ok()) TP_LOG(ERROR) << "could not restart worker rank " << rank;
+        bool stopping;
+        {
+          absl::MutexLock lock(&mu_);
+          stopping = stopping_;
+        }
+        if (!stopping && !Spawn(rank).ok()) TP_LOG(ERROR) << "could not restart worker rank " << rank;
       } else {
         TP_LOG(INFO) << "worker rank " << rank << " (pid " << pid << ") " << how;
       }

@@ -152,3 +152,35 @@ TEST(DrainTest, SigtermFinishesInFlightStreamsAndRejectsNewRequests) {
 
 }  // namespace
 }  // namespace tpserve::testing
+
+namespace tpserve::testing {
+namespace {
+
+// Ctrl-C in a terminal signals the whole foreground process group. The workers are in their own group, so
+// only the launcher sees it: it drains (the in-flight stream finishes on the workers), shuts the workers
+// down and exits, without restarting a worker on the way out.
+TEST(DrainTest, SigintToTheWholeProcessGroupDrainsAndExits) {
+  TP_REQUIRE_SHARED(model_dir, "models/stories260K");
+  ServerOptions options{model_dir, 2, {"--max_num_seqs=1", "--drain_timeout=60"}};
+  options.own_process_group = true;
+  ServerProcess server(options);
+  ASSERT_TRUE(server.Start().ok()) << server.ReadLog();
+  auto stub = server.NewStub();
+  grpc::ClientContext ctx;
+  auto reader = stub->GenerateStream(&ctx, GreedyRequest("Once upon a time", 400));
+  v1::GenerateStreamResponse msg;
+  ASSERT_TRUE(reader->Read(&msg));
+  int tokens = msg.token_ids_size();
+  server.SignalGroup(SIGINT);
+  while (reader->Read(&msg)) tokens += msg.token_ids_size();
+  grpc::Status s = reader->Finish();
+  EXPECT_TRUE(s.ok()) << s.error_message() << "\n" << server.ReadLog();
+  EXPECT_EQ(tokens, 400);
+  absl::Time deadline = absl::Now() + absl::Seconds(30);
+  while (server.PollExit() < 0 && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(20));
+  EXPECT_EQ(server.PollExit(), 0) << server.ReadLog();
+  EXPECT_EQ(server.ReadLog().find("restarting it"), std::string::npos) << server.ReadLog();
+}
+
+}  // namespace
+}  // namespace tpserve::testing

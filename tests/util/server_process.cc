@@ -53,9 +53,11 @@ absl::Status ServerProcess::Start() {
   pid_t parent = getpid();
   pid_ = fork();
   if (pid_ < 0) return absl::InternalError("fork failed");
+  if (pid_ > 0 && options_.own_process_group) setpgid(pid_, pid_);  // both sides, so no signal races it
   if (pid_ == 0) {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() != parent) _exit(1);
+    if (options_.own_process_group) setpgid(0, 0);
     int fd = open(log_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     dup2(fd, 1);
     dup2(fd, 2);
@@ -93,6 +95,10 @@ absl::Status ServerProcess::Start() {
 
 void ServerProcess::Signal(int sig) {
   if (pid_ > 0 && exit_status_ < 0) kill(pid_, sig);
+}
+
+void ServerProcess::SignalGroup(int sig) {
+  if (pid_ > 0 && exit_status_ < 0 && options_.own_process_group) kill(-pid_, sig);
 }
 
 int ServerProcess::PollExit() {

@@ -21,6 +21,7 @@ struct ServerOptions {
   std::vector<std::string> extra_flags;  // e.g. "--max_num_seqs=2"
   absl::Duration ready_timeout = absl::Seconds(180);
   std::string tls_ca;   // when the public API runs TLS: the CA that signed its certificate
+  bool own_process_group = false;  // the server leads a new process group (SignalGroup reaches it and its group)
 };
 
 class ServerProcess {
@@ -33,6 +34,8 @@ class ServerProcess {
   // SIGTERM and wait for exit; returns the exit status (or -1 when killed after the timeout).
   int Stop(absl::Duration timeout = absl::Seconds(30));
   void Signal(int sig);
+  // kill(-pid, sig): the server's whole process group, as Ctrl-C in a terminal does. Needs own_process_group.
+  void SignalGroup(int sig);
   // Exit status if the process ended (non-blocking), else -1.
   int PollExit();
 
