@@ -270,8 +270,8 @@ class CpuBackend : public Backend {
   }
 
   size_t KvBlockBytes(const KvCacheSpec& spec) const override {
-    const size_t elem = spec.dtype == DType::kBF16 ? 2 : 4;
-    return static_cast<size_t>(spec.num_layers) * 2 * spec.block_size * spec.num_kv_heads * spec.head_dim * elem;
+    return static_cast<size_t>(spec.num_layers) * 2 * spec.block_size * spec.num_kv_heads * spec.head_dim *
+           DTypeSize(spec.dtype);
   }
 
   // Negative slots (padding tokens) are skipped.
