@@ -256,7 +256,8 @@ void Engine::RequeueAll() {
   for (uint64_t id : ids) {
     RequestState& r = *requests_.at(id);
     const int remaining = r.spec().max_new_tokens - r.num_generated();
-    absl::Status s = scheduler_->AddSequence(id, r.all_tokens(), std::max(1, remaining), r.spec().priority);
+    absl::Status s = scheduler_->AddSequence(id, r.all_tokens(), std::max(1, remaining), r.spec().priority,
+                                             Scheduler::Admission::kReadmit);
     if (!s.ok()) FailRequest(id, absl::UnavailableError(absl::StrCat("could not replay after worker loss: ", s.message())));
   }
   finished_since_last_step_.clear();

@@ -38,7 +38,7 @@ absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(const SchedulerConf
 }
 
 absl::Status Scheduler::AddSequence(uint64_t seq_id, std::vector<int32_t> prompt_ids, int max_new_tokens,
-                                    int priority) {
+                                    int priority, Admission admission) {
   if (prompt_ids.empty()) {
     return absl::InvalidArgumentError(absl::StrCat("seq ", seq_id, ": prompt_ids is empty"));
   }
@@ -77,7 +77,7 @@ absl::Status Scheduler::AddSequence(uint64_t seq_id, std::vector<int32_t> prompt
   if (seqs_.contains(seq_id)) {
     return absl::AlreadyExistsError(absl::StrCat("seq ", seq_id, " is already scheduled"));
   }
-  if (num_waiting() >= config_.max_queued_requests) {
+  if (admission == Admission::kNew && num_waiting() >= config_.max_queued_requests) {
     return absl::ResourceExhaustedError(absl::StrCat("request queue is full: ", num_waiting(),
                                                      " requests waiting, max_queued_requests = ",
                                                      config_.max_queued_requests, "; retry later"));

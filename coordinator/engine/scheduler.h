@@ -66,11 +66,16 @@ class Scheduler {
   // Validates the config first (INVALID_ARGUMENT naming the field).
   static absl::StatusOr<std::unique_ptr<Scheduler>> Create(const SchedulerConfig& config);
 
-  // RESOURCE_EXHAUSTED when max_queued_requests are waiting; INVALID_ARGUMENT for an empty prompt, negative
-  // token ids, max_new_tokens < 1, prompt + max_new_tokens > max_model_len, or a request that could never
-  // fit in the whole KV pool (or, without chunked prefill, in one step's token budget); ALREADY_EXISTS for a
-  // seq_id that is still known.
-  absl::Status AddSequence(uint64_t seq_id, std::vector<int32_t> prompt_ids, int max_new_tokens, int priority);
+  // How a sequence enters: kNew passes admission (the max_queued_requests limit); kReadmit is a request that
+  // was admitted before and is re-queued from its token history after the worker group was lost, and like a
+  // preempted sequence it is never refused for a full queue.
+  enum class Admission { kNew, kReadmit };
+  // RESOURCE_EXHAUSTED when max_queued_requests are waiting (kNew only); INVALID_ARGUMENT for an empty prompt,
+  // negative token ids, max_new_tokens < 1, prompt + max_new_tokens > max_model_len, or a request that could
+  // never fit in the whole KV pool (or, without chunked prefill, in one step's token budget); ALREADY_EXISTS
+  // for a seq_id that is still known.
+  absl::Status AddSequence(uint64_t seq_id, std::vector<int32_t> prompt_ids, int max_new_tokens, int priority,
+                           Admission admission = Admission::kNew);
   // Removes a sequence wherever it is (waiting, running, preempted) and frees its blocks. Idempotent.
   void Abort(uint64_t seq_id);
   // Plans one iteration under max_num_batched_tokens / max_num_seqs and the block pool.

@@ -444,6 +444,24 @@ TEST(SchedulerTest, FullQueueIsResourceExhausted) {
   EXPECT_TRUE(s.AddSequence(3, Prompt(3, 4), 2, 0).ok());
 }
 
+TEST(SchedulerTest, ReadmittedSequencesBypassTheQueueLimitInArrivalOrder) {
+  // After a worker loss every in-flight request (up to max_num_seqs running + max_queued_requests waiting)
+  // comes back at once; none may be refused for the full queue, and they keep their order.
+  SchedulerConfig c = Config(64, 16, 8, 100, 512);
+  c.max_num_seqs = 2;
+  c.max_queued_requests = 2;
+  Scheduler s(c);
+  for (uint64_t id = 1; id <= 4; ++id) {
+    ASSERT_TRUE(s.AddSequence(id, Prompt(id, 4), 2, 0, Scheduler::Admission::kReadmit).ok()) << id;
+  }
+  EXPECT_EQ(s.num_waiting(), 4);
+  EXPECT_EQ(s.AddSequence(5, Prompt(5, 4), 2, 0).code(), StatusCode::kResourceExhausted);  // new ones still wait
+  const SchedulerOutput out = s.Schedule();
+  ASSERT_EQ(out.seqs.size(), 2u);
+  EXPECT_EQ(out.seqs[0].seq_id, 1u);
+  EXPECT_EQ(out.seqs[1].seq_id, 2u);
+}
+
 TEST(SchedulerTest, RejectsRequestsThatCanNeverRun) {
   Scheduler s(Config(/*num_blocks=*/4, /*block_size=*/4, 8, 64, /*max_model_len=*/32));
   auto expect = [&](absl::Status st, StatusCode code, const std::string& mentions) {

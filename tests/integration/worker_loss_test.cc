@@ -74,6 +74,63 @@ TEST(WorkerLossTest, RestartedWorkerGroupReplaysEveryRequestExactly) {
   EXPECT_EQ(server.Stop(), 0);
 }
 
+double Gauge(const ServerProcess& server, const std::string& name) {
+  return MetricValue(server.HttpGet("/metrics"), name + "{model_name=\"stories260K\"}");
+}
+
+// Fills the server (max_num_seqs running + max_queued_requests waiting), kills a worker, and every request
+// completes with its fault-free ids: replay re-queues in-flight requests without the admission check that new
+// requests pass (they were admitted once; a full queue must not drop them).
+TEST(WorkerLossTest, FullServerReplaysEveryRequestExactly) {
+  TP_REQUIRE_SHARED(model_dir, "models/stories260K");
+  constexpr int kRequests = 4;
+  ServerProcess server({model_dir, 2, {"--max_num_seqs=2", "--max_queued_requests=2"}});
+  ASSERT_TRUE(server.Start().ok()) << server.ReadLog();
+  auto run = [&](bool kill_worker) {
+    auto stub = server.NewStub();
+    std::vector<Outcome> out(kRequests);
+    std::vector<std::thread> threads;
+    for (int i = 0; i < kRequests; ++i) {
+      threads.emplace_back([&, i] {
+        grpc::ClientContext ctx;
+        ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+        auto reader = stub->GenerateStream(&ctx, Greedy(kPrompts[i], 440 + 10 * i));
+        v1::GenerateStreamResponse msg;
+        while (reader->Read(&msg)) out[i].ids.insert(out[i].ids.end(), msg.token_ids().begin(), msg.token_ids().end());
+        out[i].status = reader->Finish();
+      });
+      // The next request starts once the server holds this one (running or waiting), so none is refused only
+      // because its predecessors were still on their way in.
+      const absl::Time deadline = absl::Now() + absl::Seconds(30);
+      while (Gauge(server, "tpserve:num_requests_running") + Gauge(server, "tpserve:num_requests_waiting") < i + 1) {
+        if (absl::Now() > deadline || server.PollExit() >= 0) {
+          ADD_FAILURE() << "request " << i << " never reached the server\n" << server.ReadLog();
+          break;
+        }
+        absl::SleepFor(absl::Milliseconds(2));
+      }
+    }
+    if (kill_worker) {
+      // All four in flight: two running, two waiting with a full queue.
+      EXPECT_EQ(Gauge(server, "tpserve:num_requests_running"), 2);
+      EXPECT_EQ(Gauge(server, "tpserve:num_requests_waiting"), 2);
+      kill(server.ChildPids()[0], SIGKILL);
+    }
+    for (auto& t : threads) t.join();
+    return out;
+  };
+  std::vector<Outcome> clean = run(false);
+  for (const auto& o : clean) ASSERT_TRUE(o.status.ok()) << o.status.error_message();
+  std::vector<Outcome> faulty = run(true);
+  for (int i = 0; i < kRequests; ++i) {
+    ASSERT_TRUE(faulty[i].status.ok()) << "request " << i << ": " << faulty[i].status.error_message() << "\n"
+                                       << server.ReadLog();
+    EXPECT_EQ(faulty[i].ids, clean[i].ids) << "request " << i;
+  }
+  EXPECT_NE(server.ReadLog().find("replaying"), std::string::npos);
+  EXPECT_EQ(server.Stop(), 0);
+}
+
 TEST(WorkerLossTest, WithoutRestartRequestsEndUnavailableWithinRecoveryTimeout) {
   TP_REQUIRE_SHARED(model_dir, "models/stories260K");
   ServerProcess server({model_dir, 2, {"--max_num_seqs=2", "--restart_workers=false", "--recovery_timeout=3"}});
