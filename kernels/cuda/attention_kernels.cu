@@ -1,4 +1,4 @@
-// Paged causal GQA attention over the bf16 KV cache, for a mixed batch of prefill chunks and decodes.
+// Paged causal GQA attention over the KV cache (float32 or bf16, the model's choice), for a mixed batch of prefill chunks and decodes.
 //  - Prefill chunks (query_len > 1): one block per (sequence, 16-query tile, q head); K/V tiles of 32
 //    keys are staged in shared memory (fp32) and every query keeps a flash-style online softmax.
 //  - Decode tokens (query_len == 1): split-K ("flash decoding"): one block per (sequence, q head,
@@ -24,7 +24,9 @@ constexpr int kTileQ = kWarps * kQueriesPerWarp;  // queries per prefill block
 constexpr int kTileK = 32;                        // keys per shared-memory tile (one per lane)
 constexpr int kDimsPerLane = kMaxHeadDim / 32;    // output dims d = lane + 32 * i
 
+// The cache holds float32 (float32 models: exact references) or bf16 bits.
 __device__ __forceinline__ float CacheValue(const uint16_t* cache, int64_t i) { return Bf16BitsToFloat(cache[i]); }
+__device__ __forceinline__ float CacheValue(const float* cache, int64_t i) { return cache[i]; }
 
 // Element offset of key position j's head `kvh` in the cache of sequence `block_table`.
 __device__ __forceinline__ int64_t KeyOffset(const int32_t* block_table, int j, int block_size, int64_t kv_stride,
@@ -39,7 +41,10 @@ size_t PrefillSharedBytes(int head_dim) {
 }
 
 // grid: (num_seqs * q_tiles, nq); block: kThreads; dynamic smem: PrefillSharedBytes(head_dim).
+template <typename KvT>
 __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(PagedAttentionParams p, int q_tiles) {
+  const KvT* k_cache = static_cast<const KvT*>(p.k_cache);
+  const KvT* v_cache = static_cast<const KvT*>(p.v_cache);
   extern __shared__ float smem[];
   const int hd = p.head_dim;
   float* qs = smem;                          // [kTileQ, hd], pre-scaled
@@ -93,8 +98,8 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(PagedAttentio
       float kv = 0.0f, vv = 0.0f;
       if (j <= max_pos) {
         const int64_t off = KeyOffset(block_table, j, p.block_size, kv_stride, kvh, hd) + d;
-        kv = CacheValue(p.k_cache, off);
-        vv = CacheValue(p.v_cache, off);
+        kv = CacheValue(k_cache, off);
+        vv = CacheValue(v_cache, off);
       }
       ks[r * (hd + 1) + d] = kv;
       vs[r * hd + d] = vv;
@@ -172,7 +177,10 @@ __device__ __forceinline__ int NumSplits(int pos, int max_splits) {
 }
 
 // grid: (num_seqs, nq, max_splits); block: kThreads.
+template <typename KvT>
 __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(PagedAttentionParams p, int max_splits) {
+  const KvT* k_cache = static_cast<const KvT*>(p.k_cache);
+  const KvT* v_cache = static_cast<const KvT*>(p.v_cache);
   __shared__ float q_s[kMaxHeadDim];
   __shared__ float scores[kDecodeSplitKeys];
   __shared__ float red[32];
@@ -204,7 +212,7 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(PagedAttention
 
   // Scores: one warp per key, lanes split head_dim (coalesced reads of the key row).
   for (int j = start + warp; j < end; j += kWarps) {
-    const uint16_t* krow = p.k_cache + KeyOffset(block_table, j, p.block_size, kv_stride, kvh, hd);
+    const KvT* krow = k_cache + KeyOffset(block_table, j, p.block_size, kv_stride, kvh, hd);
     float part = 0.0f;
     for (int d = lane; d < hd; d += 32) part = fmaf(q_s[d], CacheValue(krow, d), part);
     part = WarpSum(part);
@@ -227,7 +235,7 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(PagedAttention
 #pragma unroll
   for (int dd = 0; dd < kDimsPerLane; ++dd) acc[dd] = 0.0f;
   for (int j = start + warp; j < end; j += kWarps) {
-    const uint16_t* vrow = p.v_cache + KeyOffset(block_table, j, p.block_size, kv_stride, kvh, hd);
+    const KvT* vrow = v_cache + KeyOffset(block_table, j, p.block_size, kv_stride, kvh, hd);
     const float pj = scores[j - start];
 #pragma unroll
     for (int dd = 0; dd < kDimsPerLane; ++dd) {
@@ -300,31 +308,47 @@ int64_t DecodeScratchFloats(const PagedAttentionParams& p) {
 }
 
 cudaError_t ConfigureAttentionKernels() {
-  return cudaFuncSetAttribute(PrefillAttentionKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                              static_cast<int>(PrefillSharedBytes(kMaxHeadDim)));
+  const int smem = static_cast<int>(PrefillSharedBytes(kMaxHeadDim));
+  cudaError_t e = cudaFuncSetAttribute(PrefillAttentionKernel<float>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (e != cudaSuccess) return e;
+  return cudaFuncSetAttribute(PrefillAttentionKernel<uint16_t>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
 }
 
-void LaunchPagedAttention(const PagedAttentionParams& p, cudaStream_t stream) {
-  if (p.num_seqs <= 0 || p.max_query_len <= 0) return;
+namespace {
+
+template <typename KvT>
+void LaunchPagedAttentionT(const PagedAttentionParams& p, cudaStream_t stream) {
   TP_CHECK(p.head_dim > 0 && p.head_dim <= kMaxHeadDim) << "head_dim " << p.head_dim;
   TP_CHECK(p.nk > 0 && p.nq % p.nk == 0) << "nq " << p.nq << " nk " << p.nk;
   if (p.max_query_len > 1) {
     const int q_tiles = (p.max_query_len + kTileQ - 1) / kTileQ;
     const dim3 grid(static_cast<unsigned int>(static_cast<int64_t>(p.num_seqs) * q_tiles),
                     static_cast<unsigned int>(p.nq));
-    PrefillAttentionKernel<<<grid, kThreads, PrefillSharedBytes(p.head_dim), stream>>>(p, q_tiles);
+    PrefillAttentionKernel<KvT><<<grid, kThreads, PrefillSharedBytes(p.head_dim), stream>>>(p, q_tiles);
     TP_CUDA_CHECK_LAUNCH("PrefillAttention");
   }
   const int max_splits = MaxSplits(p);
   TP_CHECK(max_splits == 1 || p.scratch != nullptr) << "decode attention needs split scratch";
   const dim3 grid(static_cast<unsigned int>(p.num_seqs), static_cast<unsigned int>(p.nq),
                   static_cast<unsigned int>(max_splits));
-  DecodeAttentionKernel<<<grid, kThreads, 0, stream>>>(p, max_splits);
+  DecodeAttentionKernel<KvT><<<grid, kThreads, 0, stream>>>(p, max_splits);
   TP_CUDA_CHECK_LAUNCH("DecodeAttention");
   if (max_splits > 1) {
     DecodeCombineKernel<<<dim3(static_cast<unsigned int>(p.num_seqs), static_cast<unsigned int>(p.nq)), kThreads,
                           0, stream>>>(p, max_splits);
     TP_CUDA_CHECK_LAUNCH("DecodeCombine");
+  }
+}
+
+}  // namespace
+
+void LaunchPagedAttention(const PagedAttentionParams& p, cudaStream_t stream) {
+  if (p.num_seqs <= 0 || p.max_query_len <= 0) return;
+  if (p.kv_dtype == kDevF32) {
+    LaunchPagedAttentionT<float>(p, stream);
+  } else {
+    TP_CHECK(p.kv_dtype == kDevBF16) << "KV cache dtype " << p.kv_dtype;
+    LaunchPagedAttentionT<uint16_t>(p, stream);
   }
 }
 

@@ -1,6 +1,9 @@
 // The CUDA backend: device memory, one stream, one cuBLAS handle, and the op dispatch onto the kernels
 // in kernels/cuda/*.cu. Factories never abort without a driver or GPU: they report UNAVAILABLE.
 //
+// The KV cache stores what KvCacheSpec::dtype asks (the model's choice, LlamaModel::KvDType): float32
+// for float32 models, so their greedy references are exact, and bf16 for bf16 models.
+//
 // Batch invariance on the GPU: RMSNorm, RoPE, attention and the small-m GEMV compute each row in an
 // order that depends only on that row. The exception is Matmul with m > kGemvMaxRows (and every F32
 // Matmul): cuBLAS chooses its algorithm (tile shape, split-K) by m, so a row's logits can differ in
@@ -35,10 +38,10 @@ namespace {
 constexpr size_t kCublasWorkspaceBytes = 32u << 20;  // cuBLAS recommends >= 32 MiB on Hopper
 
 // K and V of every layer in one allocation: layer l's K is block [2l], its V block [2l + 1],
-// each [num_blocks, block_size, num_kv_heads, head_dim] bf16.
+// each [num_blocks, block_size, num_kv_heads, head_dim] in spec.dtype (float32 or bf16).
 class CudaKvCache : public KvCache {
  public:
-  CudaKvCache(const KvCacheSpec& spec, int device, uint16_t* base, size_t bytes)
+  CudaKvCache(const KvCacheSpec& spec, int device, char* base, size_t bytes)
       : spec_(spec), device_(device), base_(base), bytes_(bytes) {}
   ~CudaKvCache() override {
     cudaSetDevice(device_);
@@ -48,16 +51,17 @@ class CudaKvCache : public KvCache {
   const KvCacheSpec& spec() const override { return spec_; }
   size_t bytes() const override { return bytes_; }
 
-  int64_t layer_elems() const {
-    return static_cast<int64_t>(spec_.num_blocks) * spec_.block_size * spec_.num_kv_heads * spec_.head_dim;
+  int64_t layer_bytes() const {
+    return static_cast<int64_t>(spec_.num_blocks) * spec_.block_size * spec_.num_kv_heads * spec_.head_dim *
+           static_cast<int64_t>(DTypeSize(spec_.dtype));
   }
-  uint16_t* k(int layer) const { return base_ + (2 * static_cast<int64_t>(layer)) * layer_elems(); }
-  uint16_t* v(int layer) const { return base_ + (2 * static_cast<int64_t>(layer) + 1) * layer_elems(); }
+  void* k(int layer) const { return base_ + (2 * static_cast<int64_t>(layer)) * layer_bytes(); }
+  void* v(int layer) const { return base_ + (2 * static_cast<int64_t>(layer) + 1) * layer_bytes(); }
 
  private:
   KvCacheSpec spec_;
   int device_;
-  uint16_t* base_;
+  char* base_;
   size_t bytes_;
 };
 
@@ -235,12 +239,12 @@ class CudaBackend : public Backend {
       cudaFree(p);
       return CudaStatus("cudaMemsetAsync(kv cache)", e);
     }
-    return std::unique_ptr<KvCache>(new CudaKvCache(spec, device_, static_cast<uint16_t*>(p), bytes));
+    return std::unique_ptr<KvCache>(new CudaKvCache(spec, device_, static_cast<char*>(p), bytes));
   }
 
   size_t KvBlockBytes(const KvCacheSpec& spec) const override {
     return static_cast<size_t>(spec.num_layers) * 2 * spec.block_size * spec.num_kv_heads * spec.head_dim *
-           sizeof(uint16_t);
+           DTypeSize(spec.dtype);
   }
 
   void WriteKv(KvCache& cache, int layer, const float* k, const float* v, const AttentionBatch& batch) override {
@@ -249,7 +253,8 @@ class CudaBackend : public Backend {
     TP_CHECK(layer >= 0 && layer < s.num_layers) << "layer " << layer;
     Bind();
     cuda::LaunchWriteKv(k, v, batch.slot_mapping, batch.num_tokens,
-                        static_cast<int64_t>(s.num_kv_heads) * s.head_dim, c.k(layer), c.v(layer), stream_);
+                        static_cast<int64_t>(s.num_kv_heads) * s.head_dim, DevDType(s.dtype), c.k(layer), c.v(layer),
+                        stream_);
   }
 
   void Attention(const KvCache& cache, int layer, const float* q, const AttentionBatch& batch, int nq,
@@ -263,6 +268,7 @@ class CudaBackend : public Backend {
     p.out = out;
     p.k_cache = c.k(layer);
     p.v_cache = c.v(layer);
+    p.kv_dtype = DevDType(s.dtype);
     p.query_start = batch.query_start;
     p.block_tables = batch.block_tables;
     p.positions = batch.positions;
@@ -324,6 +330,10 @@ class CudaBackend : public Backend {
       return absl::InvalidArgumentError(absl::StrCat("KvCacheSpec.head_dim ", s.head_dim,
                                                      " is outside the CUDA attention kernels' range [1, ",
                                                      cuda::kMaxHeadDim, "]"));
+    }
+    if (s.dtype != DType::kF32 && s.dtype != DType::kBF16) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("the CUDA KV cache holds float32 or bfloat16, not ", DTypeName(s.dtype)));
     }
     return absl::OkStatus();
   }

@@ -128,7 +128,11 @@ struct Seq {
   int history, query;
 };
 
-void CheckAttention(Backend& ref, int nq, int nk, int hd, int bs, const std::vector<Seq>& seqs, uint32_t seed) {
+// kv_dtype kBF16: K/V are bf16-exact so both caches hold the same numbers; kF32: K/V are not, so a
+// cache that rounded them would fail the tolerance.
+void CheckAttention(Backend& ref, int nq, int nk, int hd, int bs, const std::vector<Seq>& seqs, uint32_t seed,
+                    DType kv_dtype = DType::kBF16) {
+  const bool exact = kv_dtype == DType::kBF16;
   int max_blocks = 0, max_q = 0, max_ctx = 0;
   for (auto s : seqs) {
     max_blocks = std::max(max_blocks, (s.history + s.query + bs - 1) / bs);
@@ -153,8 +157,8 @@ void CheckAttention(Backend& ref, int nq, int nk, int hd, int bs, const std::vec
     ctxs.push_back(seqs[i].history + seqs[i].query);
   }
   const int T = qs.back(), H = static_cast<int>(hist_slots.size()), kvw = nk * hd;
-  auto hk = Rand(size_t(H) * kvw, seed + 1, -1, 1, true), hv = Rand(size_t(H) * kvw, seed + 2, -1, 1, true);
-  auto k = Rand(size_t(T) * kvw, seed + 3, -1, 1, true), v = Rand(size_t(T) * kvw, seed + 4, -1, 1, true);
+  auto hk = Rand(size_t(H) * kvw, seed + 1, -1, 1, exact), hv = Rand(size_t(H) * kvw, seed + 2, -1, 1, exact);
+  auto k = Rand(size_t(T) * kvw, seed + 3, -1, 1, exact), v = Rand(size_t(T) * kvw, seed + 4, -1, 1, exact);
   auto q = Rand(size_t(T) * nq * hd, seed + 5, -2, 2);
   const float scale = 1.0f / std::sqrt(float(hd));
 
@@ -180,15 +184,19 @@ void CheckAttention(Backend& ref, int nq, int nk, int hd, int bs, const std::vec
   ref.Attention(**rc, 0, q.data(), b, nq, scale, want.data());
 
   const size_t cache_elems = size_t(num_blocks) * bs * kvw;
-  std::vector<uint16_t> kc(cache_elems, 0), vc(cache_elems, 0);
-  if (H > 0) cuda::LaunchWriteKv(hk.data(), hv.data(), hist_slots.data(), H, kvw, kc.data(), vc.data(), nullptr);
-  cuda::LaunchWriteKv(k.data(), v.data(), slots.data(), T, kvw, kc.data(), vc.data(), nullptr);
+  const int dev_dtype = static_cast<int>(kv_dtype);
+  std::vector<char> kc(cache_elems * DTypeSize(kv_dtype), 0), vc(cache_elems * DTypeSize(kv_dtype), 0);
+  if (H > 0) {
+    cuda::LaunchWriteKv(hk.data(), hv.data(), hist_slots.data(), H, kvw, dev_dtype, kc.data(), vc.data(), nullptr);
+  }
+  cuda::LaunchWriteKv(k.data(), v.data(), slots.data(), T, kvw, dev_dtype, kc.data(), vc.data(), nullptr);
   std::vector<float> got(q.size(), NAN);
   cuda::PagedAttentionParams p;
   p.q = q.data();
   p.out = got.data();
   p.k_cache = kc.data();
   p.v_cache = vc.data();
+  p.kv_dtype = dev_dtype;
   p.query_start = qs.data();
   p.block_tables = tables.data();
   p.positions = pos.data();
@@ -205,7 +213,7 @@ void CheckAttention(Backend& ref, int nq, int nk, int hd, int bs, const std::vec
   p.scratch = scratch.data();
   cuda::LaunchPagedAttention(p, nullptr);
   Check(got, want, 2e-5, 2e-4,
-        "attention nq=" + std::to_string(nq) + " nk=" + std::to_string(nk) + " hd=" + std::to_string(hd) +
+        std::string("attention ") + DTypeName(kv_dtype) + " nq=" + std::to_string(nq) + " nk=" + std::to_string(nk) + " hd=" + std::to_string(hd) +
             " bs=" + std::to_string(bs));
 }
 
@@ -221,6 +229,7 @@ int main() {
   CheckAttention(*ref, 4, 2, 40, 16, mixed, 7);
   CheckAttention(*ref, 2, 1, 128, 8, mixed, 8);
   CheckAttention(*ref, 2, 2, 8, 4, {{0, 20}, {3, 1}}, 9);
+  CheckAttention(*ref, 4, 2, 40, 16, mixed, 10, tpserve::DType::kF32);
   std::printf("%s: %d failure(s)\n", g_failures ? "FAIL" : "PASS", g_failures);
   return g_failures ? 1 : 0;
 }
