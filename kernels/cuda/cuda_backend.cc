@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <utility>
@@ -65,23 +66,50 @@ class CudaKvCache : public KvCache {
   size_t bytes_;
 };
 
-// A device buffer that grows on demand. Growing synchronizes the stream first, so kernels still
-// reading the old buffer finish before it is freed.
+// A device buffer that grows on demand, mid-step. Stream-ordered (cudaFreeAsync / cudaMallocAsync on the
+// backend's stream): kernels still reading the old buffer finish before it is reused, and nothing
+// synchronizes the device. A cudaFree / cudaMalloc here could wait on a peer GPU's NCCL kernel that waits
+// for this rank, a deadlock when several ranks share a process (engine-bench, tests).
 class Scratch {
  public:
+  explicit Scratch(cudaStream_t* stream) : stream_(stream) {}
   ~Scratch() {
-    if (ptr_ != nullptr) cudaFree(ptr_);
+    if (ptr_ != nullptr) cudaFreeAsync(ptr_, *stream_);
   }
-  void* Get(size_t bytes, cudaStream_t stream) {
+  void* Get(size_t bytes) {
     if (bytes <= capacity_ && ptr_ != nullptr) return ptr_;
     const size_t want = std::max(bytes, capacity_ * 2);
     if (ptr_ != nullptr) {
-      TP_CUDA_CHECK(cudaStreamSynchronize(stream));
-      TP_CUDA_CHECK(cudaFree(ptr_));
+      TP_CUDA_CHECK(cudaFreeAsync(ptr_, *stream_));
       ptr_ = nullptr;
       capacity_ = 0;
     }
-    TP_CUDA_CHECK(cudaMalloc(&ptr_, want));
+    TP_CUDA_CHECK(cudaMallocAsync(&ptr_, want, *stream_));
+    capacity_ = want;
+    return ptr_;
+  }
+
+ private:
+  cudaStream_t* stream_;  // the backend's, created after this object
+  void* ptr_ = nullptr;
+  size_t capacity_ = 0;
+};
+
+// Pinned host memory that device-to-host copies land in (DMA, no pageable staging); grows on demand.
+class PinnedStaging {
+ public:
+  ~PinnedStaging() {
+    if (ptr_ != nullptr) cudaFreeHost(ptr_);
+  }
+  size_t capacity() const { return capacity_; }
+  // Call with the stream idle when bytes > capacity(): freeing pinned memory synchronizes.
+  void* Get(size_t bytes) {
+    if (bytes <= capacity_ && ptr_ != nullptr) return ptr_;
+    const size_t want = std::max({bytes, capacity_ * 2, size_t{1} << 20});
+    if (ptr_ != nullptr) TP_CUDA_CHECK(cudaFreeHost(ptr_));
+    ptr_ = nullptr;
+    capacity_ = 0;
+    TP_CUDA_CHECK(cudaHostAlloc(&ptr_, want, cudaHostAllocDefault));
     capacity_ = want;
     return ptr_;
   }
@@ -138,8 +166,18 @@ class CudaBackend : public Backend {
   }
   void Download(void* host_dst, const void* src, size_t bytes) override {
     Bind();
-    if (bytes > 0) TP_CUDA_CHECK(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
+    if (bytes == 0 || bytes > kMaxStagedBytes) {
+      if (bytes > 0) TP_CUDA_CHECK(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
+      TP_CUDA_CHECK(cudaStreamSynchronize(stream_));
+      return;
+    }
+    // Logits and other step outputs: through pinned memory, so the copy is one DMA after the stream's
+    // work and never a pageable staging copy that other GPUs' work can hold up.
+    if (bytes > staging_.capacity()) TP_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    void* staged = staging_.Get(bytes);
+    TP_CUDA_CHECK(cudaMemcpyAsync(staged, src, bytes, cudaMemcpyDeviceToHost, stream_));
     TP_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    std::memcpy(host_dst, staged, bytes);
   }
   void Synchronize() override {
     Bind();
@@ -175,7 +213,7 @@ class CudaBackend : public Backend {
     }
     // Tensor cores: x rounded to the weight's 16-bit type, fp32 accumulation and output.
     const cudaDataType_t t16 = w.dtype == DType::kBF16 ? CUDA_R_16BF : CUDA_R_16F;
-    void* x16 = x16_->Get(sizeof(uint16_t) * m * w.cols, stream_);
+    void* x16 = x16_->Get(sizeof(uint16_t) * m * w.cols);
     cuda::LaunchConvertF32(x, m * w.cols, DevDType(w.dtype), x16, stream_);
     TP_CUBLAS_CHECK(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, n, mi, k, &alpha, w.data, t16, k, x16, t16,
                                  k, &beta, y, CUDA_R_32F, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
@@ -283,14 +321,14 @@ class CudaBackend : public Backend {
     p.scale = scale;
     const int64_t scratch_floats = cuda::DecodeScratchFloats(p);
     if (scratch_floats > 0) {
-      p.scratch = static_cast<float*>(attn_scratch_->Get(sizeof(float) * scratch_floats, stream_));
+      p.scratch = static_cast<float*>(attn_scratch_->Get(sizeof(float) * scratch_floats));
     }
     cuda::LaunchPagedAttention(p, stream_);
   }
 
  private:
   explicit CudaBackend(int device)
-      : device_(device), x16_(std::make_unique<Scratch>()), attn_scratch_(std::make_unique<Scratch>()) {}
+      : device_(device), x16_(std::make_unique<Scratch>(&stream_)), attn_scratch_(std::make_unique<Scratch>(&stream_)) {}
 
   absl::Status Init() {
     TP_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
@@ -348,6 +386,8 @@ class CudaBackend : public Backend {
   void* workspace_ = nullptr;
   std::unique_ptr<Scratch> x16_;           // x rounded to 16 bits for cuBLAS, [m, k]
   std::unique_ptr<Scratch> attn_scratch_;  // decode split-K partials
+  PinnedStaging staging_;                  // Download's landing buffer
+  static constexpr size_t kMaxStagedBytes = size_t{256} << 20;  // larger downloads go direct
 };
 
 }  // namespace
