@@ -105,16 +105,11 @@ class NcclCommunicator : public Communicator {
     watchdog_.join();
     cudaSetDevice(device_);
     if (!aborted_) {
-      // Destroy flushes outstanding work; abort instead when the stream did not drain in time or a peer
-      // failed, so that tearing down a broken group never hangs.
-      bool clean = WaitStreamIdle(timeout_);
-      ncclResult_t state = ncclSuccess;
-      clean = clean && ncclCommGetAsyncError(comm_, &state) == ncclSuccess && state == ncclSuccess;
-      if (clean) {
-        ncclCommDestroy(comm_);
-      } else {
-        ncclCommAbort(comm_);
-      }
+      // Let this rank's collectives finish (bounded), then abort: ncclCommAbort only frees local
+      // resources, while a blocking destroy may wait on peers that are gone or stuck, and the group is
+      // being torn down on every rank anyway (re-forming or shutting down).
+      WaitStreamIdle(timeout_);
+      ncclCommAbort(comm_);
     }
     cudaEventDestroy(done_);
   }
