@@ -76,7 +76,7 @@ struct PagedAttentionParams {
 constexpr int kMaxHeadDim = 256;
 // Keys per decode split: fixed (not derived from the batch) so a decode token's result depends
 // only on its own context, never on which other sequences share the step.
-constexpr int kDecodeSplitKeys = 512;
+constexpr int kDecodeSplitKeys = 256;
 int64_t DecodeScratchFloats(const PagedAttentionParams& p);
 // Prefill chunks (query_len > 1): tiled flash attention with online softmax. Decode tokens
 // (query_len == 1): split-K over kDecodeSplitKeys-key chunks, then a combine pass.

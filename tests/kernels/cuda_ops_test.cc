@@ -431,12 +431,14 @@ class CudaAttentionTest : public CudaOpsTest {
 
 TEST_F(CudaAttentionTest, MixedPrefillAndDecodeMatchesReference) {
   // Prefill chunks from scratch and after history (several 16-query and 32-key tiles), decodes with
-  // 1, 2 and 4 split-K chunks of 512 keys, and a 1-token "chunk" right after a history.
+  // one to seven split-K chunks of kDecodeSplitKeys (256) keys, and a 1-token "chunk" right after a history.
   const std::vector<SeqCase> seqs = {{0, 37}, {100, 20}, {699, 1}, {5, 1}, {1600, 1}, {0, 2}, {511, 1}, {64, 1}};
   for (AttentionCase c : {AttentionCase{40, 40, 128, 16, seqs}, AttentionCase{40, 8, 128, 16, seqs},
                           AttentionCase{8, 4, 8, 4, seqs}, AttentionCase{6, 3, 80, 16, seqs},
                           AttentionCase{4, 4, 256, 8, seqs}, AttentionCase{40, 40, 128, 16, seqs, DType::kF32},
-                          AttentionCase{6, 3, 80, 16, seqs, DType::kF32}, AttentionCase{8, 4, 8, 4, seqs, DType::kF32}}) {
+                          AttentionCase{6, 3, 80, 16, seqs, DType::kF32}, AttentionCase{8, 4, 8, 4, seqs, DType::kF32},
+                          // head_dim not a multiple of a 16-byte vector: the element-wise decode path
+                          AttentionCase{4, 2, 36, 16, seqs}, AttentionCase{4, 2, 6, 16, seqs, DType::kF32}}) {
     SCOPED_TRACE(testing::Message() << "nq=" << c.nq << " nk=" << c.nk << " hd=" << c.hd << " bs=" << c.block_size
                                     << " kv " << DTypeName(c.kv_dtype));
     std::vector<float> got, want;
