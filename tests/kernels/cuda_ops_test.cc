@@ -456,6 +456,17 @@ TEST_F(CudaAttentionTest, PrefillOnlyAndDecodeOnlyBatches) {
   }
 }
 
+// Few heads, short contexts: every attention path (prefill tiles, one- and multi-chunk decodes, the
+// combine) in a grid small enough for compute-sanitizer's memcheck and racecheck (scripts/gpu-check.sh).
+TEST_F(CudaAttentionTest, SmallMixedBatchForSanitizers) {
+  const std::vector<SeqCase> seqs = {{0, 37}, {600, 1}, {5, 1}, {20, 3}};
+  for (AttentionCase c : {AttentionCase{4, 2, 128, 16, seqs}, AttentionCase{4, 2, 36, 16, seqs, DType::kF32}}) {
+    std::vector<float> got, want;
+    Run(c, 400, &got, &want);
+    ExpectClose(got, want, 2e-5, 2e-4, "attention");
+  }
+}
+
 // A decode token's output is bitwise the same alone or inside a mixed batch with a longer context
 // (more split-K chunks in the grid), prefills and other decodes.
 TEST_F(CudaAttentionTest, DecodeIsBatchInvariant) {
