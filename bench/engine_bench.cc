@@ -220,6 +220,16 @@ absl::Status RunRank(int rank, int tp, const Plan& plan, tpserve::comm::Store& s
                                                                     : max_batch * per_seq);
   if (absl::Status s = m.AllocateKv(num_blocks, bs); !s.ok()) return s;
   out.kv_bytes = m.KvBlockBytes(bs) * num_blocks;
+  // Contexts are prefilled untimed, several sequences per step up to ~2048 tokens.
+  const int contexts = context > 0 ? (plan.shared_context ? 1 : max_batch) : 0;
+  const int contexts_per_step = context > 0 ? std::max(1, 2048 / context) : 1;
+  {
+    // Every buffer the largest step needs, before the first collective (ranks share this process).
+    const int64_t tokens =
+        std::max({max_prefill, std::min(contexts, contexts_per_step) * context, max_batch, 1});
+    const int64_t seqs = std::max({max_batch, contexts_per_step, 1});
+    m.ReserveScratch(tokens, seqs, static_cast<size_t>(8 * tokens + seqs * (num_blocks + 4) + 1024));
+  }
 
   auto prefill_input = [&](int len, int salt) {
     model::StepInput in;
@@ -259,11 +269,9 @@ absl::Status RunRank(int rank, int tp, const Plan& plan, tpserve::comm::Store& s
   // The contexts are written once, untimed (they are more prefills): one shared, or one per sequence
   // with distinct tokens, several sequences per step up to ~2048 tokens.
   if (context > 0) {
-    const int contexts = plan.shared_context ? 1 : max_batch;
-    const int per_step = std::max(1, 2048 / context);
-    for (int first = 0; first < contexts; first += per_step) {
+    for (int first = 0; first < contexts; first += contexts_per_step) {
       model::StepInput in;
-      for (int i = first; i < std::min(contexts, first + per_step); ++i) {
+      for (int i = first; i < std::min(contexts, first + contexts_per_step); ++i) {
         model::SeqInput q;
         q.seq_id = i;
         for (int t = 0; t < context; ++t) q.token_ids.push_back(TokenFor(c, 999 + i, t));
