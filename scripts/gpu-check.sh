@@ -154,6 +154,7 @@ done
 NEEDED_LIBS=$(for b in "$BIN"/*; do ldd "$b" 2>/dev/null; done | awk '{print $1}' |
   grep -E '^lib(nccl|cublas|cublasLt|cudart)\.so' | sort -u)
 ADDED_DIRS=""
+LIBS_MISSING=0
 for lib in $NEEDED_LIBS; do
   from=$(ldconfig -p 2>/dev/null | awk -v l="$lib" '$1 == l {print $NF; exit}')
   how="ldconfig"
@@ -171,7 +172,7 @@ for lib in $NEEDED_LIBS; do
     echo "MISSING $lib: not in ldconfig, the CUDA lib folders, conda or pip nvidia-* wheels."
     echo "  install it (CUDA 13: apt cuda-toolkit-13 / libnccl2, or pip nvidia-nccl-cu13 nvidia-cublas-cu13)"
     ROWS+=("libraries|FAIL: $lib not found|0")
-    FAILED=1
+    LIBS_MISSING=1
   else
     echo "$lib: $how ($from)"
   fi
@@ -188,10 +189,10 @@ for b in "$BIN"/*; do
     echo "$(basename "$b") is missing libraries:"
     echo "$nf"
     ROWS+=("libraries|FAIL: $(basename "$b") misses $(awk '{print $1}' <<<"$nf" | tr '\n' ' ')|0")
-    FAILED=1
+    LIBS_MISSING=1
   fi
 done
-if [[ $FAILED -ne 0 ]]; then
+if [[ $LIBS_MISSING -ne 0 ]]; then
   echo "gpu-check: stopping: the binaries cannot load their CUDA libraries (see above)" >&2
   printf "%s\n" "${ROWS[@]}"
   exit 1
