@@ -6,9 +6,10 @@
 //   engine-bench --preset llama-2-13b --num-layers 2 --random-weights --tp 2 --prefill-lens 128
 //       --batch-sizes 1,8 --context-len 256 --json /tmp/e.json
 //   engine-bench --model /work/shared/models/stories260K
-// Decode sequences share one prefilled context (context-len tokens, rounded down to whole KV blocks, as a
-// prefix cache would) and each writes its new tokens to its own blocks, so a batch of 64 at context 512
-// costs 512 + 64 * steps KV slots, not 64 * 512; attention still reads the full context for every sequence.
+// Every decoding sequence has its own prefilled context (context-len tokens, rounded down to whole KV
+// blocks) in its own blocks, as distinct requests do: on a GPU a context shared by the whole batch stays in
+// L2 and flatters attention. --shared-context makes them share one context (as a prefix cache would), so
+// a batch of 64 at context 512 costs 512 + 64 * steps KV slots instead of 64 * (512 + steps).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -46,6 +47,8 @@ ABSL_FLAG(int, threads, 0, "CPU kernel threads per rank (0 = cores / tp)");
 ABSL_FLAG(std::string, prefill_lens, "512,2048", "prompt lengths to time as one prefill step (\"\" = none)");
 ABSL_FLAG(std::string, batch_sizes, "1,8,32,64", "decode batch sizes (\"\" = none)");
 ABSL_FLAG(int, context_len, 512, "tokens already in the KV cache of every decoding sequence");
+ABSL_FLAG(bool, shared_context, false,
+          "decoding sequences share one prefilled context (a prefix cache hit) instead of one context each");
 ABSL_FLAG(int, decode_steps, 16, "timed decode steps per batch size");
 ABSL_FLAG(int, prefill_runs, 3, "timed prefill runs per length");
 ABSL_FLAG(int, warmup, 2, "untimed steps before each measurement");
@@ -115,6 +118,7 @@ struct Plan {
   int cuda_base = -1;
   std::vector<int> prefill_lens, batch_sizes;
   int context_len = 0, decode_steps = 0, prefill_runs = 0, warmup = 0, block_size = 16, threads = 0;
+  bool shared_context = false;
   tpserve::DType dtype = tpserve::DType::kBF16;
 };
 
@@ -197,7 +201,8 @@ absl::Status RunRank(int rank, int tp, const Plan& plan, tpserve::comm::Store& s
   out.config = m.config();
   const ModelConfig& c = out.config;
 
-  // KV layout: blocks [0, prefix_blocks) hold the shared context; sequence s owns own_blocks after it.
+  // KV layout. Shared context: blocks [0, prefix_blocks) hold it; sequence i owns own_blocks after it.
+  // Separate contexts: sequence i owns blocks [i * per_seq, (i + 1) * per_seq), its context first.
   const int bs = plan.block_size;
   int max_prefill = 0, max_batch = 0;
   for (int l : plan.prefill_lens) max_prefill = std::max(max_prefill, l);
@@ -205,13 +210,26 @@ absl::Status RunRank(int rank, int tp, const Plan& plan, tpserve::comm::Store& s
   const int prefix_blocks = plan.batch_sizes.empty() ? 0 : plan.context_len / bs;
   const int context = prefix_blocks * bs;
   const int own_blocks = (plan.warmup + plan.decode_steps + bs - 1) / bs;
+  const int per_seq = prefix_blocks + own_blocks;
   if (std::max(max_prefill, context + plan.warmup + plan.decode_steps) > c.max_position_embeddings) {
     return absl::InvalidArgumentError(absl::StrCat("--prefill-lens / --context-len + steps exceed the model's ",
                                                    c.max_position_embeddings, " positions"));
   }
-  const int num_blocks = std::max((max_prefill + bs - 1) / bs, prefix_blocks + max_batch * own_blocks);
+  const int num_blocks = std::max((max_prefill + bs - 1) / bs, plan.shared_context
+                                                                    ? prefix_blocks + max_batch * own_blocks
+                                                                    : max_batch * per_seq);
   if (absl::Status s = m.AllocateKv(num_blocks, bs); !s.ok()) return s;
   out.kv_bytes = m.KvBlockBytes(bs) * num_blocks;
+  // Contexts are prefilled untimed, several sequences per step up to ~2048 tokens.
+  const int contexts = context > 0 ? (plan.shared_context ? 1 : max_batch) : 0;
+  const int contexts_per_step = context > 0 ? std::max(1, 2048 / context) : 1;
+  {
+    // Every buffer the largest step needs, before the first collective (ranks share this process).
+    const int64_t tokens =
+        std::max({max_prefill, std::min(contexts, contexts_per_step) * context, max_batch, 1});
+    const int64_t seqs = std::max({max_batch, contexts_per_step, 1});
+    m.ReserveScratch(tokens, seqs, static_cast<size_t>(8 * tokens + seqs * (num_blocks + 4) + 1024));
+  }
 
   auto prefill_input = [&](int len, int salt) {
     model::StepInput in;
@@ -237,9 +255,31 @@ absl::Status RunRank(int rank, int tp, const Plan& plan, tpserve::comm::Store& s
     out.series.push_back(std::move(s));
   }
   if (plan.batch_sizes.empty()) return absl::OkStatus();
-  // The shared context, written once (its timing is not reported: it is one more prefill).
+  // Sequence i's blocks: its context's, then those its new tokens go to.
+  auto table_of = [&](int i) {
+    std::vector<int32_t> t;
+    if (plan.shared_context) {
+      for (int b = 0; b < prefix_blocks; ++b) t.push_back(b);
+      for (int b = 0; b < own_blocks; ++b) t.push_back(prefix_blocks + i * own_blocks + b);
+    } else {
+      for (int b = 0; b < per_seq; ++b) t.push_back(i * per_seq + b);
+    }
+    return t;
+  };
+  // The contexts are written once, untimed (they are more prefills): one shared, or one per sequence
+  // with distinct tokens, several sequences per step up to ~2048 tokens.
   if (context > 0) {
-    if (absl::Status st = TimedStep(m, prefill_input(context, 999), nullptr); !st.ok()) return st;
+    for (int first = 0; first < contexts; first += contexts_per_step) {
+      model::StepInput in;
+      for (int i = first; i < std::min(contexts, first + contexts_per_step); ++i) {
+        model::SeqInput q;
+        q.seq_id = i;
+        for (int t = 0; t < context; ++t) q.token_ids.push_back(TokenFor(c, 999 + i, t));
+        q.block_table = table_of(i);
+        in.seqs.push_back(std::move(q));
+      }
+      if (absl::Status st = TimedStep(m, in, nullptr); !st.ok()) return st;
+    }
   }
   for (int batch : plan.batch_sizes) {
     Series s;
@@ -248,8 +288,7 @@ absl::Status RunRank(int rank, int tp, const Plan& plan, tpserve::comm::Store& s
     for (int i = 0; i < batch; ++i) {
       model::SeqInput q;
       q.seq_id = i;
-      for (int b = 0; b < prefix_blocks; ++b) q.block_table.push_back(b);
-      for (int b = 0; b < own_blocks; ++b) q.block_table.push_back(prefix_blocks + i * own_blocks + b);
+      q.block_table = table_of(i);
       q.sample = true;
       in.seqs.push_back(std::move(q));
     }
@@ -296,6 +335,7 @@ int main(int argc, char** argv) {
   plan.context_len = absl::GetFlag(FLAGS_context_len), plan.decode_steps = absl::GetFlag(FLAGS_decode_steps);
   plan.prefill_runs = absl::GetFlag(FLAGS_prefill_runs), plan.warmup = absl::GetFlag(FLAGS_warmup);
   plan.block_size = absl::GetFlag(FLAGS_block_size), plan.threads = absl::GetFlag(FLAGS_threads);
+  plan.shared_context = absl::GetFlag(FLAGS_shared_context);
   const int tp = absl::GetFlag(FLAGS_tp);
   if (tp < 1 || plan.block_size < 1 || plan.context_len < 0 || plan.decode_steps < 1 || plan.prefill_runs < 1 ||
       plan.warmup < 0) {
@@ -325,9 +365,10 @@ int main(int argc, char** argv) {
                                  ? absl::StrCat("random ", absl::GetFlag(FLAGS_preset), " ", DTypeName(plan.dtype))
                                  : absl::GetFlag(FLAGS_model);
   std::printf("engine-bench: %s, tp %d, %s (%d layers, hidden %d, vocab %d), %.2f GiB weights + %.2f GiB KV per "
-              "rank, load %.1f s\n",
+              "rank, load %.1f s, %s\n",
               r0.device.c_str(), tp, source.c_str(), c.num_layers, c.hidden_size, c.vocab_size,
-              r0.weight_bytes / double(1 << 30), r0.kv_bytes / double(1 << 30), r0.load_s);
+              r0.weight_bytes / double(1 << 30), r0.kv_bytes / double(1 << 30), r0.load_s,
+              plan.shared_context ? "one context shared by every decoding sequence" : "one context per sequence");
   std::printf("%-8s %6s %8s %8s %10s %10s %10s %12s %7s\n", "phase", "batch", "tokens", "context", "p50 ms",
               "p90 ms", "min ms", "tok/s(p50)", "comm%");
   std::string json_rows;

@@ -121,6 +121,7 @@ absl::StatusOr<coordinator::CoordinatorOptions> CoordinatorOptionsFromFlags() {
   o.engine.scheduler.enable_prefix_caching = absl::GetFlag(FLAGS_enable_prefix_caching);
   o.engine.recovery_timeout = absl::Seconds(absl::GetFlag(FLAGS_recovery_timeout));
   o.engine.step_timeout = absl::Seconds(absl::GetFlag(FLAGS_step_timeout));
+  g.step_timeout = o.engine.step_timeout;  // the workers' NCCL watchdog aborts a collective after it
   o.engine.log_prompts = absl::GetFlag(FLAGS_log_prompts);
   o.engine.log_requests = absl::GetFlag(FLAGS_log_requests);
   o.max_model_len = absl::GetFlag(FLAGS_max_model_len);

@@ -268,6 +268,7 @@ void WorkerPool::MaybeStartLoadLocked() {
     load->set_comm_backend(options_.comm_backend);
     load->set_store_prefix(prefix);
     load->set_threads(options_.threads);
+    load->set_step_timeout_ms(absl::ToInt64Milliseconds(options_.step_timeout));
     s.load_sent = true;
     s.conn->Send(m);
   }

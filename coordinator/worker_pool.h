@@ -33,6 +33,7 @@ struct WorkerGroupOptions {
   int max_num_batched_tokens = 2048;
   std::string comm_backend = "auto";  // "gloo", "nccl" or "auto" (nccl when the worker is on a GPU)
   int threads = 0;
+  absl::Duration step_timeout = absl::Seconds(600);  // sent to workers: their NCCL watchdog's deadline
   absl::Duration heartbeat_interval = absl::Milliseconds(500);
   absl::Duration heartbeat_timeout = absl::Seconds(3);  // a silent worker is lost after this
 };

@@ -36,13 +36,13 @@ struct KvCacheSpec {
   int num_kv_heads = 0;  // this worker's KV heads
   int head_dim = 0;
   // Element type asked for: kF32 or kBF16 (the model's choice: bf16 for bf16 models, as vLLM's "auto").
-  // The CPU backend stores what is asked; CUDA always stores bf16 and the reference backend float32.
+  // The CPU and CUDA backends store what is asked; the reference backend always float32.
   DType dtype = DType::kF32;
 };
 
 // A paged KV cache owned by a backend. Per layer, K and V are each
 // [num_blocks, block_size, num_kv_heads, head_dim] in the element type of KvCacheSpec::dtype where the
-// backend honours it (CPU: float32 or bfloat16; CUDA: always bfloat16; reference: always float32).
+// backend honours it (CPU and CUDA: float32 or bfloat16; reference: always float32).
 class KvCache {
  public:
   virtual ~KvCache() = default;

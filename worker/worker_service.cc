@@ -162,6 +162,7 @@ absl::Status Worker::Load(const wv1::LoadCommand& cmd, GrpcStore& store, wv1::Lo
     o.device = cuda < 0 ? 0 : cuda;
     o.prefix = cmd.store_prefix();
     o.stream = backend_->native_stream();
+    if (cmd.step_timeout_ms() > 0) o.op_timeout = absl::Milliseconds(cmd.step_timeout_ms());
     TP_ASSIGN_OR_RETURN(comm_, comm::CreateNcclCommunicator(o, store));
   } else if (backend_name == "gloo") {
     comm::GlooOptions o;

@@ -1,6 +1,9 @@
 // The CUDA backend: device memory, one stream, one cuBLAS handle, and the op dispatch onto the kernels
 // in kernels/cuda/*.cu. Factories never abort without a driver or GPU: they report UNAVAILABLE.
 //
+// The KV cache stores what KvCacheSpec::dtype asks (the model's choice, LlamaModel::KvDType): float32
+// for float32 models, so their greedy references are exact, and bf16 for bf16 models.
+//
 // Batch invariance on the GPU: RMSNorm, RoPE, attention and the small-m GEMV compute each row in an
 // order that depends only on that row. The exception is Matmul with m > kGemvMaxRows (and every F32
 // Matmul): cuBLAS chooses its algorithm (tile shape, split-K) by m, so a row's logits can differ in
@@ -12,6 +15,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <utility>
@@ -35,10 +39,10 @@ namespace {
 constexpr size_t kCublasWorkspaceBytes = 32u << 20;  // cuBLAS recommends >= 32 MiB on Hopper
 
 // K and V of every layer in one allocation: layer l's K is block [2l], its V block [2l + 1],
-// each [num_blocks, block_size, num_kv_heads, head_dim] bf16.
+// each [num_blocks, block_size, num_kv_heads, head_dim] in spec.dtype (float32 or bf16).
 class CudaKvCache : public KvCache {
  public:
-  CudaKvCache(const KvCacheSpec& spec, int device, uint16_t* base, size_t bytes)
+  CudaKvCache(const KvCacheSpec& spec, int device, char* base, size_t bytes)
       : spec_(spec), device_(device), base_(base), bytes_(bytes) {}
   ~CudaKvCache() override {
     cudaSetDevice(device_);
@@ -48,36 +52,64 @@ class CudaKvCache : public KvCache {
   const KvCacheSpec& spec() const override { return spec_; }
   size_t bytes() const override { return bytes_; }
 
-  int64_t layer_elems() const {
-    return static_cast<int64_t>(spec_.num_blocks) * spec_.block_size * spec_.num_kv_heads * spec_.head_dim;
+  int64_t layer_bytes() const {
+    return static_cast<int64_t>(spec_.num_blocks) * spec_.block_size * spec_.num_kv_heads * spec_.head_dim *
+           static_cast<int64_t>(DTypeSize(spec_.dtype));
   }
-  uint16_t* k(int layer) const { return base_ + (2 * static_cast<int64_t>(layer)) * layer_elems(); }
-  uint16_t* v(int layer) const { return base_ + (2 * static_cast<int64_t>(layer) + 1) * layer_elems(); }
+  void* k(int layer) const { return base_ + (2 * static_cast<int64_t>(layer)) * layer_bytes(); }
+  void* v(int layer) const { return base_ + (2 * static_cast<int64_t>(layer) + 1) * layer_bytes(); }
 
  private:
   KvCacheSpec spec_;
   int device_;
-  uint16_t* base_;
+  char* base_;
   size_t bytes_;
 };
 
-// A device buffer that grows on demand. Growing synchronizes the stream first, so kernels still
-// reading the old buffer finish before it is freed.
+// A device buffer that grows on demand, mid-step. Stream-ordered (cudaFreeAsync / cudaMallocAsync on the
+// backend's stream): kernels still reading the old buffer finish before it is reused, and nothing
+// synchronizes the device. A cudaFree / cudaMalloc here could wait on a peer GPU's NCCL kernel that waits
+// for this rank, a deadlock when several ranks share a process (engine-bench, tests).
 class Scratch {
  public:
+  explicit Scratch(cudaStream_t* stream) : stream_(stream) {}
   ~Scratch() {
-    if (ptr_ != nullptr) cudaFree(ptr_);
+    if (ptr_ != nullptr) cudaFreeAsync(ptr_, *stream_);
   }
-  void* Get(size_t bytes, cudaStream_t stream) {
+  void* Get(size_t bytes) {
     if (bytes <= capacity_ && ptr_ != nullptr) return ptr_;
     const size_t want = std::max(bytes, capacity_ * 2);
     if (ptr_ != nullptr) {
-      TP_CUDA_CHECK(cudaStreamSynchronize(stream));
-      TP_CUDA_CHECK(cudaFree(ptr_));
+      TP_CUDA_CHECK(cudaFreeAsync(ptr_, *stream_));
       ptr_ = nullptr;
       capacity_ = 0;
     }
-    TP_CUDA_CHECK(cudaMalloc(&ptr_, want));
+    TP_CUDA_CHECK(cudaMallocAsync(&ptr_, want, *stream_));
+    capacity_ = want;
+    return ptr_;
+  }
+
+ private:
+  cudaStream_t* stream_;  // the backend's, created after this object
+  void* ptr_ = nullptr;
+  size_t capacity_ = 0;
+};
+
+// Pinned host memory that device-to-host copies land in (DMA, no pageable staging); grows on demand.
+class PinnedStaging {
+ public:
+  ~PinnedStaging() {
+    if (ptr_ != nullptr) cudaFreeHost(ptr_);
+  }
+  size_t capacity() const { return capacity_; }
+  // Call with the stream idle when bytes > capacity(): freeing pinned memory synchronizes.
+  void* Get(size_t bytes) {
+    if (bytes <= capacity_ && ptr_ != nullptr) return ptr_;
+    const size_t want = std::max({bytes, capacity_ * 2, size_t{1} << 20});
+    if (ptr_ != nullptr) TP_CUDA_CHECK(cudaFreeHost(ptr_));
+    ptr_ = nullptr;
+    capacity_ = 0;
+    TP_CUDA_CHECK(cudaHostAlloc(&ptr_, want, cudaHostAllocDefault));
     capacity_ = want;
     return ptr_;
   }
@@ -134,8 +166,18 @@ class CudaBackend : public Backend {
   }
   void Download(void* host_dst, const void* src, size_t bytes) override {
     Bind();
-    if (bytes > 0) TP_CUDA_CHECK(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
+    if (bytes == 0 || bytes > kMaxStagedBytes) {
+      if (bytes > 0) TP_CUDA_CHECK(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
+      TP_CUDA_CHECK(cudaStreamSynchronize(stream_));
+      return;
+    }
+    // Logits and other step outputs: through pinned memory, so the copy is one DMA after the stream's
+    // work and never a pageable staging copy that other GPUs' work can hold up.
+    if (bytes > staging_.capacity()) TP_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    void* staged = staging_.Get(bytes);
+    TP_CUDA_CHECK(cudaMemcpyAsync(staged, src, bytes, cudaMemcpyDeviceToHost, stream_));
     TP_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    std::memcpy(host_dst, staged, bytes);
   }
   void Synchronize() override {
     Bind();
@@ -171,7 +213,7 @@ class CudaBackend : public Backend {
     }
     // Tensor cores: x rounded to the weight's 16-bit type, fp32 accumulation and output.
     const cudaDataType_t t16 = w.dtype == DType::kBF16 ? CUDA_R_16BF : CUDA_R_16F;
-    void* x16 = x16_->Get(sizeof(uint16_t) * m * w.cols, stream_);
+    void* x16 = x16_->Get(sizeof(uint16_t) * m * w.cols);
     cuda::LaunchConvertF32(x, m * w.cols, DevDType(w.dtype), x16, stream_);
     TP_CUBLAS_CHECK(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, n, mi, k, &alpha, w.data, t16, k, x16, t16,
                                  k, &beta, y, CUDA_R_32F, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
@@ -235,12 +277,12 @@ class CudaBackend : public Backend {
       cudaFree(p);
       return CudaStatus("cudaMemsetAsync(kv cache)", e);
     }
-    return std::unique_ptr<KvCache>(new CudaKvCache(spec, device_, static_cast<uint16_t*>(p), bytes));
+    return std::unique_ptr<KvCache>(new CudaKvCache(spec, device_, static_cast<char*>(p), bytes));
   }
 
   size_t KvBlockBytes(const KvCacheSpec& spec) const override {
     return static_cast<size_t>(spec.num_layers) * 2 * spec.block_size * spec.num_kv_heads * spec.head_dim *
-           sizeof(uint16_t);
+           DTypeSize(spec.dtype);
   }
 
   void WriteKv(KvCache& cache, int layer, const float* k, const float* v, const AttentionBatch& batch) override {
@@ -249,7 +291,8 @@ class CudaBackend : public Backend {
     TP_CHECK(layer >= 0 && layer < s.num_layers) << "layer " << layer;
     Bind();
     cuda::LaunchWriteKv(k, v, batch.slot_mapping, batch.num_tokens,
-                        static_cast<int64_t>(s.num_kv_heads) * s.head_dim, c.k(layer), c.v(layer), stream_);
+                        static_cast<int64_t>(s.num_kv_heads) * s.head_dim, DevDType(s.dtype), c.k(layer), c.v(layer),
+                        stream_);
   }
 
   void Attention(const KvCache& cache, int layer, const float* q, const AttentionBatch& batch, int nq,
@@ -263,6 +306,7 @@ class CudaBackend : public Backend {
     p.out = out;
     p.k_cache = c.k(layer);
     p.v_cache = c.v(layer);
+    p.kv_dtype = DevDType(s.dtype);
     p.query_start = batch.query_start;
     p.block_tables = batch.block_tables;
     p.positions = batch.positions;
@@ -277,14 +321,14 @@ class CudaBackend : public Backend {
     p.scale = scale;
     const int64_t scratch_floats = cuda::DecodeScratchFloats(p);
     if (scratch_floats > 0) {
-      p.scratch = static_cast<float*>(attn_scratch_->Get(sizeof(float) * scratch_floats, stream_));
+      p.scratch = static_cast<float*>(attn_scratch_->Get(sizeof(float) * scratch_floats));
     }
     cuda::LaunchPagedAttention(p, stream_);
   }
 
  private:
   explicit CudaBackend(int device)
-      : device_(device), x16_(std::make_unique<Scratch>()), attn_scratch_(std::make_unique<Scratch>()) {}
+      : device_(device), x16_(std::make_unique<Scratch>(&stream_)), attn_scratch_(std::make_unique<Scratch>(&stream_)) {}
 
   absl::Status Init() {
     TP_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
@@ -325,6 +369,10 @@ class CudaBackend : public Backend {
                                                      " is outside the CUDA attention kernels' range [1, ",
                                                      cuda::kMaxHeadDim, "]"));
     }
+    if (s.dtype != DType::kF32 && s.dtype != DType::kBF16) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("the CUDA KV cache holds float32 or bfloat16, not ", DTypeName(s.dtype)));
+    }
     return absl::OkStatus();
   }
 
@@ -338,6 +386,8 @@ class CudaBackend : public Backend {
   void* workspace_ = nullptr;
   std::unique_ptr<Scratch> x16_;           // x rounded to 16 bits for cuBLAS, [m, k]
   std::unique_ptr<Scratch> attn_scratch_;  // decode split-K partials
+  PinnedStaging staging_;                  // Download's landing buffer
+  static constexpr size_t kMaxStagedBytes = size_t{256} << 20;  // larger downloads go direct
 };
 
 }  // namespace

@@ -46,16 +46,18 @@ void LaunchGemv16(const float* x, int64_t m, const void* w, int dtype, int64_t n
 
 // ---- kv_cache_kernels.cu ----
 // k, v: [num_tokens, nk * head_dim] fp32 -> k_cache, v_cache: [num_blocks, block_size, nk, head_dim]
-// bf16 at slot_mapping[t] (flat block * block_size + offset); negative slots are skipped (padding).
+// in `kv_dtype` (kF32 stored as is, kBF16 rounded to nearest even) at slot_mapping[t] (flat
+// block * block_size + offset); negative slots are skipped (padding).
 void LaunchWriteKv(const float* k, const float* v, const int32_t* slot_mapping, int64_t num_tokens,
-                   int64_t kv_width, uint16_t* k_cache, uint16_t* v_cache, cudaStream_t stream);
+                   int64_t kv_width, int kv_dtype, void* k_cache, void* v_cache, cudaStream_t stream);
 
 // ---- attention_kernels.cu ----
 struct PagedAttentionParams {
   const float* q = nullptr;              // [num_tokens, nq * head_dim]
   float* out = nullptr;                  // [num_tokens, nq * head_dim]
-  const uint16_t* k_cache = nullptr;     // bf16 [num_blocks, block_size, nk, head_dim]
-  const uint16_t* v_cache = nullptr;
+  const void* k_cache = nullptr;         // [num_blocks, block_size, nk, head_dim] in kv_dtype
+  const void* v_cache = nullptr;
+  int kv_dtype = 1;                      // int(DType): 0 float32, 1 bf16 (the model's choice)
   const int32_t* query_start = nullptr;  // [num_seqs + 1]
   const int32_t* block_tables = nullptr; // [num_seqs, max_blocks_per_seq]
   const int32_t* positions = nullptr;    // [num_tokens]
@@ -74,7 +76,7 @@ struct PagedAttentionParams {
 constexpr int kMaxHeadDim = 256;
 // Keys per decode split: fixed (not derived from the batch) so a decode token's result depends
 // only on its own context, never on which other sequences share the step.
-constexpr int kDecodeSplitKeys = 512;
+constexpr int kDecodeSplitKeys = 256;
 int64_t DecodeScratchFloats(const PagedAttentionParams& p);
 // Prefill chunks (query_len > 1): tiled flash attention with online softmax. Decode tokens
 // (query_len == 1): split-K over kDecodeSplitKeys-key chunks, then a combine pass.

@@ -36,15 +36,32 @@ __global__ void AddKernel(float* y, const float* x, int64_t n) {
   }
 }
 
-__global__ void SiluMulKernel(const float* gate_up, int64_t rows, int64_t inter, float* out) {
+__device__ __forceinline__ float SiluMul(float g, float u) { return g / (1.0f + expf(-g)) * u; }
+
+__global__ void SiluMulKernel(const float* __restrict__ gate_up, int64_t rows, int64_t inter,
+                              float* __restrict__ out) {
   const int64_t total = rows * inter;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t r = i / inter;
     const int64_t c = i - r * inter;
-    const float g = gate_up[r * 2 * inter + c];
-    const float u = gate_up[r * 2 * inter + inter + c];
-    out[i] = g / (1.0f + expf(-g)) * u;
+    out[i] = SiluMul(gate_up[r * 2 * inter + c], gate_up[r * 2 * inter + inter + c]);
+  }
+}
+
+// inter % 4 == 0: 16-byte loads of gate and up, one 16-byte store; i counts groups of 4 outputs.
+__global__ void SiluMulVec4Kernel(const float* __restrict__ gate_up, int64_t rows, int64_t inter,
+                                  float* __restrict__ out) {
+  const int64_t groups = inter / 4, total = rows * groups;
+  const float4* gu = reinterpret_cast<const float4*>(gate_up);
+  float4* o = reinterpret_cast<float4*>(out);
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = i / groups;
+    const int64_t c = i - r * groups;
+    const float4 g = gu[r * 2 * groups + c];
+    const float4 u = gu[r * 2 * groups + groups + c];
+    o[i] = float4{SiluMul(g.x, u.x), SiluMul(g.y, u.y), SiluMul(g.z, u.z), SiluMul(g.w, u.w)};
   }
 }
 
@@ -57,17 +74,24 @@ __global__ void GatherRowsKernel(const float* x, const int32_t* rows, int64_t di
 
 // One block per token; thread j rotates pair (i, i + half) of one q or k head.
 // Angles follow HF Llama in float32: inv_freq = 1 / theta^(2i/d), angle = position * inv_freq.
-__global__ void RopeKernel(float* q, float* k, const int32_t* positions, int nq, int nk, int head_dim,
-                           float theta) {
+// inv_freq is computed once per block into shared memory (half <= kMaxHeadDim / 2 values), not per
+// element: the same float operations, so the same bits, without a powf per rotated pair.
+__global__ void RopeKernel(float* __restrict__ q, float* __restrict__ k, const int32_t* __restrict__ positions,
+                           int nq, int nk, int head_dim, float theta) {
+  __shared__ float inv_freq_s[kMaxHeadDim / 2];
   const int64_t t = blockIdx.x;
   const int half = head_dim / 2;
   const float pos = static_cast<float>(positions[t]);
   const int pairs = (nq + nk) * half;
+  for (int i = threadIdx.x; i < half; i += blockDim.x) {
+    inv_freq_s[i] = 1.0f / powf(theta, static_cast<float>(2 * i) / static_cast<float>(head_dim));
+  }
+  __syncthreads();
   for (int j = threadIdx.x; j < pairs; j += blockDim.x) {
     const int head = j / half;
     const int i = j - head * half;
     float* base = head < nq ? q + (t * nq + head) * head_dim : k + (t * nk + (head - nq)) * head_dim;
-    const float inv_freq = 1.0f / powf(theta, static_cast<float>(2 * i) / static_cast<float>(head_dim));
+    const float inv_freq = inv_freq_s[i];
     float s, c;
     sincosf(pos * inv_freq, &s, &c);
     const float x1 = base[i];
@@ -109,7 +133,11 @@ void LaunchAdd(float* y, const float* x, int64_t n, cudaStream_t stream) {
 
 void LaunchSiluMul(const float* gate_up, int64_t rows, int64_t inter, float* out, cudaStream_t stream) {
   if (rows <= 0 || inter <= 0) return;
-  SiluMulKernel<<<StreamGrid(rows * inter), kThreads, 0, stream>>>(gate_up, rows, inter, out);
+  if (inter % 4 == 0) {
+    SiluMulVec4Kernel<<<StreamGrid(rows * inter / 4), kThreads, 0, stream>>>(gate_up, rows, inter, out);
+  } else {
+    SiluMulKernel<<<StreamGrid(rows * inter), kThreads, 0, stream>>>(gate_up, rows, inter, out);
+  }
   TP_CUDA_CHECK_LAUNCH("SiluMul");
 }
 
@@ -123,6 +151,7 @@ void LaunchGatherRows(const float* x, const int32_t* rows, int64_t n, int64_t di
 void LaunchRope(float* q, float* k, const int32_t* positions, int64_t n, int nq, int nk, int head_dim,
                 float theta, cudaStream_t stream) {
   if (n <= 0 || head_dim < 2 || nq + nk <= 0) return;
+  TP_CHECK(head_dim <= kMaxHeadDim) << "RoPE head_dim " << head_dim << " exceeds " << kMaxHeadDim;
   RopeKernel<<<static_cast<unsigned int>(n), 128, 0, stream>>>(q, k, positions, nq, nk, head_dim, theta);
   TP_CUDA_CHECK_LAUNCH("Rope");
 }

@@ -294,6 +294,9 @@ TEST_F(CudaOpsTest, Rope) {
 
 TEST_F(CudaOpsTest, KvCacheSpecValidationAndBlockBytes) {
   KvCacheSpec spec{40, 4, 16, 40, 128};
+  spec.dtype = DType::kF32;  // float32 models keep a float32 cache
+  EXPECT_EQ(gpu_->KvBlockBytes(spec), 40u * 2 * 16 * 40 * 128 * 4);
+  spec.dtype = DType::kBF16;
   EXPECT_EQ(gpu_->KvBlockBytes(spec), 40u * 2 * 16 * 40 * 128 * 2);
   auto cache = gpu_->CreateKvCache(spec);
   ASSERT_TRUE(cache.ok()) << cache.status();
@@ -303,6 +306,9 @@ TEST_F(CudaOpsTest, KvCacheSpecValidationAndBlockBytes) {
   EXPECT_EQ(gpu_->CreateKvCache(bad).status().code(), absl::StatusCode::kInvalidArgument);
   bad = spec;
   bad.num_blocks = 0;
+  EXPECT_EQ(gpu_->CreateKvCache(bad).status().code(), absl::StatusCode::kInvalidArgument);
+  bad = spec;
+  bad.dtype = DType::kF16;
   EXPECT_EQ(gpu_->CreateKvCache(bad).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
@@ -315,6 +321,7 @@ struct SeqCase {
 struct AttentionCase {
   int nq, nk, hd, block_size;
   std::vector<SeqCase> seqs;
+  DType kv_dtype = DType::kBF16;
 };
 
 // Host-side AttentionBatch arrays for `c` with shuffled (non-contiguous) block tables.
@@ -363,14 +370,19 @@ class CudaAttentionTest : public CudaOpsTest {
   void Run(const AttentionCase& c, uint32_t seed, std::vector<float>* got, std::vector<float>* want) {
     const BatchArrays b = MakeBatch(c, seed);
     const int kvw = c.nk * c.hd;
-    // bf16-exact K/V so the GPU's bf16 cache and the reference's f32 cache hold the same numbers.
-    auto hk = RoundToBf16(RandomVec(static_cast<size_t>(b.num_hist) * kvw, seed + 1));
-    auto hv = RoundToBf16(RandomVec(static_cast<size_t>(b.num_hist) * kvw, seed + 2));
-    auto k = RoundToBf16(RandomVec(static_cast<size_t>(b.num_tokens) * kvw, seed + 3));
-    auto v = RoundToBf16(RandomVec(static_cast<size_t>(b.num_tokens) * kvw, seed + 4));
+    // bf16 cache: bf16-exact K/V so it and the reference's f32 cache hold the same numbers. f32 cache:
+    // K/V are not bf16-exact, so a cache that rounded them would miss the tolerance.
+    auto kv_values = [&](size_t n, uint32_t sd) {
+      auto v = RandomVec(n, sd);
+      return c.kv_dtype == DType::kBF16 ? RoundToBf16(std::move(v)) : v;
+    };
+    auto hk = kv_values(static_cast<size_t>(b.num_hist) * kvw, seed + 1);
+    auto hv = kv_values(static_cast<size_t>(b.num_hist) * kvw, seed + 2);
+    auto k = kv_values(static_cast<size_t>(b.num_tokens) * kvw, seed + 3);
+    auto v = kv_values(static_cast<size_t>(b.num_tokens) * kvw, seed + 4);
     auto q = RandomVec(static_cast<size_t>(b.num_tokens) * c.nq * c.hd, seed + 5, -2.0f, 2.0f);
     const float scale = 1.0f / std::sqrt(static_cast<float>(c.hd));
-    KvCacheSpec spec{2, b.num_blocks, c.block_size, c.nk, c.hd};
+    KvCacheSpec spec{2, b.num_blocks, c.block_size, c.nk, c.hd, c.kv_dtype};
     const int layer = 1;
 
     auto rc = ref_->CreateKvCache(spec);
@@ -419,12 +431,16 @@ class CudaAttentionTest : public CudaOpsTest {
 
 TEST_F(CudaAttentionTest, MixedPrefillAndDecodeMatchesReference) {
   // Prefill chunks from scratch and after history (several 16-query and 32-key tiles), decodes with
-  // 1, 2 and 4 split-K chunks of 512 keys, and a 1-token "chunk" right after a history.
+  // one to seven split-K chunks of kDecodeSplitKeys (256) keys, and a 1-token "chunk" right after a history.
   const std::vector<SeqCase> seqs = {{0, 37}, {100, 20}, {699, 1}, {5, 1}, {1600, 1}, {0, 2}, {511, 1}, {64, 1}};
   for (AttentionCase c : {AttentionCase{40, 40, 128, 16, seqs}, AttentionCase{40, 8, 128, 16, seqs},
                           AttentionCase{8, 4, 8, 4, seqs}, AttentionCase{6, 3, 80, 16, seqs},
-                          AttentionCase{4, 4, 256, 8, seqs}}) {
-    SCOPED_TRACE(testing::Message() << "nq=" << c.nq << " nk=" << c.nk << " hd=" << c.hd << " bs=" << c.block_size);
+                          AttentionCase{4, 4, 256, 8, seqs}, AttentionCase{40, 40, 128, 16, seqs, DType::kF32},
+                          AttentionCase{6, 3, 80, 16, seqs, DType::kF32}, AttentionCase{8, 4, 8, 4, seqs, DType::kF32},
+                          // head_dim not a multiple of a 16-byte vector: the element-wise decode path
+                          AttentionCase{4, 2, 36, 16, seqs}, AttentionCase{4, 2, 6, 16, seqs, DType::kF32}}) {
+    SCOPED_TRACE(testing::Message() << "nq=" << c.nq << " nk=" << c.nk << " hd=" << c.hd << " bs=" << c.block_size
+                                    << " kv " << DTypeName(c.kv_dtype));
     std::vector<float> got, want;
     Run(c, 100 + c.hd, &got, &want);
     ExpectClose(got, want, 2e-5, 2e-4, "attention");
@@ -436,6 +452,17 @@ TEST_F(CudaAttentionTest, PrefillOnlyAndDecodeOnlyBatches) {
                           AttentionCase{40, 40, 128, 16, {{3000, 1}, {1, 1}, {1023, 1}, {1024, 1}}}}) {
     std::vector<float> got, want;
     Run(c, 200, &got, &want);
+    ExpectClose(got, want, 2e-5, 2e-4, "attention");
+  }
+}
+
+// Few heads, short contexts: every attention path (prefill tiles, one- and multi-chunk decodes, the
+// combine) in a grid small enough for compute-sanitizer's memcheck and racecheck (scripts/gpu-check.sh).
+TEST_F(CudaAttentionTest, SmallMixedBatchForSanitizers) {
+  const std::vector<SeqCase> seqs = {{0, 37}, {600, 1}, {5, 1}, {20, 3}};
+  for (AttentionCase c : {AttentionCase{4, 2, 128, 16, seqs}, AttentionCase{4, 2, 36, 16, seqs, DType::kF32}}) {
+    std::vector<float> got, want;
+    Run(c, 400, &got, &want);
     ExpectClose(got, want, 2e-5, 2e-4, "attention");
   }
 }

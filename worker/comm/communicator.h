@@ -25,6 +25,14 @@ class Communicator {
   virtual absl::Status AllReduceSum(float* data, size_t count) = 0;
   // recv = [rank 0's send, rank 1's send, ...], each `count` floats. recv: [world_size * count].
   virtual absl::Status AllGather(const float* send, size_t count, float* recv) = 0;
+
+  // True when collectives are enqueued on the backend's stream (NCCL): callers need not synchronize
+  // before one. False for host collectives (Gloo), which read memory directly when called.
+  virtual bool stream_ordered() const { return false; }
+  // A failure that happened after the calls returned: a stream-ordered collective that a watchdog
+  // aborted (a lost peer, or one that ran past its deadline). Results computed since are garbage; the
+  // communicator stays broken (UNAVAILABLE) until it is re-created. Call after waiting on the stream.
+  virtual absl::Status AsyncError() { return absl::OkStatus(); }
 };
 
 // Rendezvous key-value store (served by the coordinator's WorkerControl.StoreSet/StoreGet).
@@ -56,7 +64,10 @@ struct NcclOptions {
   int device = 0;
   std::string prefix;
   void* stream = nullptr;  // cudaStream_t the forward pass runs on
-  absl::Duration timeout = absl::Seconds(120);
+  absl::Duration timeout = absl::Seconds(120);  // rendezvous and communicator set-up
+  // How long an enqueued collective may stay unfinished on the GPU before the watchdog aborts the
+  // communicator (the worker passes the coordinator's --step-timeout).
+  absl::Duration op_timeout = absl::Seconds(600);
 };
 // NCCL: rank 0 creates the ncclUniqueId and publishes it through `store`. UNAVAILABLE without CUDA.
 absl::StatusOr<std::unique_ptr<Communicator>> CreateNcclCommunicator(const NcclOptions& options,

@@ -260,7 +260,7 @@ absl::Status LlamaModel::Complete(const char* name, float* data, int64_t count) 
     return absl::OkStatus();
   }
   // Host collectives read memory directly: let queued ops finish first. NCCL is stream-ordered.
-  if (comm_->name() != "nccl") backend_->Synchronize();
+  if (!comm_->stream_ordered()) backend_->Synchronize();
   const auto t0 = std::chrono::steady_clock::now();
   absl::Status s = comm_->AllReduceSum(data, static_cast<size_t>(count));
   step_collective_seconds_ += SecondsSince(t0);
@@ -370,7 +370,7 @@ absl::StatusOr<StepOutput> LlamaModel::Forward(const StepInput& input) {
     TP_RETURN_IF_ERROR(Dump(-1, "logits_local", logits_local, ns, lv));
     const float* gathered = logits_local;  // [tp, ns, lv]
     if (spec_.world_size() > 1) {
-      if (comm_->name() != "nccl") be.Synchronize();
+      if (!comm_->stream_ordered()) be.Synchronize();
       const auto t0 = std::chrono::steady_clock::now();
       absl::Status s = comm_->AllGather(logits_local, static_cast<size_t>(ns * lv),
                                         static_cast<float*>(logits_all_.ptr));
@@ -397,6 +397,8 @@ absl::StatusOr<StepOutput> LlamaModel::Forward(const StepInput& input) {
     }
   }
   be.Synchronize();
+  // A stream-ordered collective that a watchdog aborted (lost peer, deadline) left garbage behind.
+  TP_RETURN_IF_ERROR(comm_->AsyncError());
   ++step_;
   out.allreduce_seconds = step_collective_seconds_;
   total_collective_seconds_ += step_collective_seconds_;

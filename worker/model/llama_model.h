@@ -78,6 +78,13 @@ class LlamaModel {
   size_t weight_bytes() const { return weights_->bytes(); }
   // Replaces the communicator (after a peer was lost and the group re-formed). Same rank / world size.
   void SetCommunicator(comm::Communicator* comm) { comm_ = comm; }
+  // Grows the per-step buffers now, for steps of up to `tokens` tokens, `sampled` sampled rows and `int_words`
+  // words of step metadata (ids, positions, block tables, slots), so later steps allocate nothing. Ranks that
+  // share a process call it before their first collective: with peer access on, a cudaMalloc / cudaFree can
+  // wait on a peer GPU's NCCL kernel that is waiting for this rank.
+  void ReserveScratch(int64_t tokens, int64_t sampled, size_t int_words) {
+    EnsureScratch(tokens, sampled, int_words);
+  }
 
   // KV bytes of one block across all layers, this rank's KV heads.
   size_t KvBlockBytes(int block_size) const;

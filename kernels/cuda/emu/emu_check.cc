@@ -70,21 +70,30 @@ void CheckGemv(Backend& ref) {
   Check(got, want, 1e-5, 1e-5, "gemv f16");
 }
 
-void CheckElementwise(Backend& ref) {
-  const int64_t rows = 3, cols = 517;
+// RMSNorm and add+RMSNorm at `cols` (a multiple of 4 takes the 16-byte path).
+void CheckNorms(Backend& ref, int64_t cols) {
+  const int64_t rows = 3;
   auto x = Rand(rows * cols, 10, -3, 3), wf = Rand(cols, 11, 0.5f, 1.5f), r = Rand(rows * cols, 12);
   auto w = Bf16(wf);
   WeightView wv{w.data(), DType::kBF16, 1, cols};
   std::vector<float> want(x.size()), got(x.size(), NAN);
   ref.RmsNorm(x.data(), rows, wv, 1e-5f, want.data());
   cuda::LaunchRmsNorm(x.data(), rows, cols, w.data(), 1, 1e-5f, got.data(), nullptr);
-  Check(got, want, 1e-5, 1e-5, "rmsnorm");
+  const std::string c = " cols=" + std::to_string(cols);
+  Check(got, want, 1e-5, 1e-5, "rmsnorm" + c);
   auto rr = r, rg = r;
   std::vector<float> want2(x.size()), got2(x.size(), NAN);
   ref.AddRmsNorm(rr.data(), x.data(), rows, wv, 1e-5f, want2.data());
   cuda::LaunchAddRmsNorm(rg.data(), x.data(), rows, cols, w.data(), 1, 1e-5f, got2.data(), nullptr);
-  Check(rg, rr, 0, 0, "add+rmsnorm residual");
-  Check(got2, want2, 1e-5, 1e-5, "add+rmsnorm out");
+  Check(rg, rr, 0, 0, "add+rmsnorm residual" + c);
+  Check(got2, want2, 1e-5, 1e-5, "add+rmsnorm out" + c);
+}
+
+void CheckElementwise(Backend& ref) {
+  CheckNorms(ref, 517);
+  CheckNorms(ref, 520);
+  const int64_t rows = 3, cols = 517;
+  auto x = Rand(rows * cols, 10, -3, 3), r = Rand(rows * cols, 12);
 
   std::vector<int32_t> ids = {5, 9, 2, 20, 7};
   auto table = Rand(10 * cols, 13);
@@ -94,12 +103,13 @@ void CheckElementwise(Backend& ref) {
   cuda::LaunchEmbedding(ids.data(), ids.size(), tb.data(), 1, 10, cols, 3, ge.data(), nullptr);
   Check(ge, we, 0, 0, "embedding");
 
-  const int64_t inter = 300;
-  auto gu = Rand(rows * 2 * inter, 14, -5, 5);
-  std::vector<float> ws(rows * inter), gs(rows * inter, NAN);
-  ref.SiluMul(gu.data(), rows, inter, ws.data());
-  cuda::LaunchSiluMul(gu.data(), rows, inter, gs.data(), nullptr);
-  Check(gs, ws, 1e-6, 1e-5, "silu*mul");
+  for (int64_t inter : {300, 301}) {
+    auto gu = Rand(rows * 2 * inter, 14, -5, 5);
+    std::vector<float> ws(rows * inter), gs(rows * inter, NAN);
+    ref.SiluMul(gu.data(), rows, inter, ws.data());
+    cuda::LaunchSiluMul(gu.data(), rows, inter, gs.data(), nullptr);
+    Check(gs, ws, 1e-6, 1e-5, "silu*mul inter=" + std::to_string(inter));
+  }
 
   std::vector<int32_t> sel = {2, 0, 2};
   std::vector<float> wg(sel.size() * cols), gg(sel.size() * cols, NAN);
@@ -128,7 +138,11 @@ struct Seq {
   int history, query;
 };
 
-void CheckAttention(Backend& ref, int nq, int nk, int hd, int bs, const std::vector<Seq>& seqs, uint32_t seed) {
+// kv_dtype kBF16: K/V are bf16-exact so both caches hold the same numbers; kF32: K/V are not, so a
+// cache that rounded them would fail the tolerance.
+void CheckAttention(Backend& ref, int nq, int nk, int hd, int bs, const std::vector<Seq>& seqs, uint32_t seed,
+                    DType kv_dtype = DType::kBF16) {
+  const bool exact = kv_dtype == DType::kBF16;
   int max_blocks = 0, max_q = 0, max_ctx = 0;
   for (auto s : seqs) {
     max_blocks = std::max(max_blocks, (s.history + s.query + bs - 1) / bs);
@@ -153,8 +167,8 @@ void CheckAttention(Backend& ref, int nq, int nk, int hd, int bs, const std::vec
     ctxs.push_back(seqs[i].history + seqs[i].query);
   }
   const int T = qs.back(), H = static_cast<int>(hist_slots.size()), kvw = nk * hd;
-  auto hk = Rand(size_t(H) * kvw, seed + 1, -1, 1, true), hv = Rand(size_t(H) * kvw, seed + 2, -1, 1, true);
-  auto k = Rand(size_t(T) * kvw, seed + 3, -1, 1, true), v = Rand(size_t(T) * kvw, seed + 4, -1, 1, true);
+  auto hk = Rand(size_t(H) * kvw, seed + 1, -1, 1, exact), hv = Rand(size_t(H) * kvw, seed + 2, -1, 1, exact);
+  auto k = Rand(size_t(T) * kvw, seed + 3, -1, 1, exact), v = Rand(size_t(T) * kvw, seed + 4, -1, 1, exact);
   auto q = Rand(size_t(T) * nq * hd, seed + 5, -2, 2);
   const float scale = 1.0f / std::sqrt(float(hd));
 
@@ -180,15 +194,19 @@ void CheckAttention(Backend& ref, int nq, int nk, int hd, int bs, const std::vec
   ref.Attention(**rc, 0, q.data(), b, nq, scale, want.data());
 
   const size_t cache_elems = size_t(num_blocks) * bs * kvw;
-  std::vector<uint16_t> kc(cache_elems, 0), vc(cache_elems, 0);
-  if (H > 0) cuda::LaunchWriteKv(hk.data(), hv.data(), hist_slots.data(), H, kvw, kc.data(), vc.data(), nullptr);
-  cuda::LaunchWriteKv(k.data(), v.data(), slots.data(), T, kvw, kc.data(), vc.data(), nullptr);
+  const int dev_dtype = static_cast<int>(kv_dtype);
+  std::vector<char> kc(cache_elems * DTypeSize(kv_dtype), 0), vc(cache_elems * DTypeSize(kv_dtype), 0);
+  if (H > 0) {
+    cuda::LaunchWriteKv(hk.data(), hv.data(), hist_slots.data(), H, kvw, dev_dtype, kc.data(), vc.data(), nullptr);
+  }
+  cuda::LaunchWriteKv(k.data(), v.data(), slots.data(), T, kvw, dev_dtype, kc.data(), vc.data(), nullptr);
   std::vector<float> got(q.size(), NAN);
   cuda::PagedAttentionParams p;
   p.q = q.data();
   p.out = got.data();
   p.k_cache = kc.data();
   p.v_cache = vc.data();
+  p.kv_dtype = dev_dtype;
   p.query_start = qs.data();
   p.block_tables = tables.data();
   p.positions = pos.data();
@@ -205,7 +223,7 @@ void CheckAttention(Backend& ref, int nq, int nk, int hd, int bs, const std::vec
   p.scratch = scratch.data();
   cuda::LaunchPagedAttention(p, nullptr);
   Check(got, want, 2e-5, 2e-4,
-        "attention nq=" + std::to_string(nq) + " nk=" + std::to_string(nk) + " hd=" + std::to_string(hd) +
+        std::string("attention ") + DTypeName(kv_dtype) + " nq=" + std::to_string(nq) + " nk=" + std::to_string(nk) + " hd=" + std::to_string(hd) +
             " bs=" + std::to_string(bs));
 }
 
@@ -221,6 +239,11 @@ int main() {
   CheckAttention(*ref, 4, 2, 40, 16, mixed, 7);
   CheckAttention(*ref, 2, 1, 128, 8, mixed, 8);
   CheckAttention(*ref, 2, 2, 8, 4, {{0, 20}, {3, 1}}, 9);
+  CheckAttention(*ref, 4, 2, 40, 16, mixed, 10, tpserve::DType::kF32);
+  // head_dim without 16-byte vectors (bf16 36, float32 6): the element-wise decode path.
+  const std::vector<Seq> short_mixed = {{0, 19}, {300, 1}, {5, 1}};
+  CheckAttention(*ref, 4, 2, 36, 16, short_mixed, 11);
+  CheckAttention(*ref, 2, 1, 6, 8, short_mixed, 12, tpserve::DType::kF32);
   std::printf("%s: %d failure(s)\n", g_failures ? "FAIL" : "PASS", g_failures);
   return g_failures ? 1 : 0;
 }

@@ -10,7 +10,7 @@ srcs=()
 for f in "$ROOT"/kernels/cuda/*.cu; do
   out="$WORK/$(basename "$f" .cu).cc"
   # Kernel<<<grid, block, smem, stream>>>(args) -> ::emu::Launch(Kernel, grid, block, smem, stream)(args)
-  perl -0pe 's/([A-Za-z_][A-Za-z_0-9]*(?:<[A-Za-z_0-9:]*>)?)\s*<<<(.*?)>>>\s*\(/::emu::Launch($1, $2)(/gs;
+  perl -0pe 's/([A-Za-z_][A-Za-z_0-9]*(?:<[A-Za-z_0-9:, ]*>)?)\s*<<<(.*?)>>>\s*\(/::emu::Launch($1, $2)(/gs;
              s/extern __shared__ float (\w+)\[\];/float* $1 = ::emu::DynamicSmem();/g' "$f" >"$out"
   srcs+=("$out")
 done

@@ -17,4 +17,5 @@ struct dim3 {
 };
 struct int4 { int x, y, z, w; };
 struct float4 { float x, y, z, w; };
+struct uint4 { unsigned int x, y, z, w; };
 inline int4 make_int4(int a, int b, int c, int d) { return int4{a, b, c, d}; }
