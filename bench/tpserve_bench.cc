@@ -76,6 +76,8 @@ ABSL_FLAG(std::string, corpus_dir, TPSERVE_BENCH_CORPUS_DIR, "*.txt files synthe
 ABSL_FLAG(int, prefix_len, 0, "shared-prefix workload: tokens of shared system prefix per prompt");
 ABSL_FLAG(int, num_prefixes, 1, "shared-prefix workload: distinct prefixes");
 ABSL_FLAG(double, temperature, 0.0, "sampling temperature (0 = greedy)");
+ABSL_FLAG(bool, ignore_eos, true, "generate exactly the output length (false: EOS may end requests early; for "
+          "OpenAI-compatible servers that refuse the ignore_eos field)");
 ABSL_FLAG(double, slo_ttft_ms, 0, "goodput: TTFT objective in ms (0 = none)");
 ABSL_FLAG(double, slo_tpot_ms, 0, "goodput: TPOT objective in ms (0 = none)");
 ABSL_FLAG(double, timeout, 600, "per-request deadline in seconds");
@@ -247,6 +249,7 @@ int Run() {
   w.prefix_len = absl::GetFlag(FLAGS_prefix_len);
   w.num_prefixes = absl::GetFlag(FLAGS_num_prefixes);
   w.temperature = static_cast<float>(absl::GetFlag(FLAGS_temperature));
+  w.ignore_eos = absl::GetFlag(FLAGS_ignore_eos);
   w.seed = absl::GetFlag(FLAGS_seed);
   // Warmup requests get their own prompts so they do not warm the prefix cache for the measured ones.
   const int pool = num_requests > 0 ? num_requests : 1024;
@@ -331,7 +334,8 @@ int Run() {
                 {"dataset", w.dataset},
                 {"prefix_len", w.prefix_len},
                 {"num_prefixes", w.num_prefixes},
-                {"temperature", w.temperature}});
+                {"temperature", w.temperature},
+                {"ignore_eos", w.ignore_eos}});
   nlohmann::json report = bench::BuildReport(*run, rep);
   const int64_t streamed = report["client_overhead"]["streamed_tokens"].get<int64_t>();
   report["client_overhead"]["process_cpu_s"] = cpu;

@@ -45,8 +45,8 @@ absl::StatusOr<std::string> BuildOpenAiBody(const RequestSpec& spec, OpenAiEndpo
                {"stream", true},
                {"stream_options", {{"include_usage", true}}},
                {"max_tokens", r.stopping().max_new_tokens()},
-               {"ignore_eos", r.stopping().ignore_eos()},
                {"temperature", r.sampling().temperature()}};
+  if (r.stopping().ignore_eos()) body["ignore_eos"] = true;  // only when asked: strict servers refuse it
   if (r.sampling().temperature() > 0 && r.sampling().has_seed()) {
     // OpenAI's seed is a signed 64-bit integer; keep it positive for servers that parse it as such.
     body["seed"] = static_cast<int64_t>(r.sampling().seed() >> 1);

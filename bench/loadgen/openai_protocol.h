@@ -32,8 +32,8 @@ const char* OpenAiPath(OpenAiEndpoint endpoint);
 using DecodeFn = std::function<std::string(absl::Span<const int32_t> ids)>;
 
 // The JSON body for `spec`: model, stream with stream_options.include_usage, max_tokens = output_len,
-// ignore_eos (a vLLM extension tpserve also takes; other servers ignore it or refuse it), temperature and, when
-// sampling, seed. Prompts: completions sends token ids as a token-id array and text as a string; chat sends
+// ignore_eos when the spec asks for it (a vLLM extension tpserve also takes; other servers ignore it or refuse
+// it), temperature and, when sampling, seed. Prompts: completions sends token ids as a token-id array and text as a string; chat sends
 // messages, and a text or token-id prompt (decoded with `decode`, BOS dropped) as one user message.
 // INVALID_ARGUMENT for a chat-messages request to the completions endpoint, or token ids to chat without
 // `decode`.

@@ -149,7 +149,7 @@ absl::StatusOr<std::vector<RequestSpec>> BuildWorkload(const WorkloadOptions& o,
     r->request.mutable_sampling()->set_temperature(o.temperature);
     if (o.temperature > 0) r->request.mutable_sampling()->set_seed(rng());
     r->request.mutable_stopping()->set_max_new_tokens(r->output_len);
-    r->request.mutable_stopping()->set_ignore_eos(true);
+    r->request.mutable_stopping()->set_ignore_eos(o.ignore_eos);
   };
 
   if (!o.dataset.empty()) {

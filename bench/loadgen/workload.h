@@ -40,6 +40,7 @@ struct WorkloadOptions {
   int num_prefixes = 1;
   int max_context = 0;  // overrides the tokenizer's max_context(); input + output must stay under it
   float temperature = 0.0f;
+  bool ignore_eos = true;  // generate exactly the output length (false: EOS may end a request early)
   uint64_t seed = 0;
 };
 

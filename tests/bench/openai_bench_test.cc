@@ -38,6 +38,7 @@ class FakeOpenAiServer {
       const bool chat = std::string(path) == "/v1/chat/completions";
       server_.Post(path, [this, chat](const httplib::Request& req, httplib::Response& res) { Generate(chat, req, res); });
     }
+    server_.set_tcp_nodelay(true);  // each SSE write leaves at once, as a streaming server's must
     port_ = server_.bind_to_any_port("127.0.0.1");
     thread_ = std::thread([this] { server_.listen_after_bind(); });
   }
