@@ -131,5 +131,35 @@ TEST(SecurityTest, ControlPlaneRequiresTheClusterCertificate) {
   EXPECT_EQ(plain.Stop(), 0);
 }
 
+// tpserve-bench over gRPC reaches a TLS server that requires an API key (--tls-ca, --api-key-file), and a
+// missing key fails before any load with the server's own message.
+TEST(TpserveBenchSecurityTest, OverTlsWithApiKey) {  // TpserveBench*: needs tpserve-bench (no ASan build)
+  if (!HaveOpenssl()) GTEST_SKIP() << "openssl CLI not installed";
+  TP_REQUIRE_SHARED(model_dir, "models/stories260K");
+  Pki pki = MakePki("bench");
+  ASSERT_TRUE(pki.ok);
+  const std::string key_file = pki.dir + "/api.key";
+  std::ofstream(key_file) << "bench-key\n";
+  ServerOptions o{model_dir, 1,
+                  {"--tls_cert=" + pki.dir + "/node.pem", "--tls_key=" + pki.dir + "/node.key",
+                   "--api_key_file=" + key_file}};
+  o.tls_ca = pki.dir + "/ca.pem";
+  ServerProcess server(o);
+  ASSERT_TRUE(server.Start().ok()) << server.ReadLog();
+  const std::string bench = BinDir() + "/tpserve-bench --server localhost:" + std::to_string(server.port()) +
+                            " --tls-ca " + pki.dir + "/ca.pem --num-requests 3 --input-len 16 --output-len 4";
+  const std::string json_path = pki.dir + "/report.json";
+  EXPECT_EQ(std::system((bench + " --api-key-file " + key_file + " --json " + json_path + " >/dev/null 2>&1").c_str()),
+            0);
+  const std::string report = ReadFileOrDie(json_path);
+  EXPECT_NE(report.find("\"completed\": 3"), std::string::npos) << report;
+  const std::string log = pki.dir + "/nokey.log";
+  const int rc = std::system((bench + " >" + log + " 2>&1").c_str());
+  EXPECT_TRUE(WIFEXITED(rc) && WEXITSTATUS(rc) == 1) << rc;
+  const std::string out = ReadFileOrDie(log);
+  EXPECT_NE(out.find("missing API key"), std::string::npos) << out;
+  EXPECT_EQ(server.Stop(), 0);
+}
+
 }  // namespace
 }  // namespace tpserve::testing
