@@ -2,10 +2,13 @@
 // it checks what the bench sends (model, stream_options, token-id prompts, the API key) and answers with SSE
 // streams of known content, including an event split across two writes, usage in the last chunk, error
 // responses in OpenAI's JSON shape, and a stream cut short. The bench's JSON report must say exactly that.
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
 #include <sys/wait.h>
 
-#include <atomic>
-#include <cstdio>
+#include <chrono>
+#include <condition_variable>
 #include <fstream>
 #include <mutex>
 #include <string>
@@ -16,7 +19,10 @@
 #include "gtest/gtest.h"
 #include "httplib.h"
 #include "nlohmann/json.hpp"
+#include "tests/util/bench_run.h"
 #include "tests/util/test_env.h"
+
+extern char** environ;
 
 namespace tpserve::testing {
 namespace {
@@ -24,7 +30,7 @@ namespace {
 using nlohmann::json;
 
 // How the fake answers the i-th generation request (0-based, in arrival order).
-enum class Answer { kStream, kRateLimited, kBadRequest, kCutShort };
+enum class Answer { kStream, kRateLimited, kBadRequest, kCutShort, kEndless };
 
 class FakeOpenAiServer {
  public:
@@ -51,6 +57,11 @@ class FakeOpenAiServer {
     std::lock_guard<std::mutex> l(mu_);
     return bodies_;
   }
+  // Waits up to `timeout` until `n` generation requests have arrived.
+  bool WaitForRequests(size_t n, std::chrono::seconds timeout) {
+    std::unique_lock<std::mutex> l(mu_);
+    return cv_.wait_for(l, timeout, [&] { return bodies_.size() >= n; });
+  }
   std::string api_key;  // non-empty: requests must carry "Authorization: Bearer <api_key>"
 
  private:
@@ -72,6 +83,7 @@ class FakeOpenAiServer {
       index = static_cast<int>(bodies_.size());
       bodies_.push_back(body);
     }
+    cv_.notify_all();
     const Answer answer = plan_(index);
     if (answer == Answer::kRateLimited) {
       res.status = 429;
@@ -87,6 +99,14 @@ class FakeOpenAiServer {
       res.set_content(R"({"error":{"message":"temperature must be in [0, 2]","type":"invalid_request_error",)"
                       R"("param":"temperature","code":null}})",
                       "application/json");
+      return;
+    }
+    if (answer == Answer::kEndless) {  // a token every 5 ms until the client goes away
+      res.set_chunked_content_provider("text/event-stream", [](size_t, httplib::DataSink& sink) {
+        const std::string e = R"(data: {"choices":[{"index":0,"text":" t"}]})" "\n\n";
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        return sink.write(e.data(), e.size());
+      });
       return;
     }
     const int max_tokens = body.value("max_tokens", 0);
@@ -140,35 +160,14 @@ class FakeOpenAiServer {
   int port_ = -1;
   std::thread thread_;
   std::mutex mu_;
+  std::condition_variable cv_;
   std::vector<json> bodies_;
 };
-
-struct BenchRun {
-  int exit_code = -1;
-  std::string output;
-  json report;
-};
-
-BenchRun RunBench(const std::string& flags) {
-  BenchRun r;
-  const std::string json_path = MakeTempDir("openai-bench") + "/report.json";
-  const std::string cmd = absl::StrCat(BinDir(), "/tpserve-bench ", flags, " --json ", json_path, " 2>&1");
-  FILE* p = popen(cmd.c_str(), "r");
-  if (p == nullptr) return r;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) r.output.append(buf, n);
-  const int st = pclose(p);
-  r.exit_code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  std::ifstream in(json_path);
-  if (in) r.report = json::parse(in, nullptr, false);
-  return r;
-}
 
 TEST(OpenAiBenchTest, CompletionsSendTokenIdsAndReportWhatTheServerStreamed) {
   TP_REQUIRE_SHARED(model, "models/stories260K");
   FakeOpenAiServer fake([](int) { return Answer::kStream; });
-  BenchRun run = RunBench(absl::StrCat("--api openai --url ", fake.url(), "/v1 --tokenizer ", model,
+  BenchRun run = RunTpserveBench(absl::StrCat("--api openai --url ", fake.url(), "/v1 --tokenizer ", model,
                                        " --num-requests 6 --concurrency 2 --input-len 40 --output-len 5 "
                                        "--len-dist uniform --len-range 0.5 --seed 11"));
   ASSERT_EQ(run.exit_code, 0) << run.output;
@@ -218,7 +217,7 @@ TEST(OpenAiBenchTest, ChatDatasetWithApiKey) {
   const std::string dataset = SourceDir() + "/data/bench/sample_chat.jsonl";
   const std::string flags = absl::StrCat("--api openai --endpoint chat --url ", fake.url(), " --model fake-model ",
                                          "--num-requests 4 --concurrency 2 --output-len 3 --dataset ", dataset);
-  BenchRun run = RunBench(flags + " --api-key-file " + dir + "/key");
+  BenchRun run = RunTpserveBench(flags + " --api-key-file " + dir + "/key");
   ASSERT_EQ(run.exit_code, 0) << run.output;
   EXPECT_EQ(run.report["summary"]["completed"], 4) << run.output;
   for (const json& b : fake.bodies()) {
@@ -230,7 +229,7 @@ TEST(OpenAiBenchTest, ChatDatasetWithApiKey) {
     EXPECT_EQ(r["stream_tokens"], r["completion_tokens"]) << r.dump();  // the role-only chunk is no token
   }
   // A wrong key fails before any load, with the server's message.
-  run = RunBench(flags + " --api-key-file " + dir + "/wrong");
+  run = RunTpserveBench(flags + " --api-key-file " + dir + "/wrong");
   EXPECT_EQ(run.exit_code, 1);
   EXPECT_NE(run.output.find("HTTP 401: Incorrect API key provided"), std::string::npos) << run.output;
 }
@@ -244,7 +243,7 @@ TEST(OpenAiBenchTest, ErrorsAreCountedByHttpStatusWithTheServersMessage) {
            : i == 5         ? Answer::kCutShort
                             : Answer::kStream;
   });
-  BenchRun run = RunBench(absl::StrCat("--api openai --url ", fake.url(), " --tokenizer ", model,
+  BenchRun run = RunTpserveBench(absl::StrCat("--api openai --url ", fake.url(), " --tokenizer ", model,
                                        " --num-requests 7 --concurrency 1 --input-len 20 --output-len 4"));
   ASSERT_EQ(run.exit_code, 0) << run.output;
   const auto& s = run.report["summary"];
@@ -261,21 +260,53 @@ TEST(OpenAiBenchTest, ErrorsAreCountedByHttpStatusWithTheServersMessage) {
   EXPECT_NE(run.output.find("HTTP 429:"), std::string::npos) << run.output;  // in the table
 }
 
+// Ctrl-C while streams are open: the blocked HTTP reads are shut, the in-flight requests count as CANCELLED,
+// and the partial report is still written.
+TEST(OpenAiBenchTest, SigintCancelsOpenStreams) {
+  FakeOpenAiServer fake([](int) { return Answer::kEndless; });
+  const std::string dir = MakeTempDir("openai-int");
+  const std::string dataset = SourceDir() + "/data/bench/sample_chat.jsonl";
+  std::vector<std::string> argv_s = {BinDir() + "/tpserve-bench", "--api", "openai", "--url", fake.url(),
+                                     "--dataset", dataset, "--endpoint", "chat", "--num-requests", "100",
+                                     "--concurrency", "3", "--json", dir + "/report.json"};
+  std::vector<char*> argv;
+  for (auto& a : argv_s) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 1, (dir + "/log").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_adddup2(&fa, 1, 2);
+  pid_t pid;
+  ASSERT_EQ(posix_spawn(&pid, argv[0], &fa, nullptr, argv.data(), environ), 0);
+  posix_spawn_file_actions_destroy(&fa);
+  const bool streaming = fake.WaitForRequests(3, std::chrono::seconds(30));
+  kill(pid, SIGINT);
+  int st = 0;
+  ASSERT_EQ(waitpid(pid, &st, 0), pid);
+  ASSERT_TRUE(streaming) << ReadFileOrDie(dir + "/log");
+  ASSERT_TRUE(WIFEXITED(st)) << ReadFileOrDie(dir + "/log");
+  EXPECT_EQ(WEXITSTATUS(st), 130);
+  const json report = json::parse(ReadFileOrDie(dir + "/report.json"), nullptr, false);
+  ASSERT_TRUE(report.is_object()) << ReadFileOrDie(dir + "/log");
+  EXPECT_TRUE(report["summary"]["interrupted"].get<bool>());
+  EXPECT_EQ(report["summary"]["failed_by_code"], json::parse(R"({"CANCELLED": 3})")) << report["summary"].dump();
+}
+
 TEST(OpenAiBenchTest, BadFlagsNameTheFlag) {
-  BenchRun run = RunBench("--api openai --num-requests 1");
+  BenchRun run = RunTpserveBench("--api openai --num-requests 1");
   EXPECT_EQ(run.exit_code, 1);
   EXPECT_NE(run.output.find("--api openai needs --url"), std::string::npos) << run.output;
-  run = RunBench("--url http://127.0.0.1:1 --num-requests 1");
+  run = RunTpserveBench("--url http://127.0.0.1:1 --num-requests 1");
   EXPECT_EQ(run.exit_code, 1);
   EXPECT_NE(run.output.find("--url is for --api openai, not --api grpc"), std::string::npos) << run.output;
-  run = RunBench("--api openai --url ftp://x --num-requests 1");
+  run = RunTpserveBench("--api openai --url ftp://x --num-requests 1");
   EXPECT_EQ(run.exit_code, 1);
   EXPECT_NE(run.output.find("--url must start with http:// or https://"), std::string::npos) << run.output;
   FakeOpenAiServer fake([](int) { return Answer::kStream; });
-  run = RunBench(absl::StrCat("--api openai --url ", fake.url(), " --num-requests 1"));
+  run = RunTpserveBench(absl::StrCat("--api openai --url ", fake.url(), " --num-requests 1"));
   EXPECT_EQ(run.exit_code, 1);
   EXPECT_NE(run.output.find("give --tokenizer DIR"), std::string::npos) << run.output;
-  run = RunBench(absl::StrCat("--api openai --url ", fake.url(), " --endpoint embeddings --num-requests 1"));
+  run = RunTpserveBench(absl::StrCat("--api openai --url ", fake.url(), " --endpoint embeddings --num-requests 1"));
   EXPECT_EQ(run.exit_code, 1);
   EXPECT_NE(run.output.find("--endpoint must be chat or completions"), std::string::npos) << run.output;
 }

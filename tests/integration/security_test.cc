@@ -48,18 +48,25 @@ v1::GenerateRequest Small() {
   return req;
 }
 
+// A server whose public API runs TLS with `pki`'s node certificate and requires API key `key` (written to
+// `key_file`).
+ServerOptions TlsWithApiKey(const std::string& model_dir, const Pki& pki, const std::string& key,
+                            const std::string& key_file) {
+  std::ofstream(key_file) << key << "\n";
+  ServerOptions o{model_dir, 1,
+                  {"--tls_cert=" + pki.dir + "/node.pem", "--tls_key=" + pki.dir + "/node.key",
+                   "--api_key_file=" + key_file}};
+  o.tls_ca = pki.dir + "/ca.pem";
+  return o;
+}
+
 TEST(SecurityTest, TlsApiWithApiKey) {
   if (!HaveOpenssl()) GTEST_SKIP() << "openssl CLI not installed";
   TP_REQUIRE_SHARED(model_dir, "models/stories260K");
   Pki pki = MakePki("api");
   ASSERT_TRUE(pki.ok);
   const std::string key_file = pki.dir + "/api.key";
-  std::ofstream(key_file) << "s3cret-key\n";
-  ServerOptions o{model_dir, 1,
-                  {"--tls_cert=" + pki.dir + "/node.pem", "--tls_key=" + pki.dir + "/node.key",
-                   "--api_key_file=" + key_file}};
-  o.tls_ca = pki.dir + "/ca.pem";
-  ServerProcess server(o);
+  ServerProcess server(TlsWithApiKey(model_dir, pki, "s3cret-key", key_file));
   ASSERT_TRUE(server.Start().ok()) << server.ReadLog();
   auto stub = server.NewStub();
   v1::GenerateResponse resp;
@@ -139,12 +146,7 @@ TEST(TpserveBenchSecurityTest, OverTlsWithApiKey) {  // TpserveBench*: needs tps
   Pki pki = MakePki("bench");
   ASSERT_TRUE(pki.ok);
   const std::string key_file = pki.dir + "/api.key";
-  std::ofstream(key_file) << "bench-key\n";
-  ServerOptions o{model_dir, 1,
-                  {"--tls_cert=" + pki.dir + "/node.pem", "--tls_key=" + pki.dir + "/node.key",
-                   "--api_key_file=" + key_file}};
-  o.tls_ca = pki.dir + "/ca.pem";
-  ServerProcess server(o);
+  ServerProcess server(TlsWithApiKey(model_dir, pki, "bench-key", key_file));
   ASSERT_TRUE(server.Start().ok()) << server.ReadLog();
   const std::string bench = BinDir() + "/tpserve-bench --server localhost:" + std::to_string(server.port()) +
                             " --tls-ca " + pki.dir + "/ca.pem --num-requests 3 --input-len 16 --output-len 4";
