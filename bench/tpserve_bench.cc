@@ -189,11 +189,22 @@ absl::StatusOr<Target> ConnectOpenAi(const std::string& api_key) {
   if (!models.ok()) return models.status();
   t.model = absl::GetFlag(FLAGS_model);
   int max_context = 0;
+  bool listed = false;
+  std::string names;
   for (const auto& m : *models) {
     if (t.model.empty()) t.model = m.id;
-    if (m.id == t.model) max_context = m.max_model_len;
+    if (m.id == t.model) {
+      listed = true;
+      max_context = m.max_model_len;
+    }
+    absl::StrAppend(&names, names.empty() ? "" : ", ", m.id);
   }
   if (t.model.empty()) return absl::InvalidArgumentError("GET /v1/models lists no model: give --model NAME");
+  // Every request would be refused (404 model_not_found): say so once, before the run.
+  if (!listed && !models->empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--model '", t.model, "' is not served at ", url, " (GET /v1/models lists: ", names, ")"));
+  }
   if (const std::string dir = absl::GetFlag(FLAGS_tokenizer); !dir.empty()) {
     auto tok = bench::LocalPromptTokenizer::Load(dir, max_context);
     if (!tok.ok()) return tok.status();

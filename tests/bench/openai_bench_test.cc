@@ -306,6 +306,12 @@ TEST(OpenAiBenchTest, BadFlagsNameTheFlag) {
   run = RunTpserveBench(absl::StrCat("--api openai --url ", fake.url(), " --num-requests 1"));
   EXPECT_EQ(run.exit_code, 1);
   EXPECT_NE(run.output.find("give --tokenizer DIR"), std::string::npos) << run.output;
+  run = RunTpserveBench(absl::StrCat("--api openai --url ", fake.url(), " --model other --dataset ", SourceDir(),
+                                     "/data/bench/sample_chat.jsonl --num-requests 1"));
+  EXPECT_EQ(run.exit_code, 1);
+  EXPECT_NE(run.output.find("--model 'other' is not served at " + fake.url() + " (GET /v1/models lists: fake-model)"),
+            std::string::npos)
+      << run.output;
   run = RunTpserveBench(absl::StrCat("--api openai --url ", fake.url(), " --endpoint embeddings --num-requests 1"));
   EXPECT_EQ(run.exit_code, 1);
   EXPECT_NE(run.output.find("--endpoint must be chat or completions"), std::string::npos) << run.output;
