@@ -2,7 +2,6 @@
 #include "bench/loadgen/openai_client.h"
 
 #include <algorithm>
-#include <atomic>
 #include <chrono>
 
 #include "absl/strings/match.h"
@@ -152,18 +151,26 @@ std::unique_ptr<Call> OpenAiClient::Start(const RequestSpec& spec, RequestRecord
 
 void OpenAiClient::WorkerLoop() {
   std::unique_ptr<httplib::Client> http = NewHttp();
+  std::unique_lock<std::mutex> l(mu_);
+  ++idle_;
   while (true) {
-    Job job;
-    {
-      std::unique_lock<std::mutex> l(mu_);
-      ++idle_;
-      cv_.wait(l, [&] { return shutdown_ || !queue_.empty(); });
+    cv_.wait(l, [&] { return shutdown_ || !queue_.empty(); });
+    if (queue_.empty()) {  // shutdown
       --idle_;
-      if (queue_.empty()) return;  // shutdown
-      job = queue_.front();
-      queue_.pop_front();
+      return;
     }
+    const Job job = queue_.front();
+    queue_.pop_front();
+    --idle_;
+    l.unlock();
     Run(job, http.get());
+    l.lock();
+    // Available again before the dispatcher hears that the call ended and sends the next request: Start then
+    // hands it to this worker (and its open connection) instead of starting another.
+    ++idle_;
+    l.unlock();
+    job.observer->OnDone();  // last touch of the call
+    l.lock();
   }
 }
 
@@ -174,7 +181,6 @@ void OpenAiClient::Run(const Job& job, httplib::Client* http) const {
     r.end_s = job.observer->Now();
     r.status_code = 13;  // INTERNAL: a workload not prepared with PrepareOpenAiBodies
     r.error = "request has no HTTP body";
-    job.observer->OnDone();
     return;
   }
   const double deadline = r.start_s + job.timeout_s;
@@ -251,7 +257,6 @@ void OpenAiClient::Run(const Job& job, httplib::Client* http) const {
     r.status_code = 2;
     r.error = "stream ended before data: [DONE]";
   }
-  job.observer->OnDone();  // last touch of the call
 }
 
 }  // namespace tpserve::bench

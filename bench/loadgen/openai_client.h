@@ -2,8 +2,8 @@
 // /v1/chat/completions or /v1/completions over cpp-httplib, read as Server-Sent Events.
 //
 // Threads: cpp-httplib's client blocks, so each request in flight holds one worker thread, which keeps its own
-// keep-alive connection for the requests after it (as a connection pool would). Workers are started as the
-// run's concurrency needs them and never exceed its peak; they stop when the client is destroyed.
+// keep-alive connection for the requests after it (as a connection pool would). A worker is started only when
+// none is free, so there are as many as the run's peak concurrency; they stop when the client is destroyed.
 #pragma once
 
 #include <condition_variable>
@@ -60,6 +60,7 @@ class OpenAiClient : public LoadClient {
   explicit OpenAiClient(const OpenAiOptions& options) : options_(options) {}
   std::unique_ptr<httplib::Client> NewHttp() const;
   void WorkerLoop();
+  // Sends one request and fills its record; WorkerLoop then reports it done.
   void Run(const Job& job, httplib::Client* http) const;
 
   OpenAiOptions options_;

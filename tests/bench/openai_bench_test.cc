@@ -11,6 +11,7 @@
 #include <condition_variable>
 #include <fstream>
 #include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -45,6 +46,7 @@ class FakeOpenAiServer {
       server_.Post(path, [this, chat](const httplib::Request& req, httplib::Response& res) { Generate(chat, req, res); });
     }
     server_.set_tcp_nodelay(true);  // each SSE write leaves at once, as a streaming server's must
+    server_.set_keep_alive_max_count(1 << 20);  // connections close only when the client closes them
     port_ = server_.bind_to_any_port("127.0.0.1");
     thread_ = std::thread([this] { server_.listen_after_bind(); });
   }
@@ -56,6 +58,11 @@ class FakeOpenAiServer {
   std::vector<json> bodies() {
     std::lock_guard<std::mutex> l(mu_);
     return bodies_;
+  }
+  // Distinct client TCP ports the generation requests came from: one per connection.
+  size_t connections() {
+    std::lock_guard<std::mutex> l(mu_);
+    return client_ports_.size();
   }
   // Waits up to `timeout` until `n` generation requests have arrived.
   bool WaitForRequests(size_t n, std::chrono::seconds timeout) {
@@ -82,6 +89,7 @@ class FakeOpenAiServer {
       std::lock_guard<std::mutex> l(mu_);
       index = static_cast<int>(bodies_.size());
       bodies_.push_back(body);
+      client_ports_.insert(req.remote_port);
     }
     cv_.notify_all();
     const Answer answer = plan_(index);
@@ -162,6 +170,7 @@ class FakeOpenAiServer {
   std::mutex mu_;
   std::condition_variable cv_;
   std::vector<json> bodies_;
+  std::set<int> client_ports_;
 };
 
 TEST(OpenAiBenchTest, CompletionsSendTokenIdsAndReportWhatTheServerStreamed) {
@@ -206,6 +215,8 @@ TEST(OpenAiBenchTest, CompletionsSendTokenIdsAndReportWhatTheServerStreamed) {
   EXPECT_EQ(s["stream_output_tokens"].get<int64_t>(), output);
   // Inter-token gaps: one per content chunk after the first, per request.
   EXPECT_EQ(run.report["itl_ms"]["count"].get<int64_t>(), output - 6);
+  // Two in flight at most: two workers, each reusing its keep-alive connection for the next request.
+  EXPECT_LE(fake.connections(), 2u);
 }
 
 TEST(OpenAiBenchTest, ChatDatasetWithApiKey) {
