@@ -4,6 +4,7 @@
 # worker processes are the sanitized tpserve. Leaks fail a test; any UB report aborts it.
 # Left out, each for a stated reason (they run in the plain build):
 #   TpserveBench*      needs tpserve-bench; benches are not built here (BUILD_BENCH=OFF keeps the build short)
+#   bench_tests        (tests/bench) tests bench/loadgen, likewise not built here
 #   deploy.*           renders YAML with kubectl/python; no project code under the sanitizers
 #   LlamaTpMemoryTest* writes and loads a 1.9 GB 13B-shaped checkpoint: byte accounting, not memory safety
 #                      (the same loader paths run in the checkpoint and TP tests)

@@ -11,6 +11,7 @@ PKGS=(
   libgtest-dev libgmock-dev libbenchmark-dev
   clang libclang-rt-14-dev python3 python3-yaml
   curl openssl
+  libcpp-httplib-dev
 )
 # The deploy tests validate the rendered manifests with node (npm kubernetes-models), and
 # bench/compare-llamacpp installs llama.cpp from npm. Take Debian's packages only where the machine has

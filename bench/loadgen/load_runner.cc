@@ -1,11 +1,12 @@
-// Implementation of bench/loadgen/load_runner.h. Each request is one ClientReadReactor whose callbacks run on
-// gRPC's callback threads and only append timestamps, so the dispatcher thread is the only other thread.
+// Implementation of bench/loadgen/load_runner.h. The dispatcher is the only thread that issues requests; calls
+// finish on their client's threads and only touch RunState under its mutex.
 #include "bench/loadgen/load_runner.h"
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
+#include <deque>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -19,7 +20,7 @@ using Clock = std::chrono::steady_clock;
 
 double Since(Clock::time_point t0, Clock::time_point t) { return std::chrono::duration<double>(t - t0).count(); }
 
-// Shared between the dispatcher and the reactors. Thread-safe through mu.
+// Shared between the dispatcher and the calls. Thread-safe through mu.
 struct RunState {
   std::mutex mu;
   std::condition_variable cv;
@@ -29,60 +30,13 @@ struct RunState {
   RunProgress* progress = nullptr;
 };
 
-class StreamCall : public grpc::ClientReadReactor<v1::GenerateStreamResponse> {
+// The observer of one call: knows which call finished, so the dispatcher cancels only live ones.
+class CallSlot : public CallObserver {
  public:
-  StreamCall(RunState* state, const RequestSpec& spec, int index, double timeout_s) : state_(state) {
-    record_.index = index;
-    record_.input_len_sent = spec.expected_input_len;
-    record_.output_len_asked = spec.output_len;
-    record_.prefix_id = spec.prefix_id;
-    request_ = spec.request;
-    ctx_.set_deadline(std::chrono::system_clock::now() +
-                      std::chrono::microseconds(static_cast<int64_t>(timeout_s * 1e6)));
-  }
-
-  void Start(v1::Generation::Stub* stub) {
-    record_.start_s = Since(state_->t0, Clock::now());
-    stub->async()->GenerateStream(&ctx_, &request_, this);
-    StartRead(&response_);
-    StartCall();
-  }
-
-  void OnReadDone(bool ok) override {
-    const auto now = Clock::now();
-    if (ok) {
-      const double t = Since(state_->t0, now);
-      const int n = response_.token_ids_size();
-      if (response_.prompt_token_ids_size() > 0) record_.stream_prompt_ids = response_.prompt_token_ids_size();
-      if (n > 0) {
-        if (record_.first_token_s < 0) record_.first_token_s = t;
-        record_.chunk_s.push_back(t);
-        record_.chunk_tokens.push_back(n);
-        record_.stream_tokens += n;
-        state_->progress->tokens.fetch_add(n, std::memory_order_relaxed);
-      }
-      if (response_.has_usage()) {
-        record_.got_usage = true;
-        record_.prompt_tokens = response_.usage().prompt_tokens();
-        record_.completion_tokens = response_.usage().completion_tokens();
-        record_.cached_prompt_tokens = response_.usage().cached_prompt_tokens();
-      }
-      if (response_.finish_reason() != 0) record_.finish_reason = response_.finish_reason();
-      StartRead(&response_);
-    }
-    record_.callback_s += Since(now, Clock::now());
-  }
-
-  void OnDone(const grpc::Status& s) override {
-    const auto now = Clock::now();
-    record_.end_s = Since(state_->t0, now);
-    record_.status_code = s.error_code();
-    record_.error = s.error_message();
-    if (s.ok() && !record_.got_usage) {
-      record_.status_code = grpc::StatusCode::UNKNOWN;
-      record_.error = "stream ended without a final message carrying usage";
-    }
-    record_.callback_s += Since(now, Clock::now());
+  explicit CallSlot(RunState* state) : state_(state) {}
+  double Now() const override { return Since(state_->t0, Clock::now()); }
+  void OnTokens(int n) override { state_->progress->tokens.fetch_add(n, std::memory_order_relaxed); }
+  void OnDone() override {
     std::lock_guard<std::mutex> l(state_->mu);
     done_ = true;
     --state_->in_flight;
@@ -90,17 +44,10 @@ class StreamCall : public grpc::ClientReadReactor<v1::GenerateStreamResponse> {
     state_->progress->finished.fetch_add(1, std::memory_order_relaxed);
     state_->cv.notify_all();
   }
-
-  void Cancel() { ctx_.TryCancel(); }
   bool done() const { return done_; }  // read under RunState::mu
-  RequestRecord TakeRecord() { return std::move(record_); }
 
  private:
   RunState* state_;
-  grpc::ClientContext ctx_;
-  v1::GenerateRequest request_;
-  v1::GenerateStreamResponse response_;
-  RequestRecord record_;
   bool done_ = false;
 };
 
@@ -108,8 +55,16 @@ bool Stopped(const RunOptions& o) { return o.stop != nullptr && o.stop->load(); 
 
 }  // namespace
 
-absl::StatusOr<RunResult> RunLoad(v1::Generation::Stub* stub, const std::vector<RequestSpec>& specs,
-                                  const RunOptions& o, RunProgress* progress) {
+void RequestRecord::AddChunk(double t, int tokens) {
+  if (tokens <= 0) return;
+  if (first_token_s < 0) first_token_s = t;
+  chunk_s.push_back(t);
+  chunk_tokens.push_back(tokens);
+  stream_tokens += tokens;
+}
+
+absl::StatusOr<RunResult> RunLoad(LoadClient* client, const std::vector<RequestSpec>& specs, const RunOptions& o,
+                                  RunProgress* progress) {
   if (specs.empty()) return absl::InvalidArgumentError("no requests to send");
   if (o.num_requests <= 0 && o.duration_s <= 0) {
     return absl::InvalidArgumentError("give --num-requests or --duration so the run ends");
@@ -131,7 +86,9 @@ absl::StatusOr<RunResult> RunLoad(v1::Generation::Stub* stub, const std::vector<
       open_loop ? ArrivalGaps(o.arrival, o.request_rate, o.burstiness, gap_count, o.seed) : std::vector<double>();
   const int limit = o.concurrency > 0 ? o.concurrency : 1 << 30;
 
-  std::vector<std::unique_ptr<StreamCall>> calls;
+  // Slots live in a deque: calls keep pointers to them.
+  std::deque<CallSlot> slots;
+  std::vector<std::unique_ptr<Call>> calls;
   RunResult result;
   state.t0 = Clock::now();
   Clock::time_point next_arrival = state.t0;
@@ -160,9 +117,18 @@ absl::StatusOr<RunResult> RunLoad(v1::Generation::Stub* stub, const std::vector<
       --state.in_flight;
       break;
     }
-    calls.push_back(std::make_unique<StreamCall>(&state, specs[i % specs.size()], i, o.timeout_s));
+    const RequestSpec& spec = specs[i % specs.size()];
+    RequestRecord record;
+    record.index = i;
+    record.input_len_sent = spec.expected_input_len;
+    record.output_len_asked = spec.output_len;
+    record.prefix_id = spec.prefix_id;
+    record.start_s = Since(state.t0, Clock::now());
+    slots.emplace_back(&state);
     state.progress->started.fetch_add(1, std::memory_order_relaxed);
-    calls.back()->Start(stub);
+    std::unique_ptr<Call> call = client->Start(spec, std::move(record), o.timeout_s, &slots.back());
+    std::lock_guard<std::mutex> l(state.mu);  // Cancel() below reads `calls` under the lock
+    calls.push_back(std::move(call));
   }
 
   // Drain. On stop, cancel whatever is still running (outside the lock: cancellation may run OnDone).
@@ -171,12 +137,12 @@ absl::StatusOr<RunResult> RunLoad(v1::Generation::Stub* stub, const std::vector<
   while (state.in_flight > 0) {
     if (Stopped(o) && !cancelled) {
       cancelled = true;
-      std::vector<StreamCall*> live;
-      for (auto& c : calls) {
-        if (!c->done()) live.push_back(c.get());
+      std::vector<Call*> live;
+      for (size_t k = 0; k < calls.size(); ++k) {
+        if (!slots[k].done()) live.push_back(calls[k].get());
       }
       l.unlock();
-      for (StreamCall* c : live) c->Cancel();
+      for (Call* c : live) c->Cancel();
       l.lock();
       continue;
     }
@@ -186,7 +152,7 @@ absl::StatusOr<RunResult> RunLoad(v1::Generation::Stub* stub, const std::vector<
   result.interrupted = Stopped(o);
   result.peak_concurrency = state.peak;
   for (auto& c : calls) {
-    result.records.push_back(c->TakeRecord());
+    result.records.push_back(std::move(c->record));
     result.duration_s = std::max(result.duration_s, result.records.back().end_s);
   }
   return result;

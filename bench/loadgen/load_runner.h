@@ -1,15 +1,16 @@
-// Sends a workload to a tpserve server over async GenerateStream calls (gRPC callback API: no thread per
-// request) in a closed loop (fixed concurrency) or an open loop (timed arrivals), and records per-request timings.
+// Sends a workload through a LoadClient (one per API: gRPC GenerateStream, OpenAI HTTP streaming) in a closed
+// loop (fixed concurrency) or an open loop (timed arrivals), and records per-request timings. The dispatcher
+// here owns timing, concurrency, the run's end and cancellation; a client only sends one request and records it.
 #pragma once
 
 #include <atomic>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "bench/loadgen/workload.h"
-#include "generation.grpc.pb.h"
 
 namespace tpserve::bench {
 
@@ -21,20 +22,23 @@ struct RequestRecord {
   int prefix_id = -1;
   double start_s = 0;
   double first_token_s = -1;     // first message that carried tokens; -1 if none came
-  double end_s = 0;              // OnDone
+  double end_s = 0;              // the call ended
   std::vector<double> chunk_s;   // arrival time of each message that carried tokens
-  std::vector<int> chunk_tokens; // tokens in that message
+  std::vector<int> chunk_tokens; // tokens in that message (OpenAI: 1 per content chunk, see openai_protocol.h)
   int stream_tokens = 0;         // sum of chunk_tokens
-  int stream_prompt_ids = 0;     // prompt_token_ids echoed in the first message
+  int stream_prompt_ids = 0;     // prompt_token_ids echoed in the first message (gRPC only)
   int prompt_tokens = 0;         // usage, as the server reported on the last message
   int completion_tokens = 0;
   int cached_prompt_tokens = 0;
   bool got_usage = false;
   int finish_reason = 0;         // v1::FinishReason
   int status_code = 0;           // grpc::StatusCode; 0 = OK
+  int http_status = 0;           // OpenAI API: the HTTP status of a failed request (then it names the failure)
   std::string error;
   double callback_s = 0;         // time this tool spent inside its own stream callbacks
   bool ok() const { return status_code == 0 && got_usage; }
+  // A message carrying `tokens` > 0 tokens arrived at `t`.
+  void AddChunk(double t, int tokens);
 };
 
 struct RunOptions {
@@ -64,9 +68,37 @@ struct RunProgress {
   std::atomic<int64_t> tokens{0};
 };
 
-// Runs `specs` (cycled when the run needs more requests than specs) against `stub`. Blocks until every issued
+// What a call reports to the run it belongs to. Thread-safe.
+class CallObserver {
+ public:
+  virtual ~CallObserver() = default;
+  virtual double Now() const = 0;      // seconds since the run started (RequestRecord's clock)
+  virtual void OnTokens(int n) = 0;    // for the progress display
+  virtual void OnDone() = 0;           // exactly once per call, after its record is final
+};
+
+// One request in flight. Its client fills `record` (index, lengths and start_s are set before Send) from any
+// thread until it calls CallObserver::OnDone; the dispatcher reads it only after that.
+class Call {
+ public:
+  virtual ~Call() = default;
+  // Best effort and thread-safe: the call ends soon with CANCELLED (still through OnDone).
+  virtual void Cancel() = 0;
+  RequestRecord record;
+};
+
+// An API's way of sending one request. Start may block briefly (not for the response).
+class LoadClient {
+ public:
+  virtual ~LoadClient() = default;
+  // Sends `spec` with `timeout_s` as its deadline; `call->record` is already initialised.
+  virtual std::unique_ptr<Call> Start(const RequestSpec& spec, RequestRecord record, double timeout_s,
+                                      CallObserver* observer) = 0;
+};
+
+// Runs `specs` (cycled when the run needs more requests than specs) through `client`. Blocks until every issued
 // request has finished. INVALID_ARGUMENT for inconsistent options (neither a count nor a duration, ...).
-absl::StatusOr<RunResult> RunLoad(v1::Generation::Stub* stub, const std::vector<RequestSpec>& specs,
+absl::StatusOr<RunResult> RunLoad(LoadClient* client, const std::vector<RequestSpec>& specs,
                                   const RunOptions& options, RunProgress* progress);
 
 }  // namespace tpserve::bench

@@ -20,6 +20,11 @@ const char* CodeName(int code) {
   return code >= 0 && code < 17 ? kNames[code] : "UNKNOWN";
 }
 
+// The failure's name in the report: an HTTP status when the OpenAI API answered one, else the gRPC code.
+std::string StatusName(const RequestRecord& r) {
+  return r.http_status != 0 ? absl::StrCat("HTTP ", r.http_status) : CodeName(r.status_code);
+}
+
 double Percentile(const std::vector<double>& sorted, double p) {
   if (sorted.empty()) return 0;
   const double pos = p / 100.0 * (sorted.size() - 1);
@@ -88,7 +93,7 @@ nlohmann::json BuildReport(const RunResult& run, const ReportOptions& options) {
     for (size_t c = 0; c < r.chunk_s.size(); ++c) tokens_out[bucket(r.chunk_s[c])] += r.chunk_tokens[c];
     nlohmann::json row = {{"index", r.index},
                           {"start_s", r.start_s},
-                          {"status", CodeName(r.status_code)},
+                          {"status", StatusName(r)},
                           {"prompt_tokens", r.prompt_tokens},
                           {"completion_tokens", r.completion_tokens},
                           {"cached_prompt_tokens", r.cached_prompt_tokens},
@@ -99,7 +104,7 @@ nlohmann::json BuildReport(const RunResult& run, const ReportOptions& options) {
     if (r.input_len_sent >= 0) row["input_len_sent"] = r.input_len_sent;
     if (r.prefix_id >= 0) row["prefix_id"] = r.prefix_id;
     if (!r.ok()) {
-      failed_by_code[CodeName(r.status_code)]++;
+      failed_by_code[StatusName(r)]++;
       row["error"] = r.error;
       requests.push_back(std::move(row));
       continue;

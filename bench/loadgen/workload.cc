@@ -2,7 +2,6 @@
 #include "bench/loadgen/workload.h"
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -12,31 +11,18 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "bench/loadgen/prompt_tokenizer.h"
 #include "nlohmann/json.hpp"
 
 namespace tpserve::bench {
 namespace {
 
-constexpr int kRpcDeadlineSeconds = 60;
-
-void SetDeadline(grpc::ClientContext* ctx) {
-  ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(kRpcDeadlineSeconds));
-}
-
-absl::StatusOr<std::vector<int32_t>> Tokenize(v1::Generation::Stub* stub, const v1::TokenizeRequest& req) {
-  grpc::ClientContext ctx;
-  SetDeadline(&ctx);
-  v1::TokenizeResponse resp;
-  grpc::Status s = stub->Tokenize(&ctx, req, &resp);
-  if (!s.ok()) {
-    return absl::UnavailableError(absl::StrCat("Tokenize RPC failed (", s.error_code(), "): ", s.error_message()));
-  }
-  return std::vector<int32_t>(resp.ids().begin(), resp.ids().end());
-}
+// A context "limit" when the model's is unknown: lengths are then the server's to judge.
+constexpr int kUnknownContext = 1 << 24;
 
 // Real-text token stream: every non-empty line of corpus_dir/*.txt (sorted by name), tokenized one line at a
 // time (one long text would make the server's BPE merge loop slow) and concatenated, until `want` tokens.
-absl::StatusOr<std::vector<int32_t>> CorpusTokens(const std::string& dir, size_t want, v1::Generation::Stub* stub) {
+absl::StatusOr<std::vector<int32_t>> CorpusTokens(const std::string& dir, size_t want, PromptTokenizer* tokenizer) {
   std::error_code ec;
   std::vector<std::filesystem::path> files;
   for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
@@ -57,7 +43,7 @@ absl::StatusOr<std::vector<int32_t>> CorpusTokens(const std::string& dir, size_t
       v1::TokenizeRequest req;
       req.set_text(std::string(l));
       req.set_add_bos(false);
-      auto t = Tokenize(stub, req);
+      auto t = tokenizer->Tokenize(req);
       if (!t.ok()) return t.status();
       ids.insert(ids.end(), t->begin(), t->end());
     }
@@ -144,18 +130,17 @@ int DrawLen(const LenSpec& spec, int max, std::mt19937_64* rng) {
 }
 
 absl::StatusOr<std::vector<RequestSpec>> BuildWorkload(const WorkloadOptions& o, int count,
-                                                       v1::Generation::Stub* stub) {
+                                                       PromptTokenizer* tokenizer) {
   if (auto s = CheckLen("--input-len", o.input); !s.ok()) return s;
   if (auto s = CheckLen("--output-len", o.output); !s.ok()) return s;
   if (o.prefix_len < 0 || o.num_prefixes < 1) {
     return absl::InvalidArgumentError("--prefix-len must be >= 0 and --num-prefixes >= 1");
   }
-  grpc::ClientContext info_ctx;
-  SetDeadline(&info_ctx);
-  v1::ModelInfo info;
-  grpc::Status gs = stub->GetModelInfo(&info_ctx, v1::GetModelInfoRequest(), &info);
-  if (!gs.ok()) return absl::UnavailableError(absl::StrCat("GetModelInfo failed: ", gs.error_message()));
-  const int max_ctx = o.max_context > 0 ? o.max_context : info.max_context_length();
+  if (tokenizer == nullptr && o.dataset.empty()) {
+    return absl::InvalidArgumentError("synthetic prompts need the served model's tokenizer");
+  }
+  const int known_ctx = o.max_context > 0 ? o.max_context : tokenizer != nullptr ? tokenizer->max_context() : 0;
+  const int max_ctx = known_ctx > 0 ? known_ctx : kUnknownContext;
 
   std::mt19937_64 rng(o.seed);
   std::vector<RequestSpec> out;
@@ -164,7 +149,7 @@ absl::StatusOr<std::vector<RequestSpec>> BuildWorkload(const WorkloadOptions& o,
     r->request.mutable_sampling()->set_temperature(o.temperature);
     if (o.temperature > 0) r->request.mutable_sampling()->set_seed(rng());
     r->request.mutable_stopping()->set_max_new_tokens(r->output_len);
-    r->request.mutable_stopping()->set_ignore_eos(true);
+    r->request.mutable_stopping()->set_ignore_eos(o.ignore_eos);
   };
 
   if (!o.dataset.empty()) {
@@ -172,7 +157,7 @@ absl::StatusOr<std::vector<RequestSpec>> BuildWorkload(const WorkloadOptions& o,
     if (!rows.ok()) return rows.status();
     // Tokenize each distinct line once so input lengths are known and checked against the context.
     std::vector<int> input_lens;
-    for (size_t i = 0; i < rows->size(); ++i) {
+    for (size_t i = 0; i < rows->size() && tokenizer != nullptr; ++i) {
       const auto& j = (*rows)[i];
       v1::TokenizeRequest tr;
       if (j.contains("prompt")) {
@@ -185,7 +170,7 @@ absl::StatusOr<std::vector<RequestSpec>> BuildWorkload(const WorkloadOptions& o,
           cm->set_content(m["content"].get<std::string>());
         }
       }
-      auto ids = Tokenize(stub, tr);
+      auto ids = tokenizer->Tokenize(tr);
       if (!ids.ok()) {
         return absl::InvalidArgumentError(
             absl::StrCat("--dataset ", o.dataset, " request ", i + 1, ": ", ids.status().message()));
@@ -212,7 +197,7 @@ absl::StatusOr<std::vector<RequestSpec>> BuildWorkload(const WorkloadOptions& o,
           cm->set_content(m["content"].get<std::string>());
         }
       }
-      const int room = max_ctx - input_lens[k];
+      const int room = max_ctx - (input_lens.empty() ? 0 : input_lens[k]);
       r.output_len = j.contains("output_len") ? std::min(j["output_len"].get<int>(), room)
                                               : DrawLen(o.output, room, &rng);
       r.request.set_request_id(absl::StrCat("bench-", i));
@@ -222,7 +207,7 @@ absl::StatusOr<std::vector<RequestSpec>> BuildWorkload(const WorkloadOptions& o,
     return out;
   }
 
-  if (o.input.mean + o.output.mean > max_ctx) {
+  if (known_ctx > 0 && o.input.mean + o.output.mean > max_ctx) {
     return absl::InvalidArgumentError(absl::StrCat("--input-len ", o.input.mean, " + --output-len ",
                                                    o.output.mean, " exceeds the model's context of ", max_ctx,
                                                    " tokens"));
@@ -234,7 +219,7 @@ absl::StatusOr<std::vector<RequestSpec>> BuildWorkload(const WorkloadOptions& o,
   const int max_input = o.input.dist == LenDist::kFixed ? o.input.mean : max_ctx - 1;
   const size_t want =
       std::max<size_t>(32768, 4 * static_cast<size_t>(max_input) + static_cast<size_t>(o.prefix_len) * o.num_prefixes);
-  auto corpus = CorpusTokens(o.corpus_dir, want, stub);
+  auto corpus = CorpusTokens(o.corpus_dir, want, tokenizer);
   if (!corpus.ok()) return corpus.status();
   std::uniform_int_distribution<size_t> offset(0, corpus->size() - 1);
   std::vector<size_t> prefix_offsets;
@@ -256,7 +241,7 @@ absl::StatusOr<std::vector<RequestSpec>> BuildWorkload(const WorkloadOptions& o,
     r.output_len = DrawLen(o.output, max_ctx - input, &rng);
     r.expected_input_len = input;
     auto* ids = r.request.mutable_token_ids();
-    ids->add_ids(info.bos_token_id());
+    ids->add_ids(tokenizer->bos_id());
     int unique = input - 1;
     if (o.prefix_len > 0) {
       r.prefix_id = pick_prefix(rng);

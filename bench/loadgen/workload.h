@@ -1,5 +1,5 @@
 // Builds the requests a benchmark sends: synthetic prompts cut from real corpus text (token-exact, via the
-// server's Tokenize RPC), JSONL datasets, and shared-prefix workloads; plus request arrival schedules.
+// served model's tokenizer, see prompt_tokenizer.h), JSONL datasets, and shared-prefix workloads; plus request arrival schedules.
 #pragma once
 
 #include <cstdint>
@@ -11,6 +11,8 @@
 #include "generation.grpc.pb.h"
 
 namespace tpserve::bench {
+
+class PromptTokenizer;
 
 enum class LenDist { kFixed, kUniform, kNormal };
 absl::StatusOr<LenDist> ParseLenDist(const std::string& name);
@@ -36,23 +38,26 @@ struct WorkloadOptions {
   // > 0: every prompt starts with one of `num_prefixes` shared prefixes of `prefix_len` tokens (after BOS).
   int prefix_len = 0;
   int num_prefixes = 1;
-  int max_context = 0;  // the server's max_context_length; input + output must stay under it
+  int max_context = 0;  // overrides the tokenizer's max_context(); input + output must stay under it
   float temperature = 0.0f;
+  bool ignore_eos = true;  // generate exactly the output length (false: EOS may end a request early)
   uint64_t seed = 0;
 };
 
-// One request to send: the proto itself, ready to go.
+// One request to send: the proto itself, ready to go (the OpenAI client sends `http_body`, made from it).
 struct RequestSpec {
   v1::GenerateRequest request;
+  std::string http_body;       // OpenAI API only: the JSON body (PrepareOpenAiBodies), built before the run
   int expected_input_len = 0;  // -1 when the server decides (text/chat dataset inputs)
   int output_len = 0;
   int prefix_id = -1;          // which shared prefix, -1 for none
 };
 
-// Builds `count` requests. Uses `stub` for Tokenize/GetModelInfo. INVALID_ARGUMENT names the flag or file
-// at fault (a missing corpus, a malformed dataset line, lengths that do not fit the context).
+// Builds `count` requests, tokenizing with `tokenizer`. It may be null for a dataset only (then prompt lengths
+// are unknown and left to the server). INVALID_ARGUMENT names the flag or file at fault (a missing corpus, a
+// malformed dataset line, lengths that do not fit the context).
 absl::StatusOr<std::vector<RequestSpec>> BuildWorkload(const WorkloadOptions& options, int count,
-                                                       v1::Generation::Stub* stub);
+                                                       PromptTokenizer* tokenizer);
 
 enum class Arrival { kPoisson, kConstant };
 absl::StatusOr<Arrival> ParseArrival(const std::string& name);

@@ -48,18 +48,25 @@ v1::GenerateRequest Small() {
   return req;
 }
 
+// A server whose public API runs TLS with `pki`'s node certificate and requires API key `key` (written to
+// `key_file`).
+ServerOptions TlsWithApiKey(const std::string& model_dir, const Pki& pki, const std::string& key,
+                            const std::string& key_file) {
+  std::ofstream(key_file) << key << "\n";
+  ServerOptions o{model_dir, 1,
+                  {"--tls_cert=" + pki.dir + "/node.pem", "--tls_key=" + pki.dir + "/node.key",
+                   "--api_key_file=" + key_file}};
+  o.tls_ca = pki.dir + "/ca.pem";
+  return o;
+}
+
 TEST(SecurityTest, TlsApiWithApiKey) {
   if (!HaveOpenssl()) GTEST_SKIP() << "openssl CLI not installed";
   TP_REQUIRE_SHARED(model_dir, "models/stories260K");
   Pki pki = MakePki("api");
   ASSERT_TRUE(pki.ok);
   const std::string key_file = pki.dir + "/api.key";
-  std::ofstream(key_file) << "s3cret-key\n";
-  ServerOptions o{model_dir, 1,
-                  {"--tls_cert=" + pki.dir + "/node.pem", "--tls_key=" + pki.dir + "/node.key",
-                   "--api_key_file=" + key_file}};
-  o.tls_ca = pki.dir + "/ca.pem";
-  ServerProcess server(o);
+  ServerProcess server(TlsWithApiKey(model_dir, pki, "s3cret-key", key_file));
   ASSERT_TRUE(server.Start().ok()) << server.ReadLog();
   auto stub = server.NewStub();
   v1::GenerateResponse resp;
@@ -129,6 +136,31 @@ TEST(SecurityTest, ControlPlaneRequiresTheClusterCertificate) {
   ASSERT_TRUE(plain.Start().ok()) << plain.ReadLog();
   EXPECT_NE(RunWorker(std::to_string(plain.worker_port()), creds), 0);
   EXPECT_EQ(plain.Stop(), 0);
+}
+
+// tpserve-bench over gRPC reaches a TLS server that requires an API key (--tls-ca, --api-key-file), and a
+// missing key fails before any load with the server's own message.
+TEST(TpserveBenchSecurityTest, OverTlsWithApiKey) {  // TpserveBench*: needs tpserve-bench (no ASan build)
+  if (!HaveOpenssl()) GTEST_SKIP() << "openssl CLI not installed";
+  TP_REQUIRE_SHARED(model_dir, "models/stories260K");
+  Pki pki = MakePki("bench");
+  ASSERT_TRUE(pki.ok);
+  const std::string key_file = pki.dir + "/api.key";
+  ServerProcess server(TlsWithApiKey(model_dir, pki, "bench-key", key_file));
+  ASSERT_TRUE(server.Start().ok()) << server.ReadLog();
+  const std::string bench = BinDir() + "/tpserve-bench --server localhost:" + std::to_string(server.port()) +
+                            " --tls-ca " + pki.dir + "/ca.pem --num-requests 3 --input-len 16 --output-len 4";
+  const std::string json_path = pki.dir + "/report.json";
+  EXPECT_EQ(std::system((bench + " --api-key-file " + key_file + " --json " + json_path + " >/dev/null 2>&1").c_str()),
+            0);
+  const std::string report = ReadFileOrDie(json_path);
+  EXPECT_NE(report.find("\"completed\": 3"), std::string::npos) << report;
+  const std::string log = pki.dir + "/nokey.log";
+  const int rc = std::system((bench + " >" + log + " 2>&1").c_str());
+  EXPECT_TRUE(WIFEXITED(rc) && WEXITSTATUS(rc) == 1) << rc;
+  const std::string out = ReadFileOrDie(log);
+  EXPECT_NE(out.find("missing API key"), std::string::npos) << out;
+  EXPECT_EQ(server.Stop(), 0);
 }
 
 }  // namespace

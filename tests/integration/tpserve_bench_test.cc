@@ -17,6 +17,7 @@
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/util/bench_run.h"
 #include "tests/util/server_process.h"
 #include "tests/util/test_env.h"
 
@@ -29,28 +30,9 @@ const char kGenTokens[] = "tpserve:generation_tokens_total{model_name=\"stories2
 const char kPromptTokens[] = "tpserve:prompt_tokens_total{model_name=\"stories260K\"}";
 const char kPrefixHits[] = "tpserve:prefix_cache_hits_total{model_name=\"stories260K\"}";
 
-struct BenchRun {
-  int exit_code = -1;
-  std::string output;
-  nlohmann::json report;
-};
-
-// Runs tpserve-bench with `flags` (plus --server and --json) and parses its report.
+// Runs tpserve-bench with `flags` against `address` and parses its report.
 BenchRun RunBench(const std::string& address, const std::string& flags) {
-  BenchRun r;
-  const std::string json_path = MakeTempDir("bench") + "/report.json";
-  const std::string cmd =
-      absl::StrCat(BinDir(), "/tpserve-bench --server ", address, " ", flags, " --json ", json_path, " 2>&1");
-  FILE* p = popen(cmd.c_str(), "r");
-  if (p == nullptr) return r;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) r.output.append(buf, n);
-  const int st = pclose(p);
-  r.exit_code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  std::ifstream in(json_path);
-  if (in) r.report = nlohmann::json::parse(in, nullptr, false);
-  return r;
+  return RunTpserveBench(absl::StrCat("--server ", address, " ", flags));
 }
 
 class TpserveBenchTest : public ::testing::Test {
