@@ -183,6 +183,21 @@ absl::StatusOr<ChatTemplateKind> ChatTemplateFromName(absl::string_view name) {
       absl::StrCat("unknown chat template \"", name, "\"; expected one of ", ChatTemplateNames()));
 }
 
+std::vector<absl::string_view> ChatTemplateMarkers(ChatTemplateKind kind) {
+  switch (kind) {
+    case ChatTemplateKind::kTulu:
+    case ChatTemplateKind::kZephyr:
+      return {"<|user|>", "<|assistant|>", "<|system|>"};
+    case ChatTemplateKind::kLlama2Chat:
+      return {"[INST]", "[/INST]", "<<SYS>>", "<</SYS>>"};
+    case ChatTemplateKind::kVicuna:
+      return {};
+    case ChatTemplateKind::kChatml:
+      return {"<|im_start|>", "<|im_end|>"};
+  }
+  return {};
+}
+
 std::string RenderedChat::Join(absl::string_view bos, absl::string_view eos) const {
   std::string out = texts[0];
   for (size_t i = 0; i < specials.size(); ++i) {

@@ -64,6 +64,10 @@ struct RenderedChat {
 absl::StatusOr<RenderedChat> RenderChatTemplate(ChatTemplateKind kind, absl::Span<const ChatMessage> messages,
                                                 bool add_generation_prompt);
 
+// The literal marker strings `kind` writes that a model may have made single tokens ("<|im_start|>").
+// Tokenizer::Load refuses a model that declares one as an added token outside tokenizer.model (see there).
+std::vector<absl::string_view> ChatTemplateMarkers(ChatTemplateKind kind);
+
 // The chat_template string exactly as the Tulu V2 / V2.5 releases ship it in tokenizer_config.json.
 // TrainTokenizer writes it into tokenizer_config.json.
 extern const char kTuluChatTemplate[];

@@ -66,6 +66,33 @@ absl::Status ReadSpecialTokens(const std::string& file, SpecialTokenNames* token
   return ParseSpecialTokensJson(*text, file, tokens);
 }
 
+// Refuses a model whose tokenizer_config.json declares one of the template's markers as an added token
+// ("added_tokens_decoder": {"32000": {"content": "<|im_start|>"}}) that tokenizer.model does not hold: tpserve
+// tokenizes with tokenizer.model alone, so the marker would be split into text pieces the model never saw.
+absl::Status CheckTemplateMarkers(const std::string& model_dir, ChatTemplateKind kind, const Tokenizer& tok) {
+  const std::string file = model_dir + "/tokenizer_config.json";
+  TP_ASSIGN_OR_RETURN(std::optional<std::string> text, ReadOptionalFile(file));
+  if (!text.has_value()) return absl::OkStatus();
+  nlohmann::json config = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
+  if (!config.is_object()) return absl::OkStatus();  // ParseSpecialTokensJson already reported it
+  auto added = config.find("added_tokens_decoder");
+  if (added == config.end() || !added->is_object()) return absl::OkStatus();
+  for (const auto& [id, token] : added->items()) {
+    if (!token.is_object() || !token.contains("content") || !token["content"].is_string()) continue;
+    const std::string content = token["content"];
+    for (absl::string_view marker : ChatTemplateMarkers(kind)) {
+      if (content == marker && tok.PieceToId(marker) < 0) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            file, ": the ", ChatTemplateName(kind), " chat template writes \"", marker,
+            "\", which this model declares as added token ", id,
+            " outside tokenizer.model; tpserve tokenizes with tokenizer.model alone and would split it into text, "
+            "so this model cannot be served correctly yet"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
 // The model's chat template choice: DIR/chat_template.jinja (newer transformers save it there), else
 // tokenizer_config.json's "chat_template", then SelectChatTemplate.
 absl::StatusOr<ChatTemplateKind> ReadChatTemplate(const std::string& model_dir, const std::string& override_name) {
@@ -134,6 +161,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& mo
   if (tok->eos_id_ >= 0) tok->eos_token_ = tok->sp_->IdToPiece(tok->eos_id_);
   if (tok->bos_id_ >= 0) tok->bos_token_ = tok->sp_->IdToPiece(tok->bos_id_);
   TP_ASSIGN_OR_RETURN(tok->chat_template_, ReadChatTemplate(model_dir, options.chat_template));
+  TP_RETURN_IF_ERROR(CheckTemplateMarkers(model_dir, tok->chat_template_, *tok));
   TP_RETURN_IF_ERROR(tok->BuildPieceTable());
   return tok;
 }

@@ -2,6 +2,9 @@
 // rendered by jinja2 and tokenized with SentencePiece by the rules of Hugging Face's slow LlamaTokenizer
 // (tests/coordinator/chat_template_vectors.json, made by scripts/make-chat-template-vectors.py), with the Llama 2
 // tokenizer from ../shared. Also: recognising templates, choosing one, and the errors.
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <string>
@@ -104,6 +107,33 @@ TEST(ChatTemplateVectorsTest, Llama2ChatNeverDoublesBos) {
   EXPECT_EQ((*ids)[0], 1);
   EXPECT_NE((*ids)[1], 1);
   EXPECT_EQ(std::count(ids->begin(), ids->end(), 1), 2);
+}
+
+// A ChatML model whose <|im_start|> is an added token beyond tokenizer.model (OpenHermes: id 32000) is refused:
+// tpserve would split the marker into text pieces the model never saw.
+TEST(ChatTemplateVectorsTest, MarkerThatIsAnAddedTokenOutsideTheModelIsRefused) {
+  const std::string dir = tpserve::testing::SharedPath("tokenizers/llama2");
+  if (dir.empty()) GTEST_SKIP() << "../shared/tokenizers/llama2 is absent; skipping";
+  tpserve::testing::ScopedTempDir tmp("added-tokens");
+  std::filesystem::create_symlink(dir + "/tokenizer.model", tmp.path + "/tokenizer.model");
+  std::string chatml;
+  const auto vectors = Vectors();
+  for (const auto& t : vectors["templates"]) {
+    if (t["name"] == "chatml") chatml = t["chat_template"];
+  }
+  nlohmann::json config = {{"chat_template", chatml},
+                           {"added_tokens_decoder", {{"32000", {{"content", "<|im_end|>"}, {"special", true}}},
+                                                     {"32001", {{"content", "<|im_start|>"}, {"special", false}}}}}};
+  std::ofstream(tmp.path + "/tokenizer_config.json") << config.dump();
+  auto refused = Tokenizer::Load(tmp.path);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(refused.status().message()), HasSubstr("<|im_end|>"));
+  EXPECT_THAT(std::string(refused.status().message()), HasSubstr("added token 32000"));
+  // An added token the template does not write (Tulu's <pad>) is no reason to refuse.
+  config = nlohmann::json{{"chat_template", std::string(kTuluChatTemplate)},
+                          {"added_tokens_decoder", {{"32000", {{"content", "<pad>"}}}}}};
+  std::ofstream(tmp.path + "/tokenizer_config.json") << config.dump();
+  EXPECT_TRUE(Tokenizer::Load(tmp.path).ok());
 }
 
 TEST(ChatTemplateRenderTest, OrderingRulesOfLlama2ChatAndVicuna) {
