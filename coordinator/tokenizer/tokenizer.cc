@@ -269,16 +269,25 @@ absl::StatusOr<std::string> Tokenizer::RenderChat(absl::Span<const ChatMessage> 
 absl::StatusOr<std::vector<int32_t>> Tokenizer::EncodeChat(absl::Span<const ChatMessage> messages,
                                                            bool add_generation_prompt) const {
   TP_ASSIGN_OR_RETURN(RenderedChat chat, RenderChatTemplate(chat_template_, messages, add_generation_prompt));
-  if (eos_id_ < 0 || bos_id_ < 0) {  // no id to insert: encode the rendered text as it is
-    return Encode(chat.Join(bos_token_, eos_token_), /*add_bos=*/!chat.StartsWithBos());
-  }
   std::vector<int32_t> ids;
-  if (!chat.StartsWithBos()) ids.push_back(bos_id_);
-  for (size_t i = 0; i < chat.texts.size(); ++i) {
-    if (i > 0) ids.push_back(chat.specials[i - 1] == RenderedChat::Special::kBos ? bos_id_ : eos_id_);
-    std::vector<int32_t> seg = Encode(chat.texts[i], /*add_bos=*/false);
+  auto encode = [&](const std::string& text) {
+    std::vector<int32_t> seg = Encode(text, /*add_bos=*/false);
     ids.insert(ids.end(), seg.begin(), seg.end());
+  };
+  if (bos_id_ >= 0 && !chat.StartsWithBos()) ids.push_back(bos_id_);
+  std::string text = chat.texts[0];
+  for (size_t i = 0; i < chat.specials.size(); ++i) {
+    const bool bos = chat.specials[i] == RenderedChat::Special::kBos;
+    const int id = bos ? bos_id_ : eos_id_;
+    if (id < 0) {  // a tokenizer without that token: its (empty) string stays part of the text
+      absl::StrAppend(&text, bos ? bos_token_ : eos_token_, chat.texts[i + 1]);
+      continue;
+    }
+    encode(text);
+    ids.push_back(id);
+    text = chat.texts[i + 1];
   }
+  encode(text);
   return ids;
 }
 
