@@ -57,6 +57,9 @@ ABSL_FLAG(std::string, tls_key, "", "TLS private key (PEM) for the public API");
 ABSL_FLAG(std::string, tls_client_ca, "", "when set, public API clients must present a certificate signed by this CA");
 ABSL_FLAG(int, max_message_bytes, 4 << 20, "largest request message accepted on the public API");
 ABSL_FLAG(int, max_concurrent_streams, 100, "concurrent RPCs allowed per client connection");
+ABSL_FLAG(std::string, chat_template, "",
+          "render chat with this template instead of the model's own chat_template: tulu, llama-2-chat, vicuna, "
+          "zephyr or chatml (empty = the model's; Tulu when the model has none; see docs/API.md)");
 
 namespace tpserve::cli {
 
@@ -132,6 +135,7 @@ absl::StatusOr<coordinator::CoordinatorOptions> CoordinatorOptionsFromFlags() {
   if (o.max_message_bytes < 1024 || o.max_concurrent_streams < 1) {
     return absl::InvalidArgumentError("--max-message-bytes must be >= 1024 and --max-concurrent-streams >= 1");
   }
+  o.chat_template = absl::GetFlag(FLAGS_chat_template);  // checked with the model's template at startup
   o.api_tls = {absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key), absl::GetFlag(FLAGS_tls_client_ca)};
   o.cluster_tls = {absl::GetFlag(FLAGS_cluster_cert), absl::GetFlag(FLAGS_cluster_key), absl::GetFlag(FLAGS_cluster_ca)};
   if (!absl::GetFlag(FLAGS_api_key_file).empty()) {

@@ -49,9 +49,11 @@ absl::Status CoordinatorServer::Start() {
   auto config = LoadModelConfig(options_.model_dir);
   if (!config.ok()) return config.status();
   config_ = *config;
-  auto tok = Tokenizer::Load(options_.model_dir);
+  auto tok = Tokenizer::Load(options_.model_dir, TokenizerOptions{options_.chat_template});
   if (!tok.ok()) return tok.status();
   tokenizer_ = std::move(*tok);
+  TP_LOG(INFO) << "chat template: " << ChatTemplateName(tokenizer_->chat_template())
+               << (options_.chat_template.empty() ? " (the model's)" : " (--chat-template)");
   if (options_.model_name.empty()) options_.model_name = BaseName(options_.model_dir);
   int max_len = options_.max_model_len > 0 ? std::min(options_.max_model_len, config_.max_position_embeddings)
                                            : config_.max_position_embeddings;

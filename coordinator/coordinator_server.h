@@ -42,6 +42,7 @@ struct CoordinatorOptions {
   TlsFiles cluster_tls;               // mutual TLS for the worker control plane
   std::string api_key;                // when set, clients must send "authorization: Bearer <key>"
   std::string device = "cpu";
+  std::string chat_template;          // --chat-template: a ChatTemplateName overriding the model's ("" = its own)
 };
 
 class CoordinatorServer {

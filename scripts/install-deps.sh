@@ -10,6 +10,7 @@ PKGS=(
   libgloo-dev nlohmann-json3-dev libssl-dev zlib1g-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   clang libclang-rt-14-dev python3 python3-yaml
+  python3-jinja2 python3-sentencepiece  # scripts/make-chat-template-vectors.py: chat template references
   curl openssl
   libcpp-httplib-dev
 )

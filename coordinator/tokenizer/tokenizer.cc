@@ -1,4 +1,4 @@
-// Tokenizer: SentencePiece + HF special-token config + Tulu chat template; see tokenizer.h.
+// Tokenizer: SentencePiece + HF special-token config + the model's chat template; see tokenizer.h.
 #include "coordinator/tokenizer/tokenizer.h"
 
 #include <sys/stat.h>
@@ -49,14 +49,63 @@ absl::Status ReadTokenField(const nlohmann::json& config, const std::string& fil
                                                  it->dump()));
 }
 
-// Overlays the tokens named in `file` (if it exists) onto *tokens.
-absl::Status ReadSpecialTokens(const std::string& file, SpecialTokenNames* tokens) {
-  if (!FileExists(file)) return absl::OkStatus();
+// The contents of `file`; nullopt when it does not exist.
+absl::StatusOr<std::optional<std::string>> ReadOptionalFile(const std::string& file) {
+  if (!FileExists(file)) return std::optional<std::string>();
   std::ifstream in(file, std::ios::binary);
   std::stringstream ss;
   ss << in.rdbuf();
   if (!in.good() && !in.eof()) return absl::InvalidArgumentError(absl::StrCat(file, ": cannot read"));
-  return ParseSpecialTokensJson(ss.str(), file, tokens);
+  return std::optional<std::string>(ss.str());
+}
+
+// Overlays the tokens named in `file` (if it exists) onto *tokens.
+absl::Status ReadSpecialTokens(const std::string& file, SpecialTokenNames* tokens) {
+  TP_ASSIGN_OR_RETURN(std::optional<std::string> text, ReadOptionalFile(file));
+  if (!text.has_value()) return absl::OkStatus();
+  return ParseSpecialTokensJson(*text, file, tokens);
+}
+
+// Refuses a model whose tokenizer_config.json declares one of the template's markers as an added token
+// ("added_tokens_decoder": {"32000": {"content": "<|im_start|>"}}) that tokenizer.model does not hold: tpserve
+// tokenizes with tokenizer.model alone, so the marker would be split into text pieces the model never saw.
+absl::Status CheckTemplateMarkers(const std::string& model_dir, ChatTemplateKind kind, const Tokenizer& tok) {
+  const std::string file = model_dir + "/tokenizer_config.json";
+  TP_ASSIGN_OR_RETURN(std::optional<std::string> text, ReadOptionalFile(file));
+  if (!text.has_value()) return absl::OkStatus();
+  nlohmann::json config = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
+  if (!config.is_object()) return absl::OkStatus();  // ParseSpecialTokensJson already reported it
+  auto added = config.find("added_tokens_decoder");
+  if (added == config.end() || !added->is_object()) return absl::OkStatus();
+  for (const auto& [id, token] : added->items()) {
+    if (!token.is_object() || !token.contains("content") || !token["content"].is_string()) continue;
+    const std::string content = token["content"];
+    for (absl::string_view marker : ChatTemplateMarkers(kind)) {
+      if (content == marker && tok.PieceToId(marker) < 0) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            file, ": the ", ChatTemplateName(kind), " chat template writes \"", marker,
+            "\", which this model declares as added token ", id,
+            " outside tokenizer.model; tpserve tokenizes with tokenizer.model alone and would split it into text, "
+            "so this model cannot be served correctly yet"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+// The model's chat template choice: DIR/chat_template.jinja (newer transformers save it there), else
+// tokenizer_config.json's "chat_template", then SelectChatTemplate.
+absl::StatusOr<ChatTemplateKind> ReadChatTemplate(const std::string& model_dir, const std::string& override_name) {
+  std::string origin = model_dir + "/chat_template.jinja";
+  TP_ASSIGN_OR_RETURN(std::optional<std::string> text, ReadOptionalFile(origin));
+  if (!text.has_value()) {
+    origin = model_dir + "/tokenizer_config.json";
+    TP_ASSIGN_OR_RETURN(std::optional<std::string> config, ReadOptionalFile(origin));
+    if (config.has_value()) {
+      TP_ASSIGN_OR_RETURN(text, ParseChatTemplateJson(*config, origin));
+    }
+  }
+  return SelectChatTemplate(text, origin, override_name);
 }
 
 }  // namespace
@@ -74,7 +123,8 @@ absl::Status ParseSpecialTokensJson(absl::string_view json_text, const std::stri
 Tokenizer::Tokenizer() = default;
 Tokenizer::~Tokenizer() = default;
 
-absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& model_dir) {
+absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& model_dir,
+                                                            const TokenizerOptions& options) {
   const std::string model_path = model_dir + "/tokenizer.model";
   if (!FileExists(model_path)) {
     return absl::NotFoundError(absl::StrCat("tokenizer.model not found in ", model_dir,
@@ -109,6 +159,9 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& mo
   TP_ASSIGN_OR_RETURN(tok->bos_id_, resolve(named.bos, tok->sp_->bos_id(), "bos_token"));
   TP_ASSIGN_OR_RETURN(tok->eos_id_, resolve(named.eos, tok->sp_->eos_id(), "eos_token"));
   if (tok->eos_id_ >= 0) tok->eos_token_ = tok->sp_->IdToPiece(tok->eos_id_);
+  if (tok->bos_id_ >= 0) tok->bos_token_ = tok->sp_->IdToPiece(tok->bos_id_);
+  TP_ASSIGN_OR_RETURN(tok->chat_template_, ReadChatTemplate(model_dir, options.chat_template));
+  TP_RETURN_IF_ERROR(CheckTemplateMarkers(model_dir, tok->chat_template_, *tok));
   TP_RETURN_IF_ERROR(tok->BuildPieceTable());
   return tok;
 }
@@ -209,23 +262,32 @@ int32_t Tokenizer::PieceToId(absl::string_view piece) const {
 
 absl::StatusOr<std::string> Tokenizer::RenderChat(absl::Span<const ChatMessage> messages,
                                                   bool add_generation_prompt) const {
-  return RenderTuluChat(messages, add_generation_prompt, eos_token_);
+  TP_ASSIGN_OR_RETURN(RenderedChat chat, RenderChatTemplate(chat_template_, messages, add_generation_prompt));
+  return chat.Join(bos_token_, eos_token_);
 }
 
 absl::StatusOr<std::vector<int32_t>> Tokenizer::EncodeChat(absl::Span<const ChatMessage> messages,
                                                            bool add_generation_prompt) const {
-  if (eos_id_ < 0) {  // no EOS id to insert: encode the rendered text as it is
-    TP_ASSIGN_OR_RETURN(std::string text, RenderChat(messages, add_generation_prompt));
-    return Encode(text, /*add_bos=*/true);
-  }
-  TP_ASSIGN_OR_RETURN(std::vector<std::string> segments, RenderTuluChatSegments(messages, add_generation_prompt));
+  TP_ASSIGN_OR_RETURN(RenderedChat chat, RenderChatTemplate(chat_template_, messages, add_generation_prompt));
   std::vector<int32_t> ids;
-  if (bos_id_ >= 0) ids.push_back(bos_id_);
-  for (size_t i = 0; i < segments.size(); ++i) {
-    if (i > 0) ids.push_back(eos_id_);
-    std::vector<int32_t> seg = Encode(segments[i], /*add_bos=*/false);
+  auto encode = [&](const std::string& text) {
+    std::vector<int32_t> seg = Encode(text, /*add_bos=*/false);
     ids.insert(ids.end(), seg.begin(), seg.end());
+  };
+  if (bos_id_ >= 0 && !chat.StartsWithBos()) ids.push_back(bos_id_);
+  std::string text = chat.texts[0];
+  for (size_t i = 0; i < chat.specials.size(); ++i) {
+    const bool bos = chat.specials[i] == RenderedChat::Special::kBos;
+    const int id = bos ? bos_id_ : eos_id_;
+    if (id < 0) {  // a tokenizer without that token: its (empty) string stays part of the text
+      absl::StrAppend(&text, bos ? bos_token_ : eos_token_, chat.texts[i + 1]);
+      continue;
+    }
+    encode(text);
+    ids.push_back(id);
+    text = chat.texts[i + 1];
   }
+  encode(text);
   return ids;
 }
 

@@ -1,4 +1,4 @@
-// Llama-family SentencePiece tokenizer with Hugging Face special-token config and the Tulu chat template.
+// Llama-family SentencePiece tokenizer with Hugging Face special-token config and the model's chat template.
 #pragma once
 
 #include <cstdint>
@@ -11,6 +11,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 #include "coordinator/tokenizer/chat_template.h"
+#include "coordinator/tokenizer/chat_template_select.h"
 
 namespace tpserve::coordinator {
 
@@ -45,6 +46,12 @@ struct SpecialTokenNames {
 // malformed JSON, a non-object, or a bos_token / eos_token that is neither a string nor {"content": string}.
 absl::Status ParseSpecialTokensJson(absl::string_view json_text, const std::string& file, SpecialTokenNames* names);
 
+struct TokenizerOptions {
+  // --chat-template: a ChatTemplateName to render chat with instead of the model's own template. "" = the
+  // model directory's (chat_template.jinja, else tokenizer_config.json's "chat_template"; Tulu when neither).
+  std::string chat_template;
+};
+
 // Immutable after Load: every const method is safe to call from many threads at once.
 class Tokenizer {
  public:
@@ -56,14 +63,19 @@ class Tokenizer {
   // (which wins, as in Hugging Face), as token strings ("<s>") or {"content": "<s>"} objects mapped through the
   // vocabulary; a token named in neither falls back to the SentencePiece model's own id. generation_config.json
   // is never read: the Tulu release's says bos 0 / eos 1, which is wrong (the tokenizer says 1 / 2).
-  // DIR may hold only tokenizer files. Errors: NOT_FOUND when tokenizer.model is missing; INVALID_ARGUMENT for
-  // an unreadable model, malformed JSON or a special token that is not in the vocabulary (naming the file).
-  static absl::StatusOr<std::unique_ptr<Tokenizer>> Load(const std::string& model_dir);
+  // DIR may hold only tokenizer files. The chat template is chosen here (SelectChatTemplate).
+  // Errors: NOT_FOUND when tokenizer.model is missing; INVALID_ARGUMENT for an unreadable model, malformed JSON,
+  // a special token that is not in the vocabulary (naming the file), or a chat template tpserve cannot render
+  // (naming --chat-template).
+  static absl::StatusOr<std::unique_ptr<Tokenizer>> Load(const std::string& model_dir,
+                                                         const TokenizerOptions& options = {});
 
   int bos_id() const { return bos_id_; }  // -1 when the tokenizer has none
   int eos_id() const { return eos_id_; }
   int vocab_size() const { return static_cast<int>(pieces_.size()); }
   const std::string& eos_token() const { return eos_token_; }  // e.g. "</s>"
+  const std::string& bos_token() const { return bos_token_; }  // e.g. "<s>"
+  ChatTemplateKind chat_template() const { return chat_template_; }
 
   // [BOS] + SentencePiece(text). SentencePiece adds its dummy-prefix "▁" (Llama: "Hello" -> "▁Hello").
   std::vector<int32_t> Encode(absl::string_view text, bool add_bos) const;
@@ -75,12 +87,19 @@ class Tokenizer {
   // -1 when `piece` is not in the vocabulary.
   int32_t PieceToId(absl::string_view piece) const;
 
-  // Tulu chat text (see chat_template.h), without BOS.
+  // The chat rendered with chat_template() (see chat_template.h), template-inserted special tokens written as
+  // their strings ("<s>", "</s>"); without the BOS that EncodeChat prepends.
   absl::StatusOr<std::string> RenderChat(absl::Span<const ChatMessage> messages, bool add_generation_prompt) const;
-  // BOS + the rendered chat, with each template-inserted eos_token encoded as the EOS id (as HF's tokenizer
-  // does for the "</s>" in Tulu's rendered text; the text after it is encoded as its own SentencePiece segment,
-  // matching HF's legacy Llama tokenizer, which is what Tulu was trained with). With no assistant turn this is
-  // exactly [BOS] + Encode(RenderChat(...)). A literal "</s>" inside message content stays text.
+  // The rendered chat tokenized the way Hugging Face's slow LlamaTokenizer (legacy, as the Llama 2 and Tulu
+  // tokenizers are configured) tokenizes it, with one deliberate difference:
+  //   - BOS is prepended unless the template itself starts with bos_token (Llama-2-chat, Vicuna), so Tulu,
+  //     Zephyr and ChatML keep their BOS and no template gets two;
+  //   - each bos_token / eos_token the template inserted becomes its id, and the text between them is encoded
+  //     as its own SentencePiece segment (so "</s>\n" is 2, 29871 "▁", 13 "\n", as HF's legacy tokenizer does);
+  //   - the difference: a "</s>" or "<s>" inside message content stays text (HF would turn it into the id,
+  //     letting a user end a turn for the model).
+  // With no template-inserted special token this is exactly [BOS] + Encode(RenderChat(...)).
+  // scripts/make-chat-template-vectors.py states the same rules for the references the tests compare with.
   absl::StatusOr<std::vector<int32_t>> EncodeChat(absl::Span<const ChatMessage> messages,
                                                   bool add_generation_prompt) const;
 
@@ -102,6 +121,8 @@ class Tokenizer {
   int bos_id_ = -1;
   int eos_id_ = -1;
   std::string eos_token_;
+  std::string bos_token_;
+  ChatTemplateKind chat_template_ = ChatTemplateKind::kTulu;
   bool strips_leading_space_ = true;
   bool strips_all_leading_spaces_ = false;
 };

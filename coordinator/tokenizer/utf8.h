@@ -22,6 +22,12 @@ int Utf8SequenceLength(unsigned char b);
 // and as SentencePiece's decoder, which maps each byte that does not start a character to U+FFFD.
 int ValidUtf8CharLength(absl::string_view bytes);
 
+// `text` without the leading and trailing characters Python's str.strip() removes (str.isspace: U+0009..U+000D,
+// U+001C..U+001F, U+0020, U+0085, U+00A0, U+1680, U+2000..U+200A, U+2028, U+2029, U+202F, U+205F, U+3000).
+// Chat templates call .strip() on message content, so rendering them natively must strip the same set.
+// `text` must be valid UTF-8.
+absl::string_view StripPythonWhitespace(absl::string_view text);
+
 // U+FFFD REPLACEMENT CHARACTER, UTF-8 encoded.
 inline constexpr absl::string_view kUtf8ReplacementChar = "\xEF\xBF\xBD";
 

@@ -4,7 +4,9 @@
 Checks: TP topology (--world_size == --tp == pods per group x ranks per pod, GPUs per pod == ranks per pod),
 container ports == --port / --worker_port / --metrics_port, probes on real endpoints (gRPC health on the API
 port, /health and /ready on the metrics port), ConfigMap / PVC / Service / ServiceMonitor / PDB references,
-and (when the npm packages can be had) the Kubernetes OpenAPI schemas. A self-test breaks rendered objects on
+the replica layouts (headless gRPC Service; InferencePool against its CRD schema, its endpoint picker wired to
+tpserve's metric names, ports and pool, the HTTPRoute to the pool), and (when the npm packages can be had) the
+Kubernetes OpenAPI schemas. A self-test breaks rendered objects on
 purpose and expects each break to be reported. Exit 0 pass, 1 fail, 77 skip (no renderer / no PyYAML).
 """
 import argparse
@@ -19,6 +21,10 @@ SKIP = 77
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 OVERLAYS = os.path.join(REPO, "deploy", "k8s", "overlays")
 HEALTH_PATHS = {"/health", "/ready"}
+SCHEMAS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schemas")
+# What the endpoint picker must read from tpserve's /metrics (docs/METRICS.md; coordinator/metrics.cc).
+EPP_METRIC_FLAGS = {"total-queued-requests-metric": "tpserve:num_requests_waiting",
+                    "kv-cache-usage-percentage-metric": "tpserve:kv_cache_usage_perc"}
 
 try:
     import yaml
@@ -186,6 +192,142 @@ def check(objs):
         group_pods += count
     errs += check_topology(ranks, coord, workerf, by_kind)
     errs += check_services(objs, by_kind, templates, api_pod_labels, all_pod_labels)
+    errs += check_replica_routing(by_kind, templates, files)
+    return errs
+
+
+def schema_errors(schema, value, where):
+    """The subset of JSON Schema the CRD schemas in tests/deploy/schemas use."""
+    import re
+    errs = []
+    types = {"object": dict, "array": list, "string": str, "integer": int, "boolean": bool}
+    t = schema.get("type")
+    if t and (not isinstance(value, types[t]) or (t == "integer" and isinstance(value, bool))):
+        return ["%s: expected %s, got %r" % (where, t, value)]
+    if "enum" in schema and value not in schema["enum"]:
+        errs.append("%s: %r is not one of %s" % (where, value, schema["enum"]))
+    if isinstance(value, str):
+        if len(value) < schema.get("minLength", 0) or len(value) > schema.get("maxLength", 1 << 30):
+            errs.append("%s: length %d outside [%s, %s]" % (where, len(value), schema.get("minLength", 0), schema.get("maxLength")))
+        if "pattern" in schema and not re.search(schema["pattern"], value):
+            errs.append("%s: %r does not match %s" % (where, value, schema["pattern"]))
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < schema.get("minimum", -(1 << 62)) or value > schema.get("maximum", 1 << 62):
+            errs.append("%s: %d outside [%s, %s]" % (where, value, schema.get("minimum"), schema.get("maximum")))
+    if isinstance(value, list):
+        if len(value) < schema.get("minItems", 0) or len(value) > schema.get("maxItems", 1 << 30):
+            errs.append("%s: %d items outside [%s, %s]" % (where, len(value), schema.get("minItems", 0), schema.get("maxItems")))
+        for i, item in enumerate(value):
+            errs += schema_errors(schema.get("items", {}), item, "%s[%d]" % (where, i))
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        for key in schema.get("required", []):
+            if key not in value:
+                errs.append("%s: required field %s missing" % (where, key))
+        extra = schema.get("additionalProperties", True)
+        for key, v in value.items():
+            if key in props:
+                errs += schema_errors(props[key], v, "%s.%s" % (where, key))
+            elif extra is False:
+                errs.append("%s: unknown field %s (the API server would drop it)" % (where, key))
+            elif isinstance(extra, dict):
+                errs += schema_errors(extra, v, "%s.%s" % (where, key))
+    return errs
+
+
+def container_flags(c):
+    """--name=value args of a container -> {name: value}."""
+    out = {}
+    for a in c.get("args", []):
+        if a.startswith("--"):
+            name, _, value = a[2:].partition("=")
+            out[name] = value
+    return out
+
+
+def check_replica_routing(by_kind, templates, files):
+    """Headless gRPC Services and InferencePools (with their endpoint picker and HTTPRoutes)."""
+    errs = []
+    serve = files.get("serve.flags", {})
+    api_templates = [(o, t) for o, t, _, _ in templates
+                     if any((c.get("args") or [None])[0] in ("serve", "coordinator") for c in t["spec"]["containers"])]
+    for name, svc in by_kind.get("Service", {}).items():
+        # A headless Service on the public gRPC port is what round_robin clients resolve: it must list only
+        # replicas that are ready (gRPC health SERVING).
+        grpc_port = any(p.get("targetPort") == "grpc" or p.get("port") == int(serve.get("port", "50051"))
+                        for p in svc["spec"].get("ports", []))
+        if svc["spec"].get("clusterIP") != "None" or not grpc_port or not any(
+                labels_match(svc["spec"].get("selector"), t.get("metadata", {}).get("labels", {})) for _, t in api_templates):
+            continue
+        if svc["spec"].get("publishNotReadyAddresses"):
+            errs.append("Service/%s: a headless API Service must publish only ready replicas" % name)
+    pools = by_kind.get("InferencePool", {})
+    if not pools:
+        return errs
+    with open(os.path.join(SCHEMAS, "inferencepool-v1.json")) as f:
+        schema = json.load(f)
+    with open(os.path.join(REPO, "docs", "METRICS.md")) as f:
+        metrics_doc = f.read()
+    for name, pool in pools.items():
+        what = "InferencePool/%s" % name
+        schema_errs = schema_errors(schema, pool, what)
+        errs += schema_errs
+        if schema_errs:
+            continue
+        spec = pool["spec"]
+        selected = [(o, t) for o, t, _, _ in templates
+                    if labels_match(spec["selector"]["matchLabels"], t.get("metadata", {}).get("labels", {}))]
+        if not selected or any((o, t) not in api_templates for o, t in selected):
+            errs.append("%s: the selector must pick exactly pods that run a coordinator, picks %s" % (what, [o for o, _ in selected]))
+        port = spec["targetPorts"][0]["number"]
+        if str(port) != serve.get("http_port"):
+            errs.append("%s: targetPorts %d but serve.flags --http_port=%s" % (what, port, serve.get("http_port")))
+        for owner, t in selected:
+            if port not in [p["containerPort"] for c in t["spec"]["containers"] for p in c.get("ports", [])]:
+                errs.append("%s: %s does not expose the pool's target port %d" % (what, owner, port))
+        ref = spec["endpointPickerRef"]
+        epp_svc = by_kind.get("Service", {}).get(ref["name"])
+        if ref.get("kind", "Service") != "Service" or epp_svc is None:
+            errs.append("%s: endpointPickerRef %s is not a rendered Service" % (what, ref["name"]))
+            continue
+        ref_port = ref.get("port", {}).get("number", 9002)
+        svc_port = next((p for p in epp_svc["spec"]["ports"] if p["port"] == ref_port), None)
+        if svc_port is None:
+            errs.append("%s: Service/%s has no port %d" % (what, ref["name"], ref_port))
+            continue
+        epps = [t for _, t, _, _ in templates if labels_match(epp_svc["spec"]["selector"], t.get("metadata", {}).get("labels", {}))]
+        if len(epps) != 1:
+            errs.append("%s: Service/%s must select one endpoint picker Deployment, selects %d" % (what, ref["name"], len(epps)))
+            continue
+        c = epps[0]["spec"]["containers"][0]
+        flags = container_flags(c)
+        ports = {p.get("name"): p["containerPort"] for p in c.get("ports", [])}
+        tgt = svc_port.get("targetPort", ref_port)
+        if str(ports.get(tgt, tgt)) != flags.get("grpc-port", "9002"):
+            errs.append("%s: picker Service targets %s but the picker listens on --grpc-port=%s" % (what, tgt, flags.get("grpc-port")))
+        if flags.get("pool-name") != name:
+            errs.append("%s: the picker watches --pool-name=%s" % (what, flags.get("pool-name")))
+        for flag, metric in EPP_METRIC_FLAGS.items():
+            if flags.get(flag) != metric:
+                errs.append("%s: picker --%s=%s, tpserve exports %s" % (what, flag, flags.get(flag), metric))
+            if "`%s`" % metric not in metrics_doc:
+                errs.append("%s: %s is not a metric in docs/METRICS.md" % (what, metric))
+        if flags.get("model-server-metrics-port") != serve.get("metrics_port", "9090"):
+            errs.append("%s: picker scrapes port %s, tpserve --metrics_port=%s" % (
+                what, flags.get("model-server-metrics-port"), serve.get("metrics_port", "9090")))
+        sa = epps[0]["spec"].get("serviceAccountName", "default")
+        rules = [r for rb in by_kind.get("RoleBinding", {}).values()
+                 if any(s.get("kind") == "ServiceAccount" and s.get("name") == sa for s in rb.get("subjects", []))
+                 for r in by_kind.get("Role", {}).get(rb["roleRef"]["name"], {}).get("rules", [])]
+        for group, resource in (("inference.networking.k8s.io", "inferencepools"), ("", "pods")):
+            if not any(group in r.get("apiGroups", []) and resource in r.get("resources", []) and
+                       {"get", "list", "watch"} <= set(r.get("verbs", [])) for r in rules):
+                errs.append("%s: the picker's ServiceAccount %s may not watch %s" % (what, sa, resource))
+        routed = [r for r in by_kind.get("HTTPRoute", {}).values()
+                  for rule in r["spec"].get("rules", []) for b in rule.get("backendRefs", [])
+                  if b.get("kind") == "InferencePool" and b.get("name") == name and b.get("group") == "inference.networking.k8s.io"]
+        if not routed:
+            errs.append("%s: no HTTPRoute sends traffic to it" % what)
     return errs
 
 
@@ -302,34 +444,74 @@ def mutations(objs):
             return o["spec"]["leaderWorkerTemplate"]["leaderTemplate"]["spec"]["containers"]
         return o["spec"]["template"]["spec"]["containers"]
 
+    def tpserve_workload(m, kind):
+        return next((o for o in m if o["kind"] == kind and any(
+            (c.get("args") or [None])[0] in ("serve", "coordinator", "worker") for c in containers(o))), None)
+
     out = []
     for kind in ("Deployment", "LeaderWorkerSet", "StatefulSet"):
-        if first(kind) is None:
+        if tpserve_workload(objs, kind) is None:
             continue
         m = copy.deepcopy(objs)
-        w = next(o for o in m if o["kind"] == kind)
+        w = tpserve_workload(m, kind)
         api = next((c for c in containers(w) if c.get("ports")), None)
         if api is not None:
             api["ports"][0]["containerPort"] += 1
             out.append(("container port off by one", m))
             m = copy.deepcopy(objs)
-            w = next(o for o in m if o["kind"] == kind)
+            w = tpserve_workload(m, kind)
             api = next(c for c in containers(w) if c.get("ports"))
             api["readinessProbe"] = {"httpGet": {"path": "/healthz", "port": "metrics"}}
             out.append(("readiness on a made-up path", m))
         m = copy.deepcopy(objs)
-        w = next(o for o in m if o["kind"] == kind)
+        w = tpserve_workload(m, kind)
         c = next((c for c in containers(w) if c.get("resources", {}).get("limits", {}).get("nvidia.com/gpu")), None)
         if c is None:
             continue  # CPU layouts: neither the GPU count nor --tp is tied to a resource
         c["resources"]["limits"]["nvidia.com/gpu"] = c["resources"]["requests"]["nvidia.com/gpu"] = 7
         out.append(("GPU count != ranks", m))
         m = copy.deepcopy(objs)
-        cm = next(o for o in m if o["kind"] == "ConfigMap")
+        cm = next(o for o in m if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("tpserve-flags"))
         for key in ("serve.flags", "coordinator.flags"):
             if key in cm["data"]:
                 cm["data"][key] += "\n--tp=3\n"
         out.append(("--tp changed without the topology", m))
+    headless = next((o for o in objs if o["kind"] == "Service" and o["spec"].get("clusterIP") == "None" and
+                     any(p.get("targetPort") == "grpc" for p in o["spec"].get("ports", []))), None)
+    if headless is not None:
+        m = copy.deepcopy(objs)
+        next(o for o in m if o["metadata"]["name"] == headless["metadata"]["name"] and o["kind"] == "Service")[
+            "spec"]["publishNotReadyAddresses"] = True
+        out.append(("headless gRPC Service lists replicas that are not ready", m))
+    if first("InferencePool") is not None:
+        def broken(what, edit):
+            m = copy.deepcopy(objs)
+            edit(m)
+            out.append((what, m))
+
+        def pool(m):
+            return next(o for o in m if o["kind"] == "InferencePool")
+
+        def epp_args(m):
+            return next(c for o in m if o["kind"] == "Deployment" for c in containers(o)
+                        if any(a.startswith("--pool-name") for a in c.get("args", [])))["args"]
+
+        def replace_arg(m, prefix, value):
+            args = epp_args(m)
+            args[:] = [value if a.startswith(prefix) else a for a in args]
+
+        broken("picker reads vLLM's queue metric", lambda m: replace_arg(
+            m, "--total-queued-requests-metric", "--total-queued-requests-metric=vllm:num_requests_waiting"))
+        broken("picker reads no KV metric", lambda m: replace_arg(m, "--kv-cache-usage-percentage-metric", "--v=2"))
+        broken("picker scrapes the HTTP port", lambda m: replace_arg(
+            m, "--model-server-metrics-port", "--model-server-metrics-port=8000"))
+        broken("picker watches another pool", lambda m: replace_arg(m, "--pool-name", "--pool-name=other"))
+        broken("pool targets the gRPC port", lambda m: pool(m)["spec"]["targetPorts"][0].update(number=50051))
+        broken("pool selects nothing", lambda m: pool(m)["spec"]["selector"]["matchLabels"].update(
+            {"app.kubernetes.io/component": "nope"}))
+        broken("pool field misspelt (CRD schema)", lambda m: pool(m)["spec"].update(
+            endpointPickerRef={"name": "tpserve-epp", "portNumber": 9002}))
+        broken("no HTTPRoute to the pool", lambda m: m.remove(next(o for o in m if o["kind"] == "HTTPRoute")))
     return out
 
 
@@ -338,16 +520,18 @@ def validate_schemas(objs, validator_dir, install):
     if not node:
         return None, "node is missing"
     nm = os.path.join(validator_dir, "node_modules")
-    if not os.path.isdir(os.path.join(nm, "kubernetes-models")) and install and shutil.which("npm"):
+    packages = ("kubernetes-models", "@kubernetes-models/prometheus-operator", "@kubernetes-models/gateway-api")
+    if not all(os.path.isdir(os.path.join(nm, p)) for p in packages) and install and shutil.which("npm"):
         os.makedirs(validator_dir, exist_ok=True)
         try:
             subprocess.run(["npm", "install", "--prefix", validator_dir, "--no-audit", "--no-fund", "--silent",
-                            "kubernetes-models@5.1.0", "@kubernetes-models/prometheus-operator@6.0.0"],
+                            "kubernetes-models@5.1.0", "@kubernetes-models/prometheus-operator@6.0.0",
+                            "@kubernetes-models/gateway-api@2.0.0"],
                            capture_output=True, text=True, timeout=180)
         except subprocess.TimeoutExpired:
             pass
-    if not os.path.isdir(os.path.join(nm, "kubernetes-models")):
-        return None, "npm packages kubernetes-models could not be installed into %s" % validator_dir
+    if not all(os.path.isdir(os.path.join(nm, p)) for p in packages):
+        return None, "npm packages %s could not be installed into %s" % (", ".join(packages), validator_dir)
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "validate_schemas.mjs")
     out = subprocess.run([node, script, nm], input=json.dumps(objs), capture_output=True, text=True, timeout=120)
     return out.returncode == 0, (out.stdout + out.stderr).strip()

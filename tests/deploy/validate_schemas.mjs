@@ -1,6 +1,8 @@
 // Validates Kubernetes objects (a JSON array on stdin) against the OpenAPI schemas that the npm packages
-// kubernetes-models and @kubernetes-models/prometheus-operator ship. argv[2]: their node_modules folder.
-// LeaderWorkerSet has no published model: its leader/worker templates are validated as PodTemplateSpec.
+// kubernetes-models, @kubernetes-models/prometheus-operator and @kubernetes-models/gateway-api ship. argv[2]:
+// their node_modules folder. LeaderWorkerSet has no published model: its leader/worker templates are validated
+// as PodTemplateSpec. InferencePool (Gateway API Inference Extension) has none either: check_manifests.py
+// validates it against the CRD schema in tests/deploy/schemas/, so it is skipped here.
 // Prints one line per problem; exits 1 if any.
 import { readFileSync, existsSync } from "node:fs";
 import { join } from "node:path";
@@ -13,6 +15,9 @@ function modelFile(apiVersion, kind) {
   const [group, version] = apiVersion.includes("/") ? apiVersion.split("/") : ["", apiVersion];
   if (group === "monitoring.coreos.com") {
     return join(nm, "@kubernetes-models/prometheus-operator", group, version, kind + ".js");
+  }
+  if (group === "gateway.networking.k8s.io") {
+    return join(nm, "@kubernetes-models/gateway-api", group, version, kind + ".js");
   }
   return join(nm, "kubernetes-models", group, version, kind + ".js");
 }
@@ -32,6 +37,7 @@ const problems = [];
 let checked = 0;
 for (const o of objects) {
   const what = `${o.kind}/${o.metadata?.name}`;
+  if (o.apiVersion?.startsWith("inference.networking.k8s.io/")) continue;
   if (o.kind === "LeaderWorkerSet") {
     const t = o.spec?.leaderWorkerTemplate ?? {};
     for (const key of ["leaderTemplate", "workerTemplate"]) {
