@@ -31,7 +31,7 @@ namespace tpserve::coordinator {
 
 struct Refusal {
   std::string reason;   // no_client_certificate | untrusted_certificate | no_token | wrong_token |
-                        // bad_store_mac | unexpected_message
+                        // unanswered_challenge | bad_store_mac | unexpected_message
   std::string message;
 };
 

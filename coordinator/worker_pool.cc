@@ -317,6 +317,11 @@ void WorkerPool::OnDisconnect(WorkerConnection* conn) {
   {
     absl::MutexLock lock(&mu_);
     if (auth_ != nullptr) auth_->CloseSession(conn->session_id);  // its store MACs stop working with it
+    if (conn->auth == WorkerConnection::Auth::kChallenged) {
+      // Our tpserve worker hangs up here when the coordinator's proof fails, i.e. its token differs.
+      ReportRefusal(conn->peer(), Refusal{"unanswered_challenge",
+                                          "closed the stream without answering the cluster-token challenge"});
+    }
     int rank = conn->rank;
     if (rank < 0 || rank >= static_cast<int>(slots_.size()) || slots_[rank].conn != conn) return;
     Slot& slot = slots_[rank];

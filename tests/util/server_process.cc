@@ -38,17 +38,17 @@ absl::Status ServerProcess::Start() {
   log_path_ = dir_ + "/server.log";
   const std::string port_file = dir_ + "/ports.json";
   std::vector<std::string> args = {BinDir() + "/tpserve",
-                                   "serve",
+                                   options_.command,
                                    "--model=" + options_.model_dir,
                                    "--tp=" + std::to_string(options_.tp),
                                    "--host=127.0.0.1",
                                    "--port=0",
                                    "--metrics_host=127.0.0.1",
                                    "--metrics_port=0",
-                                   "--worker_host=127.0.0.1",
                                    "--worker_port=0",
                                    "--port_file=" + port_file,
                                    "--kv_cache_memory=64MiB"};
+  if (!options_.default_worker_host) args.push_back("--worker_host=127.0.0.1");
   for (const auto& f : options_.extra_flags) args.push_back(f);
   pid_t parent = getpid();
   pid_ = fork();
@@ -84,6 +84,7 @@ absl::Status ServerProcess::Start() {
     if (absl::Now() > deadline) return absl::DeadlineExceededError("no port file:\n" + ReadLog());
     absl::SleepFor(absl::Milliseconds(20));
   }
+  if (!options_.wait_for_serving) return absl::OkStatus();
   // 2. Health SERVING.
   while (HealthStatus() != "SERVING") {
     if (PollExit() >= 0) return absl::InternalError("server exited during startup:\n" + ReadLog());
@@ -206,6 +207,40 @@ std::vector<pid_t> ServerProcess::ChildPids() const {
   }
   closedir(d);
   return out;
+}
+
+pid_t SpawnLogged(const std::vector<std::string>& args, const std::string& log_path) {
+  pid_t parent = getpid();
+  pid_t pid = fork();
+  if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(1);
+    int fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    dup2(fd, 1);
+    dup2(fd, 2);
+    std::vector<char*> argv;
+    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  return pid;
+}
+
+int WaitExit(pid_t pid, absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (true) {
+    int status = 0;
+    if (waitpid(pid, &status, WNOHANG) == pid) {
+      return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    }
+    if (absl::Now() > deadline) {
+      kill(pid, SIGKILL);
+      waitpid(pid, &status, 0);
+      return -1;
+    }
+    absl::SleepFor(absl::Milliseconds(20));
+  }
 }
 
 tpserve::v1::GenerateRequest GreedyRequest(const std::string& prompt, int max_new_tokens) {
