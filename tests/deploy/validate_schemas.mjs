@@ -1,5 +1,6 @@
 // Validates Kubernetes objects (a JSON array on stdin) against the OpenAPI schemas that the npm packages
-// kubernetes-models and @kubernetes-models/prometheus-operator ship. argv[2]: their node_modules folder.
+// kubernetes-models, @kubernetes-models/prometheus-operator and @kubernetes-models/cert-manager ship.
+// argv[2]: their node_modules folder.
 // LeaderWorkerSet has no published model: its leader/worker templates are validated as PodTemplateSpec.
 // Prints one line per problem; exits 1 if any.
 import { readFileSync, existsSync } from "node:fs";
@@ -13,6 +14,9 @@ function modelFile(apiVersion, kind) {
   const [group, version] = apiVersion.includes("/") ? apiVersion.split("/") : ["", apiVersion];
   if (group === "monitoring.coreos.com") {
     return join(nm, "@kubernetes-models/prometheus-operator", group, version, kind + ".js");
+  }
+  if (group === "cert-manager.io") {
+    return join(nm, "@kubernetes-models/cert-manager", group, version, kind + ".js");
   }
   return join(nm, "kubernetes-models", group, version, kind + ".js");
 }
