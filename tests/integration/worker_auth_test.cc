@@ -347,6 +347,12 @@ TEST(WorkerPlaneExposureTest, ServeWithDefaultsListensOnlyOnLoopbackAndRefusesAW
   ScopedTempDir dir("serve-rogue");
   EXPECT_NE(RunRogue(server, dir.path, {}), 0);
   EXPECT_EQ(Refused(server, "no_token"), 1) << server.ReadLog();
+  // A worker with some other token hangs up on serve's proof: it will not serve a coordinator that cannot
+  // prove it holds the worker's token.
+  EXPECT_NE(RunRogue(server, dir.path, {"--cluster_token_file=" + WriteFile(dir.path + "/other", RandomHex(32))}), 0);
+  EXPECT_NE(ReadFileOrDie(dir.path + "/rogue.log").find("could not prove it holds the cluster token"), std::string::npos)
+      << ReadFileOrDie(dir.path + "/rogue.log");
+  EXPECT_EQ(Refused(server, "unanswered_challenge"), 1) << server.ReadLog();
   EXPECT_EQ(Count(server.ReadLog(), "registered from"), 2);
   EXPECT_EQ(server.HealthStatus(), "SERVING");
   EXPECT_EQ(server.Stop(), 0);
