@@ -293,7 +293,11 @@ absl::Status Worker::Session(const std::shared_ptr<wv1::WorkerControl::Stub>& st
   const std::string worker_nonce = options_.cluster_token.empty() ? "" : cluster_auth::RandomNonce();
   h->set_auth_nonce(worker_nonce);
   if (!stream->Write(hello)) {
-    stream->Finish();
+    grpc::Status s = stream->Finish();
+    // A coordinator that refuses this worker's certificate ends the call at once, before Hello is written.
+    if (s.error_code() == grpc::StatusCode::UNAUTHENTICATED) {
+      return absl::UnauthenticatedError(absl::StrCat("the coordinator refused this worker: ", s.error_message()));
+    }
     return absl::UnavailableError("coordinator not reachable");
   }
   // A reader thread keeps a Read pending on the stream at all times. With the synchronous API the transport

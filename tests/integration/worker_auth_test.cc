@@ -48,31 +48,13 @@ namespace wv1 = tpserve::worker::v1;
 const char* kPrompts[] = {"Once upon a time", "Lily and Tom", "The big dog", "One day, a little bird"};
 constexpr int kRequests = 4;
 
-struct Outcome {
-  grpc::Status status;
-  std::vector<int32_t> ids;
-};
+using Outcome = StreamOutcome;
 
 // kRequests streaming greedy requests at once; *seen counts the tokens received so far.
 std::vector<Outcome> RunRequests(const ServerProcess& server, std::atomic<int>* seen) {
-  auto stub = server.NewStub();
-  std::vector<Outcome> out(kRequests);
-  std::vector<std::thread> threads;
-  for (int i = 0; i < kRequests; ++i) {
-    threads.emplace_back([&, i] {
-      grpc::ClientContext ctx;
-      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(300));
-      auto reader = stub->GenerateStream(&ctx, GreedyRequest(kPrompts[i], 60 + 10 * i));
-      v1::GenerateStreamResponse msg;
-      while (reader->Read(&msg)) {
-        out[i].ids.insert(out[i].ids.end(), msg.token_ids().begin(), msg.token_ids().end());
-        if (seen) *seen += msg.token_ids_size();
-      }
-      out[i].status = reader->Finish();
-    });
-  }
-  for (auto& t : threads) t.join();
-  return out;
+  std::vector<std::pair<std::string, int>> requests;
+  for (int i = 0; i < kRequests; ++i) requests.emplace_back(kPrompts[i], 60 + 10 * i);
+  return RunGreedyStreams(server, requests, seen, absl::Seconds(300));
 }
 
 std::string RandomHex(int bytes) {

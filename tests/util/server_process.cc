@@ -14,6 +14,7 @@
 #include <cmath>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -241,6 +242,30 @@ int WaitExit(pid_t pid, absl::Duration timeout) {
     }
     absl::SleepFor(absl::Milliseconds(20));
   }
+}
+
+std::vector<StreamOutcome> RunGreedyStreams(const ServerProcess& server,
+                                            const std::vector<std::pair<std::string, int>>& requests,
+                                            std::atomic<int>* seen, absl::Duration deadline) {
+  auto stub = server.NewStub();
+  std::vector<StreamOutcome> out(requests.size());
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < requests.size(); ++i) {
+    threads.emplace_back([&, i] {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() +
+                       std::chrono::milliseconds(absl::ToInt64Milliseconds(deadline)));
+      auto reader = stub->GenerateStream(&ctx, GreedyRequest(requests[i].first, requests[i].second));
+      tpserve::v1::GenerateStreamResponse msg;
+      while (reader->Read(&msg)) {
+        out[i].ids.insert(out[i].ids.end(), msg.token_ids().begin(), msg.token_ids().end());
+        if (seen) *seen += msg.token_ids_size();
+      }
+      out[i].status = reader->Finish();
+    });
+  }
+  for (auto& t : threads) t.join();
+  return out;
 }
 
 tpserve::v1::GenerateRequest GreedyRequest(const std::string& prompt, int max_new_tokens) {

@@ -5,8 +5,10 @@
 
 #include <sys/types.h>
 
+#include <atomic>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -77,6 +79,17 @@ class ServerProcess {
 pid_t SpawnLogged(const std::vector<std::string>& args, const std::string& log_path);
 // Waits for `pid` to exit; returns its exit code (128 + signal when killed), or -1 after killing it at `timeout`.
 int WaitExit(pid_t pid, absl::Duration timeout);
+
+// One streamed request's end status and the token ids it received.
+struct StreamOutcome {
+  grpc::Status status;
+  std::vector<int32_t> ids;
+};
+// Streams one greedy request per (prompt, max_new_tokens) at once and waits for all; *seen (may be null) counts
+// the tokens received so far, for a test that injects a fault mid-way.
+std::vector<StreamOutcome> RunGreedyStreams(const ServerProcess& server,
+                                            const std::vector<std::pair<std::string, int>>& requests,
+                                            std::atomic<int>* seen, absl::Duration deadline = absl::Seconds(120));
 
 // A greedy request: prompt text, ignore_eos, exactly max_new_tokens new tokens.
 tpserve::v1::GenerateRequest GreedyRequest(const std::string& prompt, int max_new_tokens);
