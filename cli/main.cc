@@ -25,11 +25,11 @@ struct Command {
 };
 
 const Command kCommands[] = {
-    {"serve", "server_flags,serve_command,device_flags,auth_flags", "start the coordinator and --tp local workers; serve the public API",
+    {"serve", "server_flags,serve_command,device_flags,auth_flags,cluster_flags", "start the coordinator and --tp local workers; serve the public API",
      tpserve::cli::ServeCommand},
-    {"coordinator", "server_flags,device_flags,auth_flags", "start only the coordinator; workers register with `tpserve worker`",
+    {"coordinator", "server_flags,device_flags,auth_flags,cluster_flags", "start only the coordinator; workers register with `tpserve worker`",
      tpserve::cli::CoordinatorCommand},
-    {"worker", "worker_command,device_flags", "start one tensor-parallel worker that registers with a coordinator",
+    {"worker", "worker_command,device_flags,cluster_flags", "start one tensor-parallel worker that registers with a coordinator",
      tpserve::cli::WorkerCommand},
     {"generate", "client_commands,output_flags,auth_flags", "send one generation request to a server and print the result",
      tpserve::cli::GenerateCommand},

@@ -1,11 +1,15 @@
 // `tpserve serve`: the coordinator plus --tp local worker processes (this binary's `worker` command), which it
 // supervises: a worker that dies is restarted (--restart-workers) and the group re-forms; SIGTERM drains.
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <thread>
 #include <vector>
 
@@ -15,6 +19,7 @@
 #include "cli/commands.h"
 #include "cli/server_flags.h"
 #include "cli/shared_flags.h"
+#include "common/cluster_auth.h"
 #include "common/log.h"
 
 ABSL_FLAG(bool, restart_workers, true, "serve: restart a worker process that dies (the group re-forms)");
@@ -26,7 +31,7 @@ namespace {
 class WorkerSupervisor {
  public:
   WorkerSupervisor(int world_size, std::string coordinator, std::string device, int threads, std::string isa,
-                   std::string dump_dir, bool restart)
+                   std::string dump_dir, bool restart, std::string token_file)
       : world_size_(world_size),
         coordinator_(std::move(coordinator)),
         device_(std::move(device)),
@@ -34,6 +39,7 @@ class WorkerSupervisor {
         isa_(std::move(isa)),
         dump_dir_(std::move(dump_dir)),
         restart_(restart),
+        token_file_(std::move(token_file)),
         pids_(world_size, -1) {}
 
   absl::Status Start() {
@@ -84,6 +90,7 @@ class WorkerSupervisor {
                                      absl::StrCat("--cpu_isa=", isa_),
                                      "--comm_host=127.0.0.1"};
     if (!dump_dir_.empty() && rank == 0) args.push_back(absl::StrCat("--dump_dir=", dump_dir_));
+    args.push_back(absl::StrCat("--cluster_token_file=", token_file_));
     for (const char* f : {"cluster_ca", "cluster_cert", "cluster_key"}) {
       std::string v = f == std::string("cluster_ca")     ? absl::GetFlag(FLAGS_cluster_ca)
                       : f == std::string("cluster_cert") ? absl::GetFlag(FLAGS_cluster_cert)
@@ -102,6 +109,9 @@ class WorkerSupervisor {
       // group, and the launcher drains and then shuts the workers down in order. Workers killed by the same
       // signal would leave the in-flight requests nothing to finish on.
       setpgid(0, 0);
+      // NCCL's bootstrap and proxy sockets bind the interface NCCL_SOCKET_IFNAME names (else the first
+      // non-loopback one): keep them on loopback like everything else a local worker listens on.
+      setenv("NCCL_SOCKET_IFNAME", "lo", /*overwrite=*/0);
       sigset_t none;
       sigemptyset(&none);
       pthread_sigmask(SIG_SETMASK, &none, nullptr);
@@ -174,10 +184,45 @@ class WorkerSupervisor {
   const std::string isa_;
   const std::string dump_dir_;
   const bool restart_;
+  const std::string token_file_;  // --cluster-token-file every worker gets
   absl::Mutex mu_;
   std::vector<pid_t> pids_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::thread reaper_;
+};
+
+// A fresh cluster token for this run's own workers, in a private directory (0700, file 0600): on one machine
+// the worker plane is on loopback, and the token also keeps other local processes from taking a rank.
+class EphemeralClusterToken {
+ public:
+  absl::StatusOr<std::string> Create() {
+    const char* tmp = std::getenv("TMPDIR");
+    std::string tmpl = std::string(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp") + "/tpserve-cluster-XXXXXX";
+    if (mkdtemp(tmpl.data()) == nullptr) {
+      return absl::InternalError(absl::StrCat("cannot create a private directory for the cluster token under ",
+                                              tmpl, ": ", std::strerror(errno)));
+    }
+    dir_ = tmpl;
+    path_ = dir_ + "/cluster-token";
+    token_ = cluster_auth::ToHex(cluster_auth::RandomNonce());
+    int fd = open(path_.c_str(), O_WRONLY | O_CREAT | O_EXCL, 0600);
+    if (fd < 0 || write(fd, token_.data(), token_.size()) != static_cast<ssize_t>(token_.size())) {
+      if (fd >= 0) close(fd);
+      return absl::InternalError(absl::StrCat("cannot write ", path_, ": ", std::strerror(errno)));
+    }
+    close(fd);
+    return token_;
+  }
+  ~EphemeralClusterToken() {
+    if (!path_.empty()) unlink(path_.c_str());
+    if (!dir_.empty()) rmdir(dir_.c_str());
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string dir_;
+  std::string path_;
+  std::string token_;
 };
 
 }  // namespace
@@ -207,15 +252,27 @@ int ServeCommand() {
   int threads = absl::GetFlag(FLAGS_threads);
   if (threads <= 0) threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / tp);
   o->group.threads = threads;
-  // Local workers talk to the coordinator over loopback.
+  // Local workers talk to the coordinator over loopback, and prove they are this run's own (a cluster token:
+  // the one given, else a fresh one), so no other process can take a rank even on this machine.
   if (o->worker_host == "0.0.0.0") o->worker_host = "127.0.0.1";
+  EphemeralClusterToken ephemeral;
+  std::string token_file = absl::GetFlag(FLAGS_cluster_token_file);
+  if (token_file.empty()) {
+    auto token = ephemeral.Create();
+    if (!token.ok()) {
+      std::fprintf(stderr, "tpserve serve: %s\n", std::string(token.status().message()).c_str());
+      return 1;
+    }
+    o->cluster_token = *token;
+    token_file = ephemeral.path();
+  }
 
   std::unique_ptr<WorkerSupervisor> supervisor;
   CoordinatorHooks hooks;
   hooks.on_started = [&](coordinator::CoordinatorServer& server) -> absl::Status {
     supervisor = std::make_unique<WorkerSupervisor>(
         tp, absl::StrCat("127.0.0.1:", server.worker_port()), device, threads, absl::GetFlag(FLAGS_cpu_isa),
-        absl::GetFlag(FLAGS_worker_dump_dir), absl::GetFlag(FLAGS_restart_workers));
+        absl::GetFlag(FLAGS_worker_dump_dir), absl::GetFlag(FLAGS_restart_workers), token_file);
     return supervisor->Start();
   };
   hooks.on_exit = [&] {

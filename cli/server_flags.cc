@@ -14,6 +14,7 @@
 #include "absl/strings/numbers.h"
 #include <cstring>
 #include "absl/strings/str_cat.h"
+#include "common/cluster_auth.h"
 #include "common/credentials.h"
 #include "common/log.h"
 #include "cli/shared_flags.h"
@@ -60,6 +61,10 @@ ABSL_FLAG(int, max_concurrent_streams, 100, "concurrent RPCs allowed per client 
 ABSL_FLAG(std::string, chat_template, "",
           "render chat with this template instead of the model's own chat_template: tulu, llama-2-chat, vicuna, "
           "zephyr or chatml (empty = the model's; Tulu when the model has none; see docs/API.md)");
+ABSL_FLAG(bool, insecure_worker_plane, false,
+          "coordinator: allow the worker plane on a non-loopback --worker-host with neither --cluster-token-file nor "
+          "--cluster-ca/--cluster-cert/--cluster-key (any process that reaches the port could take a rank); "
+          "logged as a warning and exported as tpserve:worker_plane_info{insecure=\"true\"}");
 
 namespace tpserve::cli {
 
@@ -138,6 +143,12 @@ absl::StatusOr<coordinator::CoordinatorOptions> CoordinatorOptionsFromFlags() {
   o.chat_template = absl::GetFlag(FLAGS_chat_template);  // checked with the model's template at startup
   o.api_tls = {absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key), absl::GetFlag(FLAGS_tls_client_ca)};
   o.cluster_tls = {absl::GetFlag(FLAGS_cluster_cert), absl::GetFlag(FLAGS_cluster_key), absl::GetFlag(FLAGS_cluster_ca)};
+  if (!absl::GetFlag(FLAGS_cluster_token_file).empty()) {
+    auto token = cluster_auth::ReadClusterToken(absl::GetFlag(FLAGS_cluster_token_file));
+    if (!token.ok()) return token.status();
+    o.cluster_token = *token;
+  }
+  o.insecure_worker_plane = absl::GetFlag(FLAGS_insecure_worker_plane);
   if (!absl::GetFlag(FLAGS_api_key_file).empty()) {
     auto key = ReadSmallFile(absl::GetFlag(FLAGS_api_key_file), "--api-key-file");
     if (!key.ok()) return key.status();

@@ -16,3 +16,4 @@ ABSL_DECLARE_FLAG(std::string, api_key_file);
 ABSL_DECLARE_FLAG(std::string, cluster_ca);
 ABSL_DECLARE_FLAG(std::string, cluster_cert);
 ABSL_DECLARE_FLAG(std::string, cluster_key);
+ABSL_DECLARE_FLAG(std::string, cluster_token_file);

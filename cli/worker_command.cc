@@ -4,6 +4,7 @@
 #include "absl/flags/flag.h"
 #include "cli/commands.h"
 #include "cli/shared_flags.h"
+#include "common/cluster_auth.h"
 #include "common/log.h"
 #include "worker/worker_service.h"
 
@@ -13,6 +14,9 @@ ABSL_FLAG(int, world_size, 1, "tensor-parallel degree of the group");
 ABSL_FLAG(std::string, comm_host, "", "address peers use to reach this worker for Gloo (default: hostname)");
 ABSL_FLAG(std::string, dump_dir, "", "debug: rank 0 writes each step's logits (float32) into this directory");
 ABSL_FLAG(int, connect_timeout, 300, "seconds to keep trying to reach the coordinator before exiting");
+ABSL_FLAG(std::string, cluster_server_name, "",
+          "mutual TLS: the name the coordinator's certificate must carry (default: the host of --coordinator); the "
+          "Kubernetes manifests use one cluster certificate named tpserve-coordinator");
 
 namespace tpserve::cli {
 
@@ -28,6 +32,15 @@ int WorkerCommand() {
   o.dump_dir = absl::GetFlag(FLAGS_dump_dir);
   o.connect_timeout = absl::Seconds(absl::GetFlag(FLAGS_connect_timeout));
   o.cluster_tls = {absl::GetFlag(FLAGS_cluster_cert), absl::GetFlag(FLAGS_cluster_key), absl::GetFlag(FLAGS_cluster_ca)};
+  o.cluster_server_name = absl::GetFlag(FLAGS_cluster_server_name);
+  if (!absl::GetFlag(FLAGS_cluster_token_file).empty()) {
+    auto token = cluster_auth::ReadClusterToken(absl::GetFlag(FLAGS_cluster_token_file));
+    if (!token.ok()) {
+      std::fprintf(stderr, "tpserve worker: %s\n", std::string(token.status().message()).c_str());
+      return 2;
+    }
+    o.cluster_token = *token;
+  }
   std::atomic<bool> stop{false};
   absl::Status s = worker::RunWorker(o, &stop);
   if (!s.ok()) {

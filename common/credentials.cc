@@ -22,8 +22,10 @@ absl::StatusOr<std::string> ReadSmallFile(const std::string& path, const std::st
   return s;
 }
 
-absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(const TlsFiles& files,
-                                                                               bool require_client_cert) {
+namespace {
+
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentialsWith(
+    const TlsFiles& files, bool require_client_cert, grpc_ssl_client_certificate_request_type request) {
   if (!files.enabled()) return grpc::InsecureServerCredentials();
   if (files.cert.empty() || files.key.empty()) {
     return absl::InvalidArgumentError("TLS needs both a certificate and a private key file");
@@ -31,9 +33,7 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(c
   if (require_client_cert && files.ca.empty()) {
     return absl::InvalidArgumentError("mutual TLS needs the CA file that signs client certificates");
   }
-  grpc::SslServerCredentialsOptions opts(require_client_cert
-                                             ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
-                                             : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+  grpc::SslServerCredentialsOptions opts(request);
   grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
   auto cert = ReadSmallFile(files.cert, "TLS certificate");
   if (!cert.ok()) return cert.status();
@@ -48,6 +48,20 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(c
     opts.pem_root_certs = *ca;
   }
   return grpc::SslServerCredentials(opts);
+}
+
+}  // namespace
+
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(const TlsFiles& files,
+                                                                               bool require_client_cert) {
+  return ServerCredentialsWith(files, require_client_cert,
+                               require_client_cert ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
+                                                   : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+}
+
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeClusterServerCredentials(const TlsFiles& files) {
+  return ServerCredentialsWith(files, /*require_client_cert=*/true,
+                               GRPC_SSL_REQUEST_CLIENT_CERTIFICATE_BUT_DONT_VERIFY);
 }
 
 absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> MakeChannelCredentials(const TlsFiles& files) {

@@ -21,6 +21,11 @@ struct TlsFiles {
 // Server side. With require_client_cert, clients must present a certificate signed by `ca` (mTLS).
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(const TlsFiles& files,
                                                                                bool require_client_cert);
+// Server side of the worker control plane with mutual TLS: TLS requests a client certificate (and the proof
+// that the peer holds its key) but leaves the chain check to the application (coordinator/worker_auth.h),
+// which refuses every call whose certificate is missing or does not chain to files.ca, and logs and counts
+// the refusal with the peer address (a handshake-level refusal would be invisible to both).
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeClusterServerCredentials(const TlsFiles& files);
 // Client side: verifies the server against `ca` (system roots when empty) and presents cert/key when set.
 absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> MakeChannelCredentials(const TlsFiles& files);
 

@@ -65,7 +65,36 @@ absl::Status CoordinatorServer::Start() {
   options_.group.model_path = options_.model_dir;
 
   metrics_ = std::make_unique<Metrics>(options_.model_name, options_.group.world_size);
-  pool_ = std::make_unique<WorkerPool>(options_.group);
+  // Who may join the tensor-parallel group (coordinator/worker_auth.h): refused before any port opens when
+  // the worker plane would admit anyone on a network address.
+  const bool worker_auth = options_.cluster_tls.enabled() || !options_.cluster_token.empty();
+  if (absl::Status s = CheckWorkerPlaneExposure(options_.worker_host, worker_auth, options_.insecure_worker_plane);
+      !s.ok()) {
+    return s;
+  }
+  std::shared_ptr<WorkerAuthenticator> auth;
+  {
+    WorkerAuthOptions ao;
+    ao.token = options_.cluster_token;
+    if (options_.cluster_tls.enabled() && !options_.cluster_tls.ca.empty()) {
+      auto ca = ReadSmallFile(options_.cluster_tls.ca, "--cluster-ca");
+      if (!ca.ok()) return ca.status();
+      ao.cluster_ca_pem = *ca;
+    }
+    auto a = WorkerAuthenticator::Create(ao);
+    if (!a.ok()) return a.status();
+    auth = std::move(*a);
+  }
+  const bool loopback = IsLoopbackHost(options_.worker_host);
+  const bool insecure = !worker_auth && !loopback;
+  metrics_->SetWorkerPlane(auth->mode(), loopback ? "loopback" : "network", insecure);
+  if (insecure) {
+    TP_LOG(WARNING) << "INSECURE: --insecure-worker-plane: the worker plane on " << options_.worker_host
+                    << " admits any process that reaches it as a tensor-parallel rank (it would see every prompt "
+                       "and choose every token). Use --cluster-token-file or --cluster-ca/--cluster-cert/--cluster-key";
+  }
+  pool_ = std::make_unique<WorkerPool>(options_.group, auth->mode() == "none" ? nullptr : auth);
+  pool_->SetRefusalListener([m = metrics_.get()](const std::string& reason) { m->WorkerAuthRefused(reason).Increment(); });
 
   ApiServiceOptions api;
   api.model_name = options_.model_name;
@@ -77,7 +106,7 @@ absl::Status CoordinatorServer::Start() {
   api.dtype = options_.group.dtype == "auto" ? DTypeName(config_.torch_dtype) : options_.group.dtype;
   api_ = std::make_unique<GenerationService>(api, tokenizer_.get());
 
-  auto cluster_creds = MakeServerCredentials(options_.cluster_tls, /*require_client_cert=*/true);
+  auto cluster_creds = MakeClusterServerCredentials(options_.cluster_tls);
   if (!cluster_creds.ok()) return cluster_creds.status();
   auto api_creds = MakeServerCredentials(options_.api_tls, /*require_client_cert=*/!options_.api_tls.ca.empty());
   if (!api_creds.ok()) return api_creds.status();
@@ -144,7 +173,7 @@ absl::Status CoordinatorServer::Start() {
     std::rename(tmp.c_str(), options_.port_file.c_str());
   }
   TP_LOG(INFO) << "coordinator listening: api " << options_.host << ":" << port_ << ", workers "
-               << options_.worker_host << ":" << worker_port_ << ", metrics " << options_.metrics_host << ":"
+               << options_.worker_host << ":" << worker_port_ << " (worker auth: " << auth->mode() << "), metrics " << options_.metrics_host << ":"
                << metrics_port_ << "; waiting for " << options_.group.world_size << " worker(s)";
   monitor_ = std::thread([this] { MonitorLoop(); });
   return absl::OkStatus();

@@ -40,6 +40,8 @@ struct CoordinatorOptions {
   int max_concurrent_streams = 100;  // per client connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS)
   TlsFiles api_tls;                   // TLS for the public API (cert + key; ca => clients must present certs)
   TlsFiles cluster_tls;               // mutual TLS for the worker control plane
+  std::string cluster_token;          // when set, workers prove they hold it (common/cluster_auth.h)
+  bool insecure_worker_plane = false;  // allow a non-loopback worker plane without authentication
   std::string api_key;                // when set, clients must send "authorization: Bearer <key>"
   std::string device = "cpu";
   std::string chat_template;          // --chat-template: a ChatTemplateName overriding the model's ("" = its own)

@@ -73,6 +73,14 @@ Metrics::Metrics(const std::string& model_name, int world_size)
                                  .Register(*registry_);
   cache_config_family_ =
       &BuildGauge().Name("tpserve:cache_config_info").Help("Information of the KV cache config.").Register(*registry_);
+  worker_auth_refused_family_ = &BuildCounter()
+                                     .Name("tpserve:worker_auth_refused_total")
+                                     .Help("Worker-plane peers or calls refused by worker authentication, by reason.")
+                                     .Register(*registry_);
+  worker_plane_family_ = &BuildGauge()
+                              .Name("tpserve:worker_plane_info")
+                              .Help("How the worker plane admits workers: auth mode, bind scope, insecure override.")
+                              .Register(*registry_);
   auto& up = BuildGauge().Name("tpserve:worker_up").Help("1 when the worker rank is connected and loaded.").Register(*registry_);
   auto& step = BuildHistogram()
                    .Name("tpserve:worker_step_time_seconds")
@@ -93,6 +101,16 @@ Metrics::Metrics(const std::string& model_name, int world_size)
 void Metrics::SetCacheConfig(int block_size, int num_blocks) {
   cache_config_family_
       ->Add({{"block_size", std::to_string(block_size)}, {"num_blocks", std::to_string(num_blocks)}})
+      .Set(1);
+}
+
+prometheus::Counter& Metrics::WorkerAuthRefused(const std::string& reason) {
+  return worker_auth_refused_family_->Add({{"model_name", model_name_}, {"reason", reason}});
+}
+
+void Metrics::SetWorkerPlane(const std::string& auth, const std::string& bind, bool insecure) {
+  worker_plane_family_
+      ->Add({{"model_name", model_name_}, {"auth", auth}, {"bind", bind}, {"insecure", insecure ? "true" : "false"}})
       .Set(1);
 }
 

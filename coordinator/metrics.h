@@ -23,6 +23,10 @@ class Metrics {
   void SetCacheConfig(int block_size, int num_blocks);
   prometheus::Counter& RequestSuccess(const std::string& finished_reason);  // lower-case reason
   prometheus::Gauge& WorkerUp(int rank) { return *worker_up_[rank]; }
+  // tpserve:worker_auth_refused_total{reason}: worker-plane peers or calls refused (coordinator/worker_auth.h).
+  prometheus::Counter& WorkerAuthRefused(const std::string& reason);
+  // tpserve:worker_plane_info{auth,bind,insecure} = 1: how the worker plane admits workers.
+  void SetWorkerPlane(const std::string& auth, const std::string& bind, bool insecure);
   prometheus::Histogram& WorkerStepTime(int rank) { return *worker_step_[rank]; }
   prometheus::Histogram& WorkerAllReduceTime(int rank) { return *worker_allreduce_[rank]; }
 
@@ -53,6 +57,8 @@ class Metrics {
   std::string model_name_;
   prometheus::Family<prometheus::Counter>* request_success_family_;
   prometheus::Family<prometheus::Gauge>* cache_config_family_;
+  prometheus::Family<prometheus::Counter>* worker_auth_refused_family_;
+  prometheus::Family<prometheus::Gauge>* worker_plane_family_;
   std::vector<prometheus::Gauge*> worker_up_;
   std::vector<prometheus::Histogram*> worker_step_;
   std::vector<prometheus::Histogram*> worker_allreduce_;

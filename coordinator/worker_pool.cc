@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <deque>
 #include <limits>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
@@ -17,12 +18,35 @@ namespace wv1 = tpserve::worker::v1;
 // itself in OnDone.
 class WorkerConnection final : public grpc::ServerBidiReactor<wv1::WorkerMessage, wv1::CoordinatorMessage> {
  public:
-  WorkerConnection(WorkerPool* pool, std::string peer) : pool_(pool), peer_(std::move(peer)) {
+  // With a refusal the stream ends at once with UNAUTHENTICATED and reads nothing.
+  WorkerConnection(WorkerPool* pool, std::string peer, const std::optional<Refusal>& refusal = std::nullopt)
+      : pool_(pool), peer_(std::move(peer)) {
+    if (refusal) {
+      Refuse(refusal->message);
+      return;
+    }
     StartRead(&in_);
   }
 
   const std::string& peer() const { return peer_; }
-  int rank = -1;  // set by the pool (under its lock) once Hello arrived
+  // Set by the pool under its lock.
+  int rank = -1;                        // once registered
+  enum class Auth { kNew, kChallenged, kAuthenticated, kRefused } auth = Auth::kNew;
+  WorkerAuthenticator::Challenge challenge;  // kChallenged: what the AuthResponse must prove
+  tpserve::worker::v1::Hello hello;          // kChallenged: registered once the proof checks out
+  std::string session_id;                    // kAuthenticated (token mode): the store session to close
+
+  // Ends the stream with UNAUTHENTICATED after any queued write; nothing more is read or sent.
+  void Refuse(const std::string& message) {
+    absl::MutexLock lock(&mu_);
+    if (closed_) return;
+    closed_ = true;
+    final_status_ = grpc::Status(grpc::StatusCode::UNAUTHENTICATED, message);
+    if (!writing_ && !finished_) {
+      finished_ = true;
+      Finish(final_status_);
+    }
+  }
 
   void Send(const wv1::CoordinatorMessage& msg) {
     absl::MutexLock lock(&mu_);
@@ -41,6 +65,10 @@ class WorkerConnection final : public grpc::ServerBidiReactor<wv1::WorkerMessage
       return;
     }
     pool_->OnMessage(this, in_);
+    {
+      absl::MutexLock lock(&mu_);
+      if (closed_) return;  // refused: the stream is finishing
+    }
     StartRead(&in_);
   }
 
@@ -57,7 +85,7 @@ class WorkerConnection final : public grpc::ServerBidiReactor<wv1::WorkerMessage
     writing_ = false;
     if (closed_ && !finished_) {
       finished_ = true;
-      Finish(grpc::Status::OK);
+      Finish(final_status_);
     }
   }
 
@@ -70,7 +98,7 @@ class WorkerConnection final : public grpc::ServerBidiReactor<wv1::WorkerMessage
     closed_ = true;
     if (!writing_ && !finished_) {
       finished_ = true;
-      Finish(grpc::Status::OK);
+      Finish(final_status_);
     }
   }
 
@@ -82,9 +110,11 @@ class WorkerConnection final : public grpc::ServerBidiReactor<wv1::WorkerMessage
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  grpc::Status final_status_ ABSL_GUARDED_BY(mu_) = grpc::Status::OK;
 };
 
-WorkerPool::WorkerPool(const WorkerGroupOptions& options) : options_(options) {
+WorkerPool::WorkerPool(const WorkerGroupOptions& options, std::shared_ptr<WorkerAuthenticator> auth)
+    : options_(options), auth_(std::move(auth)) {
   slots_.resize(options_.world_size);
   for (int r = 0; r < options_.world_size; ++r) slots_[r].status.rank = r;
   heartbeat_thread_ = std::thread([this] { HeartbeatLoop(); });
@@ -95,16 +125,35 @@ WorkerPool::~WorkerPool() {
   if (heartbeat_thread_.joinable()) heartbeat_thread_.join();
 }
 
+void WorkerPool::SetRefusalListener(std::function<void(const std::string&)> listener) {
+  refusal_listener_ = std::move(listener);
+}
+
+void WorkerPool::ReportRefusal(const std::string& peer, const Refusal& refusal) {
+  TP_LOG(WARNING) << "refused worker-plane peer " << peer << " (" << refusal.reason << "): " << refusal.message;
+  if (refusal_listener_) refusal_listener_(refusal.reason);
+}
+
 grpc::ServerBidiReactor<wv1::WorkerMessage, wv1::CoordinatorMessage>* WorkerPool::Connect(
     grpc::CallbackServerContext* context) {
-  return new WorkerConnection(this, context->peer());
+  std::optional<Refusal> refusal;
+  if (auth_ != nullptr) refusal = auth_->CheckPeer(*context->auth_context());
+  if (refusal) ReportRefusal(context->peer(), *refusal);
+  return new WorkerConnection(this, context->peer(), refusal);
 }
 
 grpc::ServerUnaryReactor* WorkerPool::StoreSet(grpc::CallbackServerContext* context,
                                                const wv1::StoreSetRequest* request,
                                                wv1::StoreSetResponse* response) {
-  store_.Set(request->key(), request->value());
   auto* reactor = context->DefaultReactor();
+  if (auth_ != nullptr) {
+    if (auto r = auth_->CheckStoreCall(*context, "StoreSet", {request->key(), request->value()})) {
+      ReportRefusal(context->peer(), *r);
+      reactor->Finish(grpc::Status(grpc::StatusCode::UNAUTHENTICATED, r->message));
+      return reactor;
+    }
+  }
+  store_.Set(request->key(), request->value());
   reactor->Finish(grpc::Status::OK);
   return reactor;
 }
@@ -113,6 +162,15 @@ grpc::ServerUnaryReactor* WorkerPool::StoreGet(grpc::CallbackServerContext* cont
                                                const wv1::StoreGetRequest* request,
                                                wv1::StoreGetResponse* response) {
   auto* reactor = context->DefaultReactor();
+  if (auth_ != nullptr) {
+    std::vector<std::string> fields(request->keys().begin(), request->keys().end());
+    fields.push_back(std::to_string(request->timeout_ms()));
+    if (auto r = auth_->CheckStoreCall(*context, "StoreGet", fields)) {
+      ReportRefusal(context->peer(), *r);
+      reactor->Finish(grpc::Status(grpc::StatusCode::UNAUTHENTICATED, r->message));
+      return reactor;
+    }
+  }
   // Waiting may take as long as the slowest rank's startup: never block a callback thread on it.
   std::thread([this, request, response, reactor] {
     std::vector<std::string> keys(request->keys().begin(), request->keys().end());
@@ -128,40 +186,81 @@ grpc::ServerUnaryReactor* WorkerPool::StoreGet(grpc::CallbackServerContext* cont
   return reactor;
 }
 
+void WorkerPool::RegisterLocked(WorkerConnection* conn, const wv1::Hello& h) {
+  wv1::CoordinatorMessage reply;
+  if (h.world_size() != options_.world_size || h.rank() < 0 || h.rank() >= options_.world_size) {
+    TP_LOG(ERROR) << "worker " << conn->peer() << " registered as rank " << h.rank() << " of "
+                  << h.world_size() << ", but this coordinator runs a group of " << options_.world_size
+                  << "; telling it to exit";
+    reply.mutable_shutdown()->set_reason(absl::StrCat("coordinator expects --world-size ", options_.world_size,
+                                                      " and a rank in [0, ", options_.world_size, ")"));
+    conn->Send(reply);
+    return;
+  }
+  Slot& slot = slots_[h.rank()];
+  if (slot.conn != nullptr) {
+    TP_LOG(ERROR) << "rank " << h.rank() << " registered twice (" << conn->peer() << "); refusing";
+    reply.mutable_shutdown()->set_reason(absl::StrCat("rank ", h.rank(), " is already connected"));
+    conn->Send(reply);
+    return;
+  }
+  conn->rank = h.rank();
+  slot.conn = conn;
+  slot.status.connected = true;
+  slot.status.loaded = false;
+  slot.status.device = h.device();
+  slot.status.hostname = h.hostname();
+  slot.status.last_seen = absl::Now();
+  slot.load_sent = false;
+  slot.kv_ready = false;
+  TP_LOG(INFO) << "worker rank " << h.rank() << " registered from " << h.hostname() << " (" << conn->peer()
+               << ", device " << h.device() << ", pid " << h.pid() << ")";
+  MaybeStartLoadLocked();
+}
+
 void WorkerPool::OnMessage(WorkerConnection* conn, const wv1::WorkerMessage& msg) {
+  std::optional<Refusal> refusal;
   {
     absl::MutexLock lock(&mu_);
-    if (msg.has_hello()) {
-      const auto& h = msg.hello();
-      wv1::CoordinatorMessage reply;
-      if (h.world_size() != options_.world_size || h.rank() < 0 || h.rank() >= options_.world_size) {
-        TP_LOG(ERROR) << "worker " << conn->peer() << " registered as rank " << h.rank() << " of "
-                      << h.world_size() << ", but this coordinator runs a group of " << options_.world_size
-                      << "; telling it to exit";
-        reply.mutable_shutdown()->set_reason(absl::StrCat("coordinator expects --world-size ", options_.world_size,
-                                                          " and a rank in [0, ", options_.world_size, ")"));
-        conn->Send(reply);
+    using Auth = WorkerConnection::Auth;
+    const bool token = auth_ != nullptr && auth_->uses_token();
+    if (conn->auth == Auth::kRefused) return;
+    if (msg.has_hello() || msg.has_auth_response()) {
+      if (msg.has_hello() && !token && conn->auth == Auth::kNew) {
+        conn->auth = Auth::kAuthenticated;
+        RegisterLocked(conn, msg.hello());
         return;
       }
-      Slot& slot = slots_[h.rank()];
-      if (slot.conn != nullptr) {
-        TP_LOG(ERROR) << "rank " << h.rank() << " registered twice (" << conn->peer() << "); refusing";
-        reply.mutable_shutdown()->set_reason(absl::StrCat("rank ", h.rank(), " is already connected"));
-        conn->Send(reply);
-        return;
+      if (msg.has_hello() && conn->auth == Auth::kNew) {
+        wv1::CoordinatorMessage challenge;
+        refusal = auth_->NewChallenge(msg.hello(), &conn->challenge, challenge.mutable_auth_challenge());
+        if (!refusal) {
+          conn->hello = msg.hello();
+          conn->auth = Auth::kChallenged;
+          conn->Send(challenge);
+          return;
+        }
+      } else if (msg.has_auth_response() && conn->auth == Auth::kChallenged) {
+        refusal = auth_->Verify(conn->challenge, msg.auth_response(), &conn->session_id);
+        if (!refusal) {
+          conn->auth = Auth::kAuthenticated;
+          TP_LOG(INFO) << "worker " << conn->peer() << " proved the cluster token (rank " << conn->hello.rank()
+                       << ")";
+          RegisterLocked(conn, conn->hello);
+          return;
+        }
+      } else {
+        refusal = Refusal{"unexpected_message", msg.has_hello() ? "Hello sent twice on one stream"
+                                                                : "AuthResponse without a challenge"};
       }
-      conn->rank = h.rank();
-      slot.conn = conn;
-      slot.status.connected = true;
-      slot.status.loaded = false;
-      slot.status.device = h.device();
-      slot.status.hostname = h.hostname();
-      slot.status.last_seen = absl::Now();
-      slot.load_sent = false;
-      slot.kv_ready = false;
-      TP_LOG(INFO) << "worker rank " << h.rank() << " registered from " << h.hostname() << " (" << conn->peer()
-                   << ", device " << h.device() << ", pid " << h.pid() << ")";
-      MaybeStartLoadLocked();
+      conn->auth = Auth::kRefused;
+    } else if (conn->auth != Auth::kAuthenticated) {
+      conn->auth = Auth::kRefused;
+      refusal = Refusal{"unexpected_message", "message before the worker authenticated"};
+    }
+    if (refusal) {
+      ReportRefusal(conn->peer(), *refusal);
+      conn->Refuse(refusal->message);
       return;
     }
     int rank = conn->rank;
@@ -217,6 +316,12 @@ void WorkerPool::OnMessage(WorkerConnection* conn, const wv1::WorkerMessage& msg
 void WorkerPool::OnDisconnect(WorkerConnection* conn) {
   {
     absl::MutexLock lock(&mu_);
+    if (auth_ != nullptr) auth_->CloseSession(conn->session_id);  // its store MACs stop working with it
+    if (conn->auth == WorkerConnection::Auth::kChallenged) {
+      // Our tpserve worker hangs up here when the coordinator's proof fails, i.e. its token differs.
+      ReportRefusal(conn->peer(), Refusal{"unanswered_challenge",
+                                          "closed the stream without answering the cluster-token challenge"});
+    }
     int rank = conn->rank;
     if (rank < 0 || rank >= static_cast<int>(slots_.size()) || slots_[rank].conn != conn) return;
     Slot& slot = slots_[rank];

@@ -2,7 +2,9 @@
 // tensor-parallel group from N registering workers (load -> KV sizing -> ready), runs one StepPlan per
 // engine iteration across all ranks, and tracks liveness for health. A group that loses a worker becomes
 // not-ready at once; when all N ranks are connected again it is re-formed under a new rendezvous generation.
-// Thread-safe.
+// Every RPC passes the WorkerAuthenticator first (coordinator/worker_auth.h): a refused peer is logged with its
+// address, counted through the refusal listener, answered UNAUTHENTICATED, and never registers, receives a
+// StepPlan or reads or writes the rendezvous store. Thread-safe.
 #pragma once
 
 #include <atomic>
@@ -17,6 +19,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "coordinator/store_service.h"
+#include "coordinator/worker_auth.h"
 #include "worker.grpc.pb.h"
 
 namespace tpserve::coordinator {
@@ -61,7 +64,8 @@ class WorkerConnection;
 
 class WorkerPool final : public tpserve::worker::v1::WorkerControl::CallbackService {
  public:
-  explicit WorkerPool(const WorkerGroupOptions& options);
+  // `auth` null: every peer is admitted (the caller decided that is safe, see CheckWorkerPlaneExposure).
+  explicit WorkerPool(const WorkerGroupOptions& options, std::shared_ptr<WorkerAuthenticator> auth = nullptr);
   ~WorkerPool() override;
 
   // gRPC handlers.
@@ -87,6 +91,8 @@ class WorkerPool final : public tpserve::worker::v1::WorkerControl::CallbackServ
   std::vector<WorkerStatus> Status() const;
   // Called (outside the lock) whenever readiness may have changed.
   void SetReadinessListener(std::function<void(bool ready)> listener);
+  // Called with Refusal::reason for every refused peer or call. Set before the worker port opens.
+  void SetRefusalListener(std::function<void(const std::string& reason)> listener);
 
   // Sends `plan` to every rank and waits for all results. UNAVAILABLE when the group is not ready or a
   // worker is lost during the step; INTERNAL when a worker reports a step error.
@@ -109,6 +115,10 @@ class WorkerPool final : public tpserve::worker::v1::WorkerControl::CallbackServ
   };
 
   void OnMessage(WorkerConnection* conn, const tpserve::worker::v1::WorkerMessage& msg);
+  // Registers an authenticated worker's Hello (rank checks, slot, load when the group is whole).
+  void RegisterLocked(WorkerConnection* conn, const tpserve::worker::v1::Hello& h) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Logs the refusal with the peer address and counts it.
+  void ReportRefusal(const std::string& peer, const Refusal& refusal);
   void OnDisconnect(WorkerConnection* conn);
   void MaybeStartLoadLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void MaybeAllocateKvLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -117,6 +127,8 @@ class WorkerPool final : public tpserve::worker::v1::WorkerControl::CallbackServ
   void NotifyReadiness();
 
   const WorkerGroupOptions options_;
+  const std::shared_ptr<WorkerAuthenticator> auth_;
+  std::function<void(const std::string&)> refusal_listener_;
   KeyValueStore store_;
   mutable absl::Mutex mu_;
   std::vector<Slot> slots_ ABSL_GUARDED_BY(mu_);

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Rehearses the multi-node Kubernetes layout as processes on 127.0.0.1: the LeaderWorkerSet overlay's flag
 # files and environment, through the image's entrypoint (deploy/docker/tpserve-launch.sh), as three processes
-# (coordinator, rank 0, rank 1; TP=2), then checks greedy ids against ../shared/reference/stories260K.json.
+# (coordinator, rank 0, rank 1; TP=2), with the worker-auth-token component's flag parts, then checks that both
+# ranks authenticated and the greedy ids against ../shared/reference/stories260K.json.
 #   scripts/rehearse-multinode.sh [--model DIR] [--bin TPSERVE] [--overlay DIR]
 # Only what cannot hold on one CPU host is rewritten in the flag files (printed as a diff): model path, bind
 # addresses (127.0.0.1), ports (free ones), --device=cpu, --comm_backend=gloo, a small KV cache.
@@ -70,6 +71,15 @@ set_flag "$c" metrics_port "$metrics_port"
 set_flag "$c" comm_backend gloo
 set_flag "$c" kv_cache_memory 64MiB
 set_flag "$w" device cpu
+# Worker-plane authentication as the token component ships it (deploy/k8s/components/worker-auth-token): its
+# <role>.worker-auth.flags parts, read by tpserve-launch after <role>.flags, with the Secret's mount path
+# pointing at a token made here.
+token_component="$repo/deploy/k8s/components/worker-auth-token"
+mkdir -p "$work/flags/cluster-token"
+python3 -c 'import secrets; print(secrets.token_hex(32))' > "$work/flags/cluster-token/token"
+for part in "$token_component"/*.flags; do
+  sed "s|/etc/tpserve/|$work/flags/|" "$part" > "$work/flags/$(basename "$part")"
+done
 echo "== flag files: overlay $overlay vs. this rehearsal"
 diff -u "$overlay/coordinator.flags" "$c" || true
 diff -u "$overlay/worker.flags" "$w" || true
@@ -119,7 +129,9 @@ print("reference:", want)
 print("got:      ", got)
 if got != want: raise SystemExit(1)
 PY
-echo "== ids match the reference; draining with SIGTERM"
+proved=$(grep -c "proved the cluster token" "$work/coordinator.log" || true)
+[ "$proved" = 2 ] || fail "expected both ranks to prove the cluster token, the coordinator log says $proved"
+echo "== both ranks proved the cluster token; ids match the reference; draining with SIGTERM"
 kill -TERM "${pids[0]}"
 rc=0
 wait "${pids[0]}" || rc=$?

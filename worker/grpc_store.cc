@@ -2,11 +2,19 @@
 #include "worker/grpc_store.h"
 
 #include "absl/strings/str_cat.h"
+#include "common/cluster_auth.h"
 #include "grpcpp/client_context.h"
 
 namespace tpserve::worker {
 
 namespace wv1 = tpserve::worker::v1;
+
+void GrpcStore::Sign(grpc::ClientContext* ctx, const char* method, const std::vector<std::string>& fields) const {
+  if (session_id_.empty()) return;
+  ctx->AddMetadata(cluster_auth::kSessionMetadata, session_id_);
+  ctx->AddMetadata(cluster_auth::kStoreMacMetadata,
+                   cluster_auth::ToHex(cluster_auth::StoreCallMac(key_, method, fields)));
+}
 
 absl::Status GrpcStore::Set(const std::string& key, const std::string& value) {
   grpc::ClientContext ctx;
@@ -14,6 +22,7 @@ absl::Status GrpcStore::Set(const std::string& key, const std::string& value) {
   wv1::StoreSetRequest req;
   req.set_key(key);
   req.set_value(value);
+  Sign(&ctx, "StoreSet", {key, value});
   wv1::StoreSetResponse resp;
   grpc::Status s = stub_->StoreSet(&ctx, req, &resp);
   if (!s.ok()) return absl::UnavailableError(absl::StrCat("rendezvous store set '", key, "': ", s.error_message()));
@@ -27,6 +36,7 @@ absl::StatusOr<std::string> GrpcStore::Get(const std::string& key, absl::Duratio
   wv1::StoreGetRequest req;
   req.add_keys(key);
   req.set_timeout_ms(absl::ToInt64Milliseconds(timeout));
+  Sign(&ctx, "StoreGet", {key, std::to_string(req.timeout_ms())});
   wv1::StoreGetResponse resp;
   grpc::Status s = stub_->StoreGet(&ctx, req, &resp);
   if (s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {

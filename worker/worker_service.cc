@@ -13,6 +13,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/cluster_auth.h"
 #include "common/log.h"
 #include "common/model_config.h"
 #include "common/status_macros.h"
@@ -290,8 +291,14 @@ absl::Status Worker::Session(const std::shared_ptr<wv1::WorkerControl::Stub>& st
   h->set_device(options_.device);
   h->set_hostname(Hostname());
   h->set_pid(getpid());
+  const std::string worker_nonce = options_.cluster_token.empty() ? "" : cluster_auth::RandomNonce();
+  h->set_auth_nonce(worker_nonce);
   if (!stream->Write(hello)) {
-    stream->Finish();
+    grpc::Status s = stream->Finish();
+    // A coordinator that refuses this worker's certificate ends the call at once, before Hello is written.
+    if (s.error_code() == grpc::StatusCode::UNAUTHENTICATED) {
+      return absl::UnauthenticatedError(absl::StrCat("the coordinator refused this worker: ", s.error_message()));
+    }
     return absl::UnavailableError("coordinator not reachable");
   }
   // A reader thread keeps a Read pending on the stream at all times. With the synchronous API the transport
@@ -314,9 +321,41 @@ absl::Status Worker::Session(const std::shared_ptr<wv1::WorkerControl::Stub>& st
     return stream->Finish();
   };
   wv1::CoordinatorMessage msg;
+  bool authenticated = options_.cluster_token.empty();
+  // Ends the session on an authentication failure: nothing more is read or answered.
+  auto refuse = [&](const std::string& why) {
+    ctx.TryCancel();
+    end_call(absl::ZeroDuration());
+    return absl::UnauthenticatedError(why);
+  };
   while (inbox.Pop(&msg)) {
-    *registered = true;
     wv1::WorkerMessage reply;
+    if (msg.has_auth_challenge()) {
+      const auto& c = msg.auth_challenge();
+      if (options_.cluster_token.empty()) {
+        return refuse("the coordinator requires a cluster token: start this worker with --cluster-token-file");
+      }
+      if (authenticated || c.nonce().size() != cluster_auth::kNonceBytes ||
+          !cluster_auth::Equal(c.coordinator_proof(),
+                               cluster_auth::Proof(options_.cluster_token, cluster_auth::Role::kCoordinator,
+                                                   c.nonce(), worker_nonce, options_.rank, options_.world_size))) {
+        return refuse("the coordinator could not prove it holds the cluster token (--cluster-token-file differs, or "
+                      "this is not the cluster's coordinator); not answering it");
+      }
+      reply.mutable_auth_response()->set_proof(cluster_auth::Proof(options_.cluster_token, cluster_auth::Role::kWorker,
+                                                                   c.nonce(), worker_nonce, options_.rank,
+                                                                   options_.world_size));
+      store.SetSession(cluster_auth::ToHex(c.nonce()),
+                       cluster_auth::StoreSessionKey(options_.cluster_token, c.nonce(), worker_nonce));
+      authenticated = true;
+      if (!stream->Write(reply)) break;
+      continue;
+    }
+    if (!authenticated) {
+      return refuse("the coordinator did not authenticate with the cluster token (it runs without "
+                    "--cluster-token-file, or it is not the cluster's coordinator); not serving it");
+    }
+    *registered = true;
     switch (msg.msg_case()) {
       case wv1::CoordinatorMessage::kLoad: {
         auto* r = reply.mutable_load_result();
@@ -352,6 +391,9 @@ absl::Status Worker::Session(const std::shared_ptr<wv1::WorkerControl::Stub>& st
     if (!stream->Write(reply)) break;
   }
   grpc::Status s = end_call(absl::ZeroDuration());
+  if (s.error_code() == grpc::StatusCode::UNAUTHENTICATED) {
+    return absl::UnauthenticatedError(absl::StrCat("the coordinator refused this worker: ", s.error_message()));
+  }
   return absl::UnavailableError(absl::StrCat("control stream ended: ", s.error_message()));
 }
 
@@ -378,6 +420,7 @@ absl::Status RunWorker(const WorkerOptions& options, std::atomic<bool>* stop) {
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
   auto creds = MakeChannelCredentials(options.cluster_tls);
   if (!creds.ok()) return creds.status();
+  if (!options.cluster_server_name.empty()) args.SetSslTargetNameOverride(options.cluster_server_name);
   auto channel = grpc::CreateCustomChannel(options.coordinator, *creds, args);
   auto stub = std::shared_ptr<wv1::WorkerControl::Stub>(wv1::WorkerControl::NewStub(channel));
   absl::Time unregistered_since = absl::Now();
@@ -400,6 +443,7 @@ absl::Status RunWorker(const WorkerOptions& options, std::atomic<bool>* stop) {
     bool shutdown = false;
     absl::Status s = worker.Session(stub, &registered, &shutdown);
     if (shutdown) return absl::OkStatus();
+    if (absl::IsUnauthenticated(s)) return s;
     if (registered) {
       TP_LOG(WARNING) << s.message() << "; registering again";
       unregistered_since = absl::Now();

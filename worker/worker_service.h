@@ -26,10 +26,13 @@ struct WorkerOptions {
   std::string dump_dir;             // debug: rank 0 writes each step's logits here
   absl::Duration connect_timeout = absl::Seconds(300);  // give up registering after this long
   TlsFiles cluster_tls;  // mutual TLS to the coordinator: this worker's cert/key + the cluster CA
+  std::string cluster_server_name;  // name the coordinator's certificate must carry ("" => host of coordinator)
+  std::string cluster_token;  // when set: mutual proof of the token (common/cluster_auth.h) before anything else
 };
 
-// Runs until the coordinator sends Shutdown (OK), Stop() is called (OK), or registration keeps failing for
-// connect_timeout (UNAVAILABLE).
+// Runs until the coordinator sends Shutdown (OK), Stop() is called (OK), registration keeps failing for
+// connect_timeout (UNAVAILABLE), or authentication fails either way (UNAUTHENTICATED: the coordinator refused
+// this worker, or it could not prove it holds the cluster token; retrying would not change that).
 absl::Status RunWorker(const WorkerOptions& options, std::atomic<bool>* stop);
 
 }  // namespace tpserve::worker

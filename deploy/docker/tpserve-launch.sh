@@ -7,6 +7,8 @@
 # Flags come from flag files in $TPSERVE_FLAGS_DIR (default /etc/tpserve, the tpserve-flags ConfigMap):
 #   serve.flags, coordinator.flags, worker.flags  -- one --flag_name=value per line (absl reads flag files
 #   verbatim, so names use underscores there; '#' lines are comments).
+#   <role>.<part>.flags                           -- read after <role>.flags, in name order: what the kustomize
+#                                                    components add (worker-auth, api-key)
 # worker rank, first that is set:
 #   TPSERVE_RANK                      explicit
 #   LWS_WORKER_INDEX                  LeaderWorkerSet: 0 on the leader, 1..size-1 on the workers
@@ -32,15 +34,20 @@ flag_value() {
 
 is_uint() { [[ "$1" =~ ^[0-9]+$ ]]; }
 
-# flagfile ROLE: --flagfile=... when the role's flag file exists. Without one (plain `docker run ... serve
-# --model=...`) the command-line flags alone apply; say so, since in Kubernetes it means a missing mount.
-flagfile() {
-  local f="$flags_dir/$1.flags"
+# flagfiles ROLE: sets the array ff to --flagfile=... for the role's flag file and its <role>.*.flags parts.
+# Without <role>.flags (plain `docker run ... serve --model=...`) the command-line flags alone apply; say so,
+# since in Kubernetes it means a missing mount.
+flagfiles() {
+  local f="$flags_dir/$1.flags" part
+  ff=()
   if [ -f "$f" ]; then
-    echo "--flagfile=$f"
+    ff+=("--flagfile=$f")
   else
     echo "tpserve-launch: no $f (tpserve-flags ConfigMap not mounted?): using command-line flags only" >&2
   fi
+  for part in "$flags_dir/$1".*.flags; do
+    if [ -f "$part" ]; then ff+=("--flagfile=$part"); fi
+  done
 }
 
 [ $# -ge 1 ] || die "usage: tpserve-launch serve|coordinator|worker [extra tpserve flags]"
@@ -49,11 +56,11 @@ shift
 
 case "$role" in
   serve|coordinator)
-    ff=$(flagfile "$role")
-    exec "$bin" "$role" ${ff:+"$ff"} "$@"
+    flagfiles "$role"
+    exec "$bin" "$role" ${ff[@]+"${ff[@]}"} "$@"
     ;;
   worker)
-    ff=$(flagfile worker)
+    flagfiles worker
     world=$(flag_value "$flags_dir/worker.flags" world_size 1)
     is_uint "$world" && [ "$world" -ge 1 ] || die "--world_size in worker.flags must be a positive integer, got '$world'"
     if [ -n "${TPSERVE_RANK:-}" ]; then
@@ -77,7 +84,7 @@ case "$role" in
     fi
     coord_host=${TPSERVE_COORDINATOR_HOST:-${LWS_LEADER_ADDRESS:-127.0.0.1}}
     coord_port=$(flag_value "$flags_dir/coordinator.flags" worker_port 50052)
-    args=(${ff:+"$ff"} "--rank=$rank" "--coordinator=$coord_host:$coord_port")
+    args=(${ff[@]+"${ff[@]}"} "--rank=$rank" "--coordinator=$coord_host:$coord_port")
     comm=${TPSERVE_COMM_HOST:-${POD_IP:-}}
     if [ -n "$comm" ]; then args+=("--comm_host=$comm"); fi
     echo "tpserve-launch: worker rank $rank/$world (from $from), coordinator $coord_host:$coord_port" >&2

@@ -2,6 +2,10 @@
 """Renders every deploy/k8s overlay with kustomize and checks the objects against each other and the flags.
 
 Checks: TP topology (--world_size == --tp == pods per group x ranks per pod, GPUs per pod == ranks per pod),
+security (issue 20: NetworkPolicies admit the worker plane and collectives only from the group, metrics only from
+monitoring, the API from the namespace or a gateway; a coordinator's worker plane is authenticated by mTLS from
+a rendered cert-manager Certificate or by the cluster-token Secret, with matching worker credentials; the API
+key Secret is wired to --api_key_file),
 container ports == --port / --worker_port / --metrics_port, probes on real endpoints (gRPC health on the API
 port, /health and /ready on the metrics port), ConfigMap / PVC / Service / ServiceMonitor / PDB references,
 the replica layouts (headless gRPC Service; InferencePool against its CRD schema, its endpoint picker wired to
@@ -16,6 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 
 SKIP = 77
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -60,6 +65,41 @@ def parse_flags(text):
             flags.setdefault("__dashed__", []).append(name)
         flags[name] = value
     return flags
+
+
+def role_flags(files, role):
+    """<role>.flags, then the <role>.*.flags parts in name order, merged as tpserve-launch passes them."""
+    if role + ".flags" not in files:
+        return {}
+    merged = dict(files[role + ".flags"])
+    for key in sorted(k for k in files if k.startswith(role + ".") and k != role + ".flags" and k.endswith(".flags")):
+        merged.update(files[key])
+    return merged
+
+
+def flag_volume_files(vol, cms):
+    """{path under the mount: ("configMap"|"secret", name, key)} for the /etc/tpserve volume; None if it does not
+    hold the tpserve-flags ConfigMap."""
+    out = {}
+    sources = []
+    if "configMap" in vol:
+        sources = [{"configMap": vol["configMap"]}]
+    elif "projected" in vol:
+        sources = vol["projected"].get("sources", [])
+    has_flags = False
+    for src in sources:
+        for kind in ("configMap", "secret"):
+            if kind not in src:
+                continue
+            ref = src[kind]
+            if kind == "configMap" and ref.get("name") in cms and ref["name"].startswith("tpserve-flags"):
+                has_flags = True
+            items = ref.get("items")
+            if items is None and kind == "configMap" and ref.get("name") in cms:
+                items = [{"key": k, "path": k} for k in cms[ref["name"]].get("data", {})]
+            for it in items or []:
+                out[it["path"]] = (kind, ref.get("name"), it["key"])
+    return out if has_flags else None
 
 
 def pod_templates(objs):
@@ -136,16 +176,19 @@ def check(objs):
             cname = "%s container %s" % (owner, c["name"])
             mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
             fv = vols.get(mounts.get("/etc/tpserve"), {})
-            if fv.get("configMap", {}).get("name") != flag_cms[0]["metadata"]["name"]:
+            mounted = flag_volume_files(fv, {flag_cms[0]["metadata"]["name"]: flag_cms[0]})
+            if mounted is None:
                 errs.append("%s: /etc/tpserve is not the tpserve-flags ConfigMap" % cname)
+                mounted = {}
             lim, req = gpus(c)
             if lim != req:
                 errs.append("%s: nvidia.com/gpu request %d != limit %d" % (cname, req, lim))
             gpus_in_pod += lim
-            flags = files.get(role + ".flags", {})
+            flags = role_flags(files, role)
             if not flags:
                 errs.append("%s: %s.flags missing from tpserve-flags" % (cname, role))
                 continue
+            errs += check_credentials(cname, role, c, flags, mounted, role_flags(files, "worker"), by_kind)
             # Workers load the path the coordinator sends them: it must exist in their pod too.
             model = flags.get("model") or coord.get("model", "")
             if not any(model.startswith(p.rstrip("/") + "/") for p in mounts if vols.get(mounts[p], {}).get("persistentVolumeClaim")):
@@ -193,6 +236,7 @@ def check(objs):
     errs += check_topology(ranks, coord, workerf, by_kind)
     errs += check_services(objs, by_kind, templates, api_pod_labels, all_pod_labels)
     errs += check_replica_routing(by_kind, templates, files)
+    errs += check_network_policies(templates, by_kind)
     return errs
 
 
@@ -328,6 +372,145 @@ def check_replica_routing(by_kind, templates, files):
                   if b.get("kind") == "InferencePool" and b.get("name") == name and b.get("group") == "inference.networking.k8s.io"]
         if not routed:
             errs.append("%s: no HTTPRoute sends traffic to it" % what)
+    return errs
+
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
+MTLS_FLAGS = ("cluster_ca", "cluster_cert", "cluster_key")
+
+
+def check_credentials(cname, role, c, flags, mounted, worker_flags, by_kind):
+    """Worker-plane authentication and the API key, wired to Secrets the pod really mounts."""
+    errs = []
+
+    def secret_of(flag):
+        path = flags.get(flag, "")
+        if not path.startswith("/etc/tpserve/"):
+            errs.append("%s: --%s=%s is not a file of the /etc/tpserve volume" % (cname, flag, path))
+            return None
+        src = mounted.get(path[len("/etc/tpserve/"):])
+        if not src or src[0] != "secret":
+            errs.append("%s: --%s=%s is not projected from a Secret into /etc/tpserve" % (cname, flag, path))
+            return None
+        return src
+
+    if role in ("serve", "coordinator"):
+        if flags.get("api_key_file"):
+            secret_of("api_key_file")
+        else:
+            errs.append("%s: no --api_key_file: the public API takes requests from anyone who reaches it "
+                        "(components/api-key)" % cname)
+        if flags.get("insecure_worker_plane", "false") not in ("false", "0"):
+            errs.append("%s: --insecure_worker_plane in a shipped overlay" % cname)
+    if role == "serve":
+        if flags.get("worker_host", "0.0.0.0") not in LOOPBACK | {"0.0.0.0"}:
+            errs.append("%s: serve's --worker_host=%s takes its worker plane off loopback" % (cname, flags["worker_host"]))
+        if any(p.get("name") == "worker" for p in c.get("ports", [])):
+            errs.append("%s: serve exposes its worker plane as a container port" % cname)
+        return errs
+    if role not in ("coordinator", "worker"):
+        return errs
+    mtls = [f for f in MTLS_FLAGS if flags.get(f)]
+    token = bool(flags.get("cluster_token_file"))
+    if role == "coordinator" and flags.get("worker_host", "0.0.0.0") in LOOPBACK:
+        return errs
+    if not token and len(mtls) != 3:
+        errs.append("%s: worker plane without authentication: needs --cluster_token_file or all of --cluster_ca, "
+                    "--cluster_cert, --cluster_key (components/worker-auth-token or worker-auth-mtls)" % cname)
+        return errs
+    if token:
+        secret_of("cluster_token_file")
+        if role == "coordinator" and not worker_flags.get("cluster_token_file"):
+            errs.append("%s: the coordinator wants a cluster token but worker.flags has no --cluster_token_file" % cname)
+    if len(mtls) == 3:
+        secrets = {f: secret_of(f) for f in MTLS_FLAGS}
+        if role == "coordinator" and not all(worker_flags.get(f) for f in MTLS_FLAGS):
+            errs.append("%s: the coordinator wants mutual TLS but worker.flags lacks %s" % (cname, list(MTLS_FLAGS)))
+        for flag, src in secrets.items():
+            if src is None:
+                continue
+            certs = [cert for cert in by_kind.get("Certificate", {}).values() if cert["spec"].get("secretName") == src[1]]
+            if not certs:
+                errs.append("%s: --%s comes from Secret %s, which no rendered cert-manager Certificate issues" % (cname, flag, src[1]))
+                continue
+            spec = certs[0]["spec"]
+            usages = set(spec.get("usages", []))
+            if not {"client auth", "server auth"} <= usages:
+                errs.append("Certificate/%s: usages %s lack client auth + server auth" % (certs[0]["metadata"]["name"], sorted(usages)))
+            issuer = spec.get("issuerRef", {}).get("name")
+            if issuer not in by_kind.get(spec.get("issuerRef", {}).get("kind", "Issuer"), {}):
+                errs.append("Certificate/%s: issuer %s is not rendered" % (certs[0]["metadata"]["name"], issuer))
+            name = worker_flags.get("cluster_server_name")
+            if role == "worker" and name and name not in spec.get("dnsNames", []):
+                errs.append("%s: --cluster_server_name=%s is not a dnsName of Certificate/%s" % (cname, name, certs[0]["metadata"]["name"]))
+    return errs
+
+
+def peer_class(peer):
+    """What one NetworkPolicy `from` entry admits: group | namespace | metrics-client | monitoring | gateway | other."""
+    if set(peer) == {"podSelector"}:
+        labels = peer["podSelector"].get("matchLabels", {})
+        if peer["podSelector"].get("matchExpressions"):
+            return "other"
+        if labels.get("app.kubernetes.io/name") == "tpserve":
+            return "group"
+        if labels.get("tpserve.dev/metrics-client") == "true":
+            return "metrics-client"
+        return "namespace"
+    if set(peer) == {"namespaceSelector"}:
+        labels = peer["namespaceSelector"].get("matchLabels", {})
+        if peer["namespaceSelector"].get("matchExpressions"):
+            return "other"
+        if labels == {"kubernetes.io/metadata.name": "monitoring"}:
+            return "monitoring"
+        if labels.get("tpserve.dev/api-client") == "true":
+            return "gateway"
+    return "other"
+
+
+# Who may reach each kind of port. "*" is every port not named below: Gloo and NCCL listen on ephemeral ones.
+ALLOWED_PEERS = {
+    "worker": {"group"},
+    "*": {"group"},
+    "metrics": {"group", "monitoring", "metrics-client"},
+    "grpc": {"group", "namespace", "gateway"},
+    "http": {"group", "namespace", "gateway"},
+}
+REQUIRED_PEERS = {"worker": {"group"}, "metrics": {"monitoring"}, "grpc": {"namespace", "gateway"}}
+
+
+def check_network_policies(templates, by_kind):
+    errs = []
+    policies = list(by_kind.get("NetworkPolicy", {}).values())
+    for owner, t, _, _ in templates:
+        labels = t.get("metadata", {}).get("labels", {})
+        mine = [p for p in policies if "Ingress" in p["spec"].get("policyTypes", ["Ingress"])
+                and labels_match(p["spec"].get("podSelector", {}).get("matchLabels", {}), labels)
+                and not p["spec"].get("podSelector", {}).get("matchExpressions")]
+        if not mine:
+            errs.append("%s: no NetworkPolicy selects these pods: every port is open to the whole cluster" % owner)
+            continue
+        port_names = {p.get("name"): p["containerPort"] for c in t["spec"]["containers"] for p in c.get("ports", [])}
+        reach = {}  # port kind -> peer classes that reach it
+        for pol in mine:
+            for rule in pol["spec"].get("ingress", []):
+                peers = {peer_class(p) for p in rule.get("from", [])} or {"other"}  # no `from`: everyone
+                ports = rule.get("ports")
+                kinds = set(ALLOWED_PEERS) if not ports else set()
+                for p in ports or []:
+                    port = p.get("port")
+                    name = port if isinstance(port, str) else next((n for n, v in port_names.items() if v == port), "*")
+                    kinds.add(name if name in ALLOWED_PEERS else "*")
+                for k in kinds:
+                    reach.setdefault(k, set()).update(peers)
+        for kind, peers in sorted(reach.items()):
+            extra = peers - ALLOWED_PEERS[kind]
+            if extra:
+                errs.append("%s: NetworkPolicy lets %s reach %s ports (allowed: %s)" % (
+                    owner, sorted(extra), kind, sorted(ALLOWED_PEERS[kind])))
+        for kind, need in REQUIRED_PEERS.items():
+            if kind in port_names and not (reach.get(kind, set()) & need):
+                errs.append("%s: NetworkPolicy leaves port %s unreachable for %s" % (owner, kind, sorted(need)))
     return errs
 
 
@@ -512,6 +695,28 @@ def mutations(objs):
         broken("pool field misspelt (CRD schema)", lambda m: pool(m)["spec"].update(
             endpointPickerRef={"name": "tpserve-epp", "portNumber": 9002}))
         broken("no HTTPRoute to the pool", lambda m: m.remove(next(o for o in m if o["kind"] == "HTTPRoute")))
+    # Security: each of these opens a door the shipped overlays keep shut.
+    if any(o["kind"] == "NetworkPolicy" for o in objs):
+        m = [o for o in copy.deepcopy(objs) if o["kind"] != "NetworkPolicy"]
+        out.append(("no NetworkPolicy", m))
+        m = copy.deepcopy(objs)
+        for o in m:
+            if o["kind"] == "NetworkPolicy":
+                for rule in o["spec"].get("ingress", []):
+                    rule.pop("from", None)
+        out.append(("NetworkPolicy rules open to every source", m))
+        m = copy.deepcopy(objs)
+        for o in m:
+            if o["kind"] == "NetworkPolicy" and o["metadata"]["name"] == "tpserve-metrics":
+                o["spec"]["ingress"][0]["from"].append({"namespaceSelector": {}})
+        out.append(("metrics open to every namespace", m))
+    m = copy.deepcopy(objs)
+    cm = next(o for o in m if o["kind"] == "ConfigMap")
+    dropped = [k for k in cm["data"] if ".worker-auth." in k or ".api-key." in k]
+    if dropped:
+        for k in dropped:
+            del cm["data"][k]
+        out.append(("credential flag files dropped", m))
     return out
 
 
@@ -520,21 +725,40 @@ def validate_schemas(objs, validator_dir, install):
     if not node:
         return None, "node is missing"
     nm = os.path.join(validator_dir, "node_modules")
-    packages = ("kubernetes-models", "@kubernetes-models/prometheus-operator", "@kubernetes-models/gateway-api")
-    if not all(os.path.isdir(os.path.join(nm, p)) for p in packages) and install and shutil.which("npm"):
+    packages = ["kubernetes-models@5.1.0", "@kubernetes-models/prometheus-operator@6.0.0",
+                "@kubernetes-models/gateway-api@2.0.0", "@kubernetes-models/cert-manager@6.0.0"]
+    names = [p.rsplit("@", 1)[0] for p in packages]
+    missing = [n for n in names if not os.path.isdir(os.path.join(nm, n))]
+    if missing and install and shutil.which("npm"):
         os.makedirs(validator_dir, exist_ok=True)
         try:
-            subprocess.run(["npm", "install", "--prefix", validator_dir, "--no-audit", "--no-fund", "--silent",
-                            "kubernetes-models@5.1.0", "@kubernetes-models/prometheus-operator@6.0.0",
-                            "@kubernetes-models/gateway-api@2.0.0"],
+            subprocess.run(["npm", "install", "--prefix", validator_dir, "--no-audit", "--no-fund", "--silent"] + packages,
                            capture_output=True, text=True, timeout=180)
         except subprocess.TimeoutExpired:
             pass
-    if not all(os.path.isdir(os.path.join(nm, p)) for p in packages):
-        return None, "npm packages %s could not be installed into %s" % (", ".join(packages), validator_dir)
+    if not all(os.path.isdir(os.path.join(nm, n)) for n in names):
+        return None, "npm packages %s could not be installed into %s" % (", ".join(names), validator_dir)
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "validate_schemas.mjs")
     out = subprocess.run([node, script, nm], input=json.dumps(objs), capture_output=True, text=True, timeout=120)
     return out.returncode == 0, (out.stdout + out.stderr).strip()
+
+
+def token_variant(overlay, dest):
+    """A copy of an overlay that uses worker-auth-mtls with worker-auth-token instead (the documented swap for
+    clusters without cert-manager), its references pointing back at the repository; None for other overlays."""
+    kfile = os.path.join(overlay, "kustomization.yaml")
+    text = open(kfile).read()
+    if "components/worker-auth-mtls" not in text:
+        return None
+    shutil.copytree(overlay, dest)
+    doc = yaml.safe_load(text)
+    # kustomize takes no absolute paths: point from the copy back to the repository.
+    absolute = lambda ref: os.path.relpath(os.path.join(overlay, ref), dest) if ref.startswith("..") else ref
+    doc["resources"] = [absolute(r) for r in doc.get("resources", [])]
+    doc["components"] = [absolute(c).replace("worker-auth-mtls", "worker-auth-token") for c in doc.get("components", [])]
+    with open(os.path.join(dest, "kustomization.yaml"), "w") as f:
+        yaml.safe_dump(doc, f)
+    return dest
 
 
 def main():
@@ -550,8 +774,13 @@ def main():
     failed = 0
     schema_notes = []
     overlays = sorted(d for d in os.listdir(OVERLAYS) if os.path.isdir(os.path.join(OVERLAYS, d)))
+    tmp = tempfile.mkdtemp(prefix="tpserve-overlays-")
+    targets = [(name, os.path.join(OVERLAYS, name)) for name in overlays]
     for name in overlays:
-        path = os.path.join(OVERLAYS, name)
+        variant = token_variant(os.path.join(OVERLAYS, name), os.path.join(tmp, name + "+token"))
+        if variant:
+            targets.append((name + "+token", variant))
+    for name, path in targets:
         try:
             objs = render(cmd, path)
         except (RuntimeError, subprocess.TimeoutExpired) as e:
@@ -577,7 +806,8 @@ def main():
             print("ok   %s: %d objects (%s)%s" % (name, len(objs), kinds, "; " + msg.splitlines()[-1] if ok else ""))
     for n in schema_notes:
         print("note: " + n)
-    print("%d passed, %d failed" % (len(overlays) - failed, failed))
+    shutil.rmtree(tmp, ignore_errors=True)
+    print("%d passed, %d failed" % (len(targets) - failed, failed))
     return 1 if failed else 0
 
 

@@ -1,8 +1,9 @@
 // Validates Kubernetes objects (a JSON array on stdin) against the OpenAPI schemas that the npm packages
-// kubernetes-models, @kubernetes-models/prometheus-operator and @kubernetes-models/gateway-api ship. argv[2]:
-// their node_modules folder. LeaderWorkerSet has no published model: its leader/worker templates are validated
-// as PodTemplateSpec. InferencePool (Gateway API Inference Extension) has none either: check_manifests.py
-// validates it against the CRD schema in tests/deploy/schemas/, so it is skipped here.
+// kubernetes-models, @kubernetes-models/prometheus-operator, @kubernetes-models/gateway-api and
+// @kubernetes-models/cert-manager ship. argv[2]: their node_modules folder. LeaderWorkerSet has no published
+// model: its leader/worker templates are validated as PodTemplateSpec. InferencePool (Gateway API Inference
+// Extension) has none either: check_manifests.py validates it against the CRD schema in tests/deploy/schemas/,
+// so it is skipped here.
 // Prints one line per problem; exits 1 if any.
 import { readFileSync, existsSync } from "node:fs";
 import { join } from "node:path";
@@ -18,6 +19,9 @@ function modelFile(apiVersion, kind) {
   }
   if (group === "gateway.networking.k8s.io") {
     return join(nm, "@kubernetes-models/gateway-api", group, version, kind + ".js");
+  }
+  if (group === "cert-manager.io") {
+    return join(nm, "@kubernetes-models/cert-manager", group, version, kind + ".js");
   }
   return join(nm, "kubernetes-models", group, version, kind + ".js");
 }

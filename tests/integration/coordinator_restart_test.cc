@@ -24,24 +24,6 @@ namespace {
 
 namespace v1 = tpserve::v1;
 
-pid_t Spawn(const std::vector<std::string>& args, const std::string& log) {
-  pid_t parent = getpid();
-  pid_t pid = fork();
-  if (pid == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent) _exit(1);
-    FILE* f = std::fopen(log.c_str(), "a");
-    dup2(fileno(f), 1);
-    dup2(fileno(f), 2);
-    std::vector<char*> argv;
-    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    execv(argv[0], argv.data());
-    _exit(127);
-  }
-  return pid;
-}
-
 int FreePort() {
   // Ask the kernel for an ephemeral port by binding port 0 once.
   int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -80,8 +62,8 @@ TEST(CoordinatorRestartTest, WorkerRegistersAgainAndClientsGetUnavailableMeanwhi
                                           "--host=127.0.0.1", "--port=" + std::to_string(port),
                                           "--worker_host=127.0.0.1", "--worker_port=" + std::to_string(wport),
                                           "--metrics_port=-1"};
-  pid_t c = Spawn(coord, dir + "/coordinator.log");
-  pid_t w = Spawn({BinDir() + "/tpserve", "worker", "--coordinator=127.0.0.1:" + std::to_string(wport), "--rank=0",
+  pid_t c = SpawnLogged(coord, dir + "/coordinator.log");
+  pid_t w = SpawnLogged({BinDir() + "/tpserve", "worker", "--coordinator=127.0.0.1:" + std::to_string(wport), "--rank=0",
                    "--world_size=1"},
                   dir + "/worker.log");
   ASSERT_TRUE(WaitServing(addr, absl::Seconds(60))) << ReadFileOrDie(dir + "/coordinator.log");
@@ -104,7 +86,7 @@ TEST(CoordinatorRestartTest, WorkerRegistersAgainAndClientsGetUnavailableMeanwhi
   EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE) << s.error_message();
   EXPECT_LT(absl::Now() - t0, absl::Seconds(5)) << "a client must not hang while the coordinator is down";
 
-  c = Spawn(coord, dir + "/coordinator.log");
+  c = SpawnLogged(coord, dir + "/coordinator.log");
   ASSERT_TRUE(WaitServing(addr, absl::Seconds(60))) << ReadFileOrDie(dir + "/worker.log");
   EXPECT_EQ(generate(&s), before);
   EXPECT_TRUE(s.ok()) << s.error_message();

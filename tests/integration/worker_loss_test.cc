@@ -24,30 +24,12 @@ v1::GenerateRequest Greedy(const std::string& prompt, int max_new_tokens) {
   return GreedyRequest(prompt, max_new_tokens);
 }
 
-struct Outcome {
-  grpc::Status status;
-  std::vector<int32_t> ids;
-};
+using Outcome = StreamOutcome;
 
 std::vector<Outcome> RunEight(ServerProcess& server, std::atomic<int>* tokens_seen) {
-  auto stub = server.NewStub();
-  std::vector<Outcome> out(8);
-  std::vector<std::thread> threads;
-  for (int i = 0; i < 8; ++i) {
-    threads.emplace_back([&, i] {
-      grpc::ClientContext ctx;
-      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
-      auto reader = stub->GenerateStream(&ctx, Greedy(kPrompts[i], 60 + 10 * i));
-      v1::GenerateStreamResponse msg;
-      while (reader->Read(&msg)) {
-        out[i].ids.insert(out[i].ids.end(), msg.token_ids().begin(), msg.token_ids().end());
-        if (tokens_seen) *tokens_seen += msg.token_ids_size();
-      }
-      out[i].status = reader->Finish();
-    });
-  }
-  for (auto& t : threads) t.join();
-  return out;
+  std::vector<std::pair<std::string, int>> requests;
+  for (int i = 0; i < 8; ++i) requests.emplace_back(kPrompts[i], 60 + 10 * i);
+  return RunGreedyStreams(server, requests, tokens_seen);
 }
 
 TEST(WorkerLossTest, RestartedWorkerGroupReplaysEveryRequestExactly) {

@@ -14,6 +14,7 @@
 #include <cmath>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -38,17 +39,17 @@ absl::Status ServerProcess::Start() {
   log_path_ = dir_ + "/server.log";
   const std::string port_file = dir_ + "/ports.json";
   std::vector<std::string> args = {BinDir() + "/tpserve",
-                                   "serve",
+                                   options_.command,
                                    "--model=" + options_.model_dir,
                                    "--tp=" + std::to_string(options_.tp),
                                    "--host=127.0.0.1",
                                    "--port=0",
                                    "--metrics_host=127.0.0.1",
                                    "--metrics_port=0",
-                                   "--worker_host=127.0.0.1",
                                    "--worker_port=0",
                                    "--port_file=" + port_file,
                                    "--kv_cache_memory=64MiB"};
+  if (!options_.default_worker_host) args.push_back("--worker_host=127.0.0.1");
   for (const auto& f : options_.extra_flags) args.push_back(f);
   pid_t parent = getpid();
   pid_ = fork();
@@ -84,6 +85,7 @@ absl::Status ServerProcess::Start() {
     if (absl::Now() > deadline) return absl::DeadlineExceededError("no port file:\n" + ReadLog());
     absl::SleepFor(absl::Milliseconds(20));
   }
+  if (!options_.wait_for_serving) return absl::OkStatus();
   // 2. Health SERVING.
   while (HealthStatus() != "SERVING") {
     if (PollExit() >= 0) return absl::InternalError("server exited during startup:\n" + ReadLog());
@@ -205,6 +207,64 @@ std::vector<pid_t> ServerProcess::ChildPids() const {
     if (parts.size() > 1 && absl::SimpleAtoi(parts[1], &ppid) && ppid == pid_ && parts[0] != "Z") out.push_back(pid);
   }
   closedir(d);
+  return out;
+}
+
+pid_t SpawnLogged(const std::vector<std::string>& args, const std::string& log_path) {
+  pid_t parent = getpid();
+  pid_t pid = fork();
+  if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(1);
+    int fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    dup2(fd, 1);
+    dup2(fd, 2);
+    std::vector<char*> argv;
+    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  return pid;
+}
+
+int WaitExit(pid_t pid, absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (true) {
+    int status = 0;
+    if (waitpid(pid, &status, WNOHANG) == pid) {
+      return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    }
+    if (absl::Now() > deadline) {
+      kill(pid, SIGKILL);
+      waitpid(pid, &status, 0);
+      return -1;
+    }
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+}
+
+std::vector<StreamOutcome> RunGreedyStreams(const ServerProcess& server,
+                                            const std::vector<std::pair<std::string, int>>& requests,
+                                            std::atomic<int>* seen, absl::Duration deadline) {
+  auto stub = server.NewStub();
+  std::vector<StreamOutcome> out(requests.size());
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < requests.size(); ++i) {
+    threads.emplace_back([&, i] {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() +
+                       std::chrono::milliseconds(absl::ToInt64Milliseconds(deadline)));
+      auto reader = stub->GenerateStream(&ctx, GreedyRequest(requests[i].first, requests[i].second));
+      tpserve::v1::GenerateStreamResponse msg;
+      while (reader->Read(&msg)) {
+        out[i].ids.insert(out[i].ids.end(), msg.token_ids().begin(), msg.token_ids().end());
+        if (seen) *seen += msg.token_ids_size();
+      }
+      out[i].status = reader->Finish();
+    });
+  }
+  for (auto& t : threads) t.join();
   return out;
 }
 

@@ -5,8 +5,10 @@
 
 #include <sys/types.h>
 
+#include <atomic>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -22,6 +24,9 @@ struct ServerOptions {
   absl::Duration ready_timeout = absl::Seconds(180);
   std::string tls_ca;   // when the public API runs TLS: the CA that signed its certificate
   bool own_process_group = false;  // the server leads a new process group (SignalGroup reaches it and its group)
+  bool default_worker_host = false;  // leave --worker_host at serve's default (else 127.0.0.1 is passed)
+  std::string command = "serve";     // or "coordinator": then the test starts the workers itself
+  bool wait_for_serving = true;      // false: Start() returns once the ports are bound
 };
 
 class ServerProcess {
@@ -69,6 +74,22 @@ class ServerProcess {
   int worker_port_ = 0;
   int exit_status_ = -1;
 };
+
+// Spawns `args` (argv[0] a path) with stdout and stderr appended to log_path; it dies with the test.
+pid_t SpawnLogged(const std::vector<std::string>& args, const std::string& log_path);
+// Waits for `pid` to exit; returns its exit code (128 + signal when killed), or -1 after killing it at `timeout`.
+int WaitExit(pid_t pid, absl::Duration timeout);
+
+// One streamed request's end status and the token ids it received.
+struct StreamOutcome {
+  grpc::Status status;
+  std::vector<int32_t> ids;
+};
+// Streams one greedy request per (prompt, max_new_tokens) at once and waits for all; *seen (may be null) counts
+// the tokens received so far, for a test that injects a fault mid-way.
+std::vector<StreamOutcome> RunGreedyStreams(const ServerProcess& server,
+                                            const std::vector<std::pair<std::string, int>>& requests,
+                                            std::atomic<int>* seen, absl::Duration deadline = absl::Seconds(120));
 
 // A greedy request: prompt text, ignore_eos, exactly max_new_tokens new tokens.
 tpserve::v1::GenerateRequest GreedyRequest(const std::string& prompt, int max_new_tokens);
