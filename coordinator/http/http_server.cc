@@ -183,8 +183,10 @@ class ConnectionImpl final : public Connection {
 
   void Start() override {
     if constexpr (kTls) {
+      waiting_since = SteadyNanos();  // a stalled handshake is as evictable as an idle connection
       Lowest().expires_after(ToChrono(server_->options.read_timeout));
       stream_.async_handshake(net::ssl::stream_base::server, [self = Self()](beast::error_code ec) {
+        self->waiting_since = 0;
         if (ec) return self->Close();
         self->ReadRequest();
       });
