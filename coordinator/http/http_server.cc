@@ -9,6 +9,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "boost/asio.hpp"
@@ -279,6 +280,23 @@ class ConnectionImpl final : public Connection {
     parser_->header_limit(static_cast<uint32_t>(server_->options.max_header_bytes));
     waiting_since = SteadyNanos();
     Lowest().expires_after(ToChrono(server_->options.read_timeout));
+    // The head first: a client that sent "Expect: 100-continue" (curl does for large bodies) waits for our
+    // go-ahead before it sends the body. The deadline set above covers head, go-ahead and body together.
+    bhttp::async_read_header(stream_, buffer_, *parser_, [self = Self()](beast::error_code ec, size_t) {
+      if (ec || self->parser_->is_done()) return self->OnRead(ec);
+      if (absl::EqualsIgnoreCase(std::string(self->parser_->get()[bhttp::field::expect]), "100-continue")) {
+        static const char kContinue[] = "HTTP/1.1 100 Continue\r\n\r\n";
+        return net::async_write(self->stream_, net::buffer(kContinue, sizeof(kContinue) - 1),
+                                [self](beast::error_code ec, size_t) {
+                                  if (ec) return self->OnRead(ec);
+                                  self->ReadBody();
+                                });
+      }
+      self->ReadBody();
+    });
+  }
+
+  void ReadBody() {
     bhttp::async_read(stream_, buffer_, *parser_, [self = Self()](beast::error_code ec, size_t) { self->OnRead(ec); });
   }
 
