@@ -414,6 +414,9 @@ class ConnectionImpl final : public Connection {
 
   void OnChunkWritten(beast::error_code ec) {
     writing_ = false;
+    // Disarm: an armed deadline also fails the NEXT operation once it passed, and the next chunk may be a
+    // long engine step away.
+    Lowest().expires_never();
     if (ec) {
       out_.clear();
       ClientGone();
