@@ -65,6 +65,11 @@ ABSL_FLAG(bool, insecure_worker_plane, false,
           "coordinator: allow the worker plane on a non-loopback --worker-host with neither --cluster-token-file nor "
           "--cluster-ca/--cluster-cert/--cluster-key (any process that reaches the port could take a rank); "
           "logged as a warning and exported as tpserve:worker_plane_info{insecure=\"true\"}");
+// The OpenAI-compatible HTTP API (issue 16). It binds --host and takes --tls-*, --api-key-file and
+// --max-message-bytes from the gRPC API.
+ABSL_FLAG(int, http_port, 8000, "OpenAI-compatible HTTP API port on --host (0 = ephemeral, -1 = off)");
+ABSL_FLAG(std::string, served_model_name, "",
+          "model name the APIs serve and requests must name (vLLM's spelling of --model-name; default: directory name)");
 
 namespace tpserve::cli {
 
@@ -99,6 +104,14 @@ absl::StatusOr<coordinator::CoordinatorOptions> CoordinatorOptionsFromFlags() {
   o.worker_host = absl::GetFlag(FLAGS_worker_host);
   o.worker_port = absl::GetFlag(FLAGS_worker_port);
   o.port_file = absl::GetFlag(FLAGS_port_file);
+  o.http_port = absl::GetFlag(FLAGS_http_port);
+  if (o.http_port < -1 || o.http_port > 65535) return absl::InvalidArgumentError("--http-port must be in [-1, 65535]");
+  if (const std::string served = absl::GetFlag(FLAGS_served_model_name); !served.empty()) {
+    if (!o.model_name.empty() && o.model_name != served) {
+      return absl::InvalidArgumentError("--served-model-name and --model-name disagree: set one of them");
+    }
+    o.model_name = served;
+  }
   auto& g = o.group;
   g.world_size = absl::GetFlag(FLAGS_tp);
   if (g.world_size < 1 || g.world_size > 64) return absl::InvalidArgumentError("--tp must be in [1, 64]");

@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "common/log.h"
+#include "coordinator/api_key.h"
 #include "coordinator/tokenizer/utf8.h"
 
 namespace tpserve::coordinator {
@@ -142,20 +143,10 @@ GenerationService::GenerationService(const ApiServiceOptions& options, const Tok
     : options_(options), tokenizer_(tokenizer) {}
 
 grpc::Status GenerationService::Authorize(grpc::CallbackServerContext* context) const {
-  if (options_.api_key.empty()) return grpc::Status::OK;
+  std::optional<std::string> header;
   const auto& md = context->client_metadata();
-  auto it = md.find("authorization");
-  if (it == md.end()) {
-    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
-                        "missing API key: send metadata 'authorization: Bearer <key>'");
-  }
-  const std::string got(it->second.data(), it->second.size());
-  const std::string want = "Bearer " + options_.api_key;
-  // Constant-time comparison: the time taken does not reveal how much of the key matched.
-  unsigned char diff = got.size() == want.size() ? 0 : 1;
-  for (size_t i = 0; i < got.size(); ++i) diff |= static_cast<unsigned char>(got[i] ^ want[i % want.size()]);
-  if (diff != 0) return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "invalid API key");
-  return grpc::Status::OK;
+  if (auto it = md.find("authorization"); it != md.end()) header.emplace(it->second.data(), it->second.size());
+  return ToGrpcStatus(CheckApiKey(header, options_.api_key, "send metadata 'authorization: Bearer <key>'"));
 }
 
 void GenerationService::SetEngine(Engine* engine, int kv_blocks, int kv_block_size) {

@@ -145,36 +145,19 @@ absl::Status CoordinatorServer::Start() {
     auto* health = public_server_->GetHealthCheckService();
     health->SetServingStatus(false);
   }
-  if (options_.metrics_port >= 0) {
-    auto registry = metrics_->registry();
-    http_.Handle("/metrics", [registry] {
-      HttpResponse r;
-      r.content_type = "text/plain; version=0.0.4; charset=utf-8";
-      prometheus::TextSerializer serializer;
-      r.body = serializer.Serialize(registry->Collect());
-      return r;
-    });
-    http_.Handle("/health", [] { return HttpResponse{200, "text/plain; charset=utf-8", "ok\n"}; });
-    http_.Handle("/ready", [this] {
-      bool ready = ComputeReady();
-      return HttpResponse{ready ? 200 : 503, "text/plain; charset=utf-8",
-                          ready ? "ready\n" : (draining_ ? "draining\n" : "not ready\n")};
-    });
-    auto p = http_.Start(options_.metrics_host, options_.metrics_port);
-    if (!p.ok()) return p.status();
-    metrics_port_ = *p;
-  }
+  if (absl::Status s = StartHttp(); !s.ok()) return s;
   if (!options_.port_file.empty()) {
     std::string tmp = options_.port_file + ".tmp";
     std::ofstream f(tmp);
-    f << absl::StrFormat("{\"port\": %d, \"worker_port\": %d, \"metrics_port\": %d}\n", port_, worker_port_,
-                         metrics_port_);
+    f << absl::StrFormat("{\"port\": %d, \"worker_port\": %d, \"metrics_port\": %d, \"http_port\": %d}\n", port_,
+                         worker_port_, metrics_port_, http_port_);
     f.close();
     std::rename(tmp.c_str(), options_.port_file.c_str());
   }
   TP_LOG(INFO) << "coordinator listening: api " << options_.host << ":" << port_ << ", workers "
-               << options_.worker_host << ":" << worker_port_ << " (worker auth: " << auth->mode() << "), metrics " << options_.metrics_host << ":"
-               << metrics_port_ << "; waiting for " << options_.group.world_size << " worker(s)";
+               << options_.worker_host << ":" << worker_port_ << " (worker auth: " << auth->mode() << "), metrics "
+               << options_.metrics_host << ":" << metrics_port_ << ", openai http " << http_port_ << "; waiting for "
+               << options_.group.world_size << " worker(s)";
   monitor_ = std::thread([this] { MonitorLoop(); });
   return absl::OkStatus();
 }
@@ -222,8 +205,69 @@ absl::Status CoordinatorServer::WaitUntilServing(absl::Duration timeout) {
   std::printf("%s\n", line.c_str());
   std::fflush(stdout);
   api_->SetEngine(engine_.get(), blocks, options_.group.block_size);
+  if (openai_) openai_->SetEngine(engine_.get());
   serving_started_ = true;
   TP_LOG(INFO) << "serving " << options_.model_name << " on port " << port_;
+  return absl::OkStatus();
+}
+
+void CoordinatorServer::AddProbes(http::Server* server) {
+  server->Handle("GET", "/health", [](const http::Request&, std::shared_ptr<http::Exchange> x) {
+    x->Reply(http::Response{200, "text/plain; charset=utf-8", "ok\n", {}});
+  });
+  server->Handle("GET", "/ready", [this](const http::Request&, std::shared_ptr<http::Exchange> x) {
+    bool ready = ComputeReady();
+    x->Reply(http::Response{ready ? 200 : 503, "text/plain; charset=utf-8",
+                            ready ? "ready\n" : (draining_ ? "draining\n" : "not ready\n"), {}});
+  });
+}
+
+absl::Status CoordinatorServer::StartHttp() {
+  if (options_.metrics_port >= 0) {
+    // Probes and scrapers: one thread (every handler answers at once), short timeouts, plaintext.
+    http::ServerOptions o;
+    o.name = "metrics";
+    o.host = options_.metrics_host;
+    o.port = options_.metrics_port;
+    o.threads = 1;
+    o.max_connections = 256;
+    o.read_timeout = absl::Seconds(5);
+    o.write_timeout = absl::Seconds(10);
+    o.max_body_bytes = 4096;
+    metrics_http_ = std::make_unique<http::Server>(o);
+    auto registry = metrics_->registry();
+    metrics_http_->Handle("GET", "/metrics", [registry](const http::Request&, std::shared_ptr<http::Exchange> x) {
+      prometheus::TextSerializer serializer;
+      x->Reply(http::Response{200, "text/plain; version=0.0.4; charset=utf-8", serializer.Serialize(registry->Collect()), {}});
+    });
+    AddProbes(metrics_http_.get());
+    auto p = metrics_http_->Start();
+    if (!p.ok()) return p.status();
+    metrics_port_ = *p;
+  }
+  if (options_.http_port >= 0) {
+    openai_ = std::make_unique<openai::OpenAiService>(
+        openai::OpenAiServiceOptions{options_.model_name, options_.api_key, options_.limits}, tokenizer_.get());
+    // The API key and TLS of the gRPC API apply here too; the body limit is gRPC's message limit.
+    http::ServerOptions o;
+    o.name = "openai";
+    o.host = options_.host;
+    o.port = options_.http_port;
+    o.threads = 4;
+    o.max_connections = 1024;
+    o.read_timeout = absl::Seconds(30);
+    o.write_timeout = absl::Seconds(30);
+    o.max_body_bytes = options_.max_message_bytes;
+    o.tls = options_.api_tls;
+    openai_http_ = std::make_unique<http::Server>(o);
+    openai_->Register(openai_http_.get());
+    AddProbes(openai_http_.get());
+    auto p = openai_http_->Start();
+    if (!p.ok()) {
+      return absl::Status(p.status().code(), absl::StrCat(p.status().message(), " (--http-port in use?)"));
+    }
+    http_port_ = *p;
+  }
   return absl::OkStatus();
 }
 
@@ -270,7 +314,8 @@ void CoordinatorServer::Shutdown() {
   if (public_server_) public_server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   if (pool_) pool_->Shutdown("coordinator shutting down");
   if (worker_server_) worker_server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
-  http_.Stop();
+  if (openai_http_) openai_http_->Stop();
+  if (metrics_http_) metrics_http_->Stop();
 }
 
 }  // namespace tpserve::coordinator

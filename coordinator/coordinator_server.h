@@ -14,8 +14,9 @@
 #include "common/model_config.h"
 #include "coordinator/api_service.h"
 #include "coordinator/engine.h"
-#include "coordinator/http_server.h"
+#include "coordinator/http/http_server.h"
 #include "coordinator/metrics.h"
+#include "coordinator/openai/openai_service.h"
 #include "coordinator/tokenizer/tokenizer.h"
 #include "coordinator/worker_pool.h"
 #include "grpcpp/server.h"
@@ -31,7 +32,8 @@ struct CoordinatorOptions {
   int worker_port = 50052;          // control plane; 0 = ephemeral
   std::string metrics_host = "0.0.0.0";
   int metrics_port = 9090;          // 0 = ephemeral, -1 = off
-  std::string port_file;            // when set: JSON {"port","worker_port","metrics_port"} written after binding
+  int http_port = 8000;             // OpenAI-compatible HTTP API on `host`; 0 = ephemeral, -1 = off
+  std::string port_file;            // when set: JSON {"port","worker_port","metrics_port","http_port"} written after binding
   WorkerGroupOptions group;
   EngineOptions engine;             // scheduler.num_blocks and max_model_len are filled in at startup
   ValidationLimits limits;
@@ -57,6 +59,7 @@ class CoordinatorServer {
   int port() const { return port_; }
   int worker_port() const { return worker_port_; }
   int metrics_port() const { return metrics_port_; }
+  int http_port() const { return http_port_; }
 
   // Waits for the worker group, sizes the scheduler from the KV pool, runs a warm-up step, starts the
   // engine and turns health SERVING. Prints the KV sizing line.
@@ -73,6 +76,9 @@ class CoordinatorServer {
  private:
   void MonitorLoop();
   bool ComputeReady() const;
+  // /health and /ready, served on the metrics port and on the OpenAI port.
+  void AddProbes(http::Server* server);
+  absl::Status StartHttp();
 
   CoordinatorOptions options_;
   ModelConfig config_;
@@ -83,10 +89,13 @@ class CoordinatorServer {
   std::unique_ptr<Engine> engine_;
   std::unique_ptr<grpc::Server> public_server_;
   std::unique_ptr<grpc::Server> worker_server_;
-  HttpServer http_;
+  std::unique_ptr<openai::OpenAiService> openai_;
+  std::unique_ptr<http::Server> metrics_http_;  // its own pool: API traffic cannot delay probes
+  std::unique_ptr<http::Server> openai_http_;
   int port_ = 0;
   int worker_port_ = 0;
   int metrics_port_ = -1;
+  int http_port_ = -1;
   std::atomic<bool> draining_{false};
   std::atomic<bool> serving_started_{false};
   std::atomic<bool> stop_monitor_{false};

@@ -19,7 +19,7 @@ KV_MEMORY=${KV_MEMORY:-2GiB}
 WORK=$(mktemp -d /tmp/bench-serve.XXXXXX)
 
 "$TPSERVE" serve --model "$MODEL" --tp "$TP" --host 127.0.0.1 --worker-host 127.0.0.1 --metrics-host 127.0.0.1 \
-  --port 0 --worker-port 0 --metrics-port 0 --port-file "$WORK/ports.json" --kv-cache-memory "$KV_MEMORY" \
+  --port 0 --worker-port 0 --metrics-port 0 --http-port 0 --port-file "$WORK/ports.json" --kv-cache-memory "$KV_MEMORY" \
   --max-num-seqs 16 --restart-workers=false ${EXTRA_SERVE_ARGS:-} >"$WORK/serve.log" 2>&1 &
 SERVE_PID=$!
 cleanup() { kill "$SERVE_PID" 2>/dev/null || true; wait "$SERVE_PID" 2>/dev/null || true; }

@@ -7,7 +7,7 @@ PKGS=(
   build-essential cmake ninja-build ccache pkg-config git
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev prometheus-cpp-dev libsentencepiece-dev sentencepiece
-  libgloo-dev nlohmann-json3-dev libssl-dev zlib1g-dev
+  libgloo-dev nlohmann-json3-dev libssl-dev zlib1g-dev libboost1.74-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   clang libclang-rt-14-dev python3 python3-yaml
   python3-jinja2 python3-sentencepiece  # scripts/make-chat-template-vectors.py: chat template references

@@ -68,6 +68,7 @@ for h in host worker_host metrics_host; do set_flag "$c" "$h" 127.0.0.1; done
 set_flag "$c" port "$port"
 set_flag "$c" worker_port "$worker_port"
 set_flag "$c" metrics_port "$metrics_port"
+set_flag "$c" http_port 0
 set_flag "$c" comm_backend gloo
 set_flag "$c" kv_cache_memory 64MiB
 set_flag "$w" device cpu

@@ -10,7 +10,7 @@ DURATION=${1:-600}
 MODEL=${2:-../shared/models/stories260K}
 BIN=build/bin
 OUT=$(mktemp -d /tmp/tpserve-soak-XXXXXX)
-"$BIN/tpserve" serve --model "$MODEL" --tp 2 --host 127.0.0.1 --port 0 --metrics-host 127.0.0.1 --metrics-port 0 \
+"$BIN/tpserve" serve --model "$MODEL" --tp 2 --host 127.0.0.1 --port 0 --metrics-host 127.0.0.1 --metrics-port 0 --http-port 0 \
   --worker-port 0 --port-file "$OUT/ports.json" --kv-cache-memory 64MiB --max-num-seqs 16 > "$OUT/server.log" 2>&1 &
 server=$!
 trap 'kill -TERM $server 2>/dev/null || true; wait $server 2>/dev/null || true' EXIT

@@ -76,6 +76,22 @@ TEST(SecurityTest, TlsApiWithApiKey) {
                     " --tls-ca " + pki.dir + "/ca.pem --api-key-file " + key_file +
                     " --prompt hi --max-new-tokens 3 --json >/dev/null 2>&1";
   EXPECT_EQ(std::system(cmd.c_str()), 0);
+  // The OpenAI HTTP port takes the same TLS certificate and API key (curl: a client no one here wrote).
+  if (std::system("command -v curl >/dev/null 2>&1") == 0) {
+    const std::string url = "https://localhost:" + std::to_string(server.http_port()) + "/v1/completions";
+    const std::string body = " -d '{\"prompt\": \"Once upon a time\", \"max_tokens\": 5, \"temperature\": 0}'";
+    auto curl_code = [&](const std::string& args) {
+      std::string out = pki.dir + "/curl.out";
+      std::string c = "curl -s -o /dev/null -w '%{http_code}' --max-time 20 " + args + " > " + out + " 2>/dev/null";
+      std::system(c.c_str());
+      return ReadFileOrDie(out);
+    };
+    EXPECT_EQ(curl_code("--cacert " + pki.dir + "/ca.pem -H 'Authorization: Bearer s3cret-key' " + url + body), "200");
+    EXPECT_EQ(curl_code("--cacert " + pki.dir + "/ca.pem " + url + body), "401");
+    EXPECT_EQ(curl_code("--cacert " + pki.dir + "/ca.pem -H 'Authorization: Bearer wrong' " + url + body), "401");
+    // Plaintext HTTP to the TLS port gets no HTTP answer.
+    EXPECT_EQ(curl_code("http://localhost:" + std::to_string(server.http_port()) + "/v1/models"), "000");
+  }
   EXPECT_EQ(server.Stop(), 0);
 }
 

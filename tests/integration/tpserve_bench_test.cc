@@ -129,6 +129,27 @@ TEST_F(TpserveBenchTest, FortyRequestsMatchServerCounts) {
   EXPECT_GT(run.report["client_overhead"]["callback_us_per_token"].get<double>(), 0);
 }
 
+// The same harness over the OpenAI HTTP API of the same server: every request's usage, the streamed chunks and
+// the server's own counters agree (prompts go as token-id arrays, so the ids sent are the ids counted).
+TEST_F(TpserveBenchTest, OpenAiApiMatchesServerCounts) {
+  ASSERT_GT(server_->http_port(), 0);
+  const double gen_before = Metric(kGenTokens), prompt_before = Metric(kPromptTokens);
+  BenchRun run = RunTpserveBench(absl::StrCat("--api openai --url http://127.0.0.1:", server_->http_port(),
+                                              " --tokenizer ", SharedPath("models/stories260K"),
+                                              " --num-requests 12 --concurrency 3 --input-len 40 --output-len 16"
+                                              " --len-dist uniform --len-range 0.5 --seed 21"));
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  const auto& s = run.report["summary"];
+  EXPECT_EQ(s["completed"], 12) << run.output;
+  for (const auto& r : run.report["requests"]) {
+    EXPECT_EQ(r["prompt_tokens"], r["input_len_sent"]) << r.dump();
+    EXPECT_EQ(r["completion_tokens"], r["output_len_asked"]) << r.dump();
+    EXPECT_EQ(r["stream_tokens"], r["completion_tokens"]) << r.dump();
+  }
+  EXPECT_DOUBLE_EQ(Metric(kGenTokens) - gen_before, s["total_output_tokens"].get<double>());
+  EXPECT_DOUBLE_EQ(Metric(kPromptTokens) - prompt_before, s["total_input_tokens"].get<double>());
+}
+
 // Shared prefixes: what the bench reports as cached prompt tokens is what the server's prefix cache counted.
 TEST_F(TpserveBenchTest, SharedPrefixReportsCachedTokens) {
   const double hits_before = Metric(kPrefixHits);

@@ -46,6 +46,7 @@ absl::Status ServerProcess::Start() {
                                    "--port=0",
                                    "--metrics_host=127.0.0.1",
                                    "--metrics_port=0",
+                                   "--http_port=0",
                                    "--worker_port=0",
                                    "--port_file=" + port_file,
                                    "--kv_cache_memory=64MiB"};
@@ -78,6 +79,7 @@ absl::Status ServerProcess::Start() {
         port_ = j["port"];
         worker_port_ = j["worker_port"];
         metrics_port_ = j["metrics_port"];
+        http_port_ = j.value("http_port", -1);
         break;
       }
     }

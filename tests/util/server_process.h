@@ -48,6 +48,7 @@ class ServerProcess {
   int port() const { return port_; }
   int metrics_port() const { return metrics_port_; }
   int worker_port() const { return worker_port_; }
+  int http_port() const { return http_port_; }  // the OpenAI HTTP API; -1 when off
   std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
   const std::string& log_path() const { return log_path_; }
   std::string ReadLog() const;
@@ -72,6 +73,7 @@ class ServerProcess {
   int port_ = 0;
   int metrics_port_ = 0;
   int worker_port_ = 0;
+  int http_port_ = -1;
   int exit_status_ = -1;
 };
 
