@@ -475,8 +475,10 @@ ALLOWED_PEERS = {
     "metrics": {"group", "monitoring", "metrics-client"},
     "grpc": {"group", "namespace", "gateway"},
     "http": {"group", "namespace", "gateway"},
+    "grpc-ext-proc": {"group", "namespace", "gateway"},  # the endpoint picker, called by the Gateway's proxy
 }
-REQUIRED_PEERS = {"worker": {"group"}, "metrics": {"monitoring"}, "grpc": {"namespace", "gateway"}}
+REQUIRED_PEERS = {"worker": {"group"}, "metrics": {"monitoring"}, "grpc": {"namespace", "gateway"},
+                  "grpc-ext-proc": {"gateway"}}
 
 
 def check_network_policies(templates, by_kind):
