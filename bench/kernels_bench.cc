@@ -2,6 +2,7 @@
 // run — a multi-threaded streaming-read probe (GB/s) and an FMA / vdpbf16ps / AMX peak (GFLOP/s).
 //   kernels-bench [--isa=all|amx|avx512|avx2|scalar] [--threads=N] [--dtypes=f32,bf16,f16] [--m=1,16,512]
 //                 [--shapes=5120x5120,...] [--min_time=0.3] [--json=FILE] [--probe_only] [--rotate_gib=1]
+//                 [--cpu_time]
 #include <immintrin.h>
 #include <sys/mman.h>
 
@@ -12,6 +13,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <fstream>
 #include <string>
 #include <thread>
@@ -36,6 +38,9 @@ ABSL_FLAG(double, min_time, 0.3, "seconds per measurement (at least 2 timed runs
 ABSL_FLAG(bool, scalar_prefill, false, "also time m >= 64 on the scalar ISA (slow)");
 ABSL_FLAG(std::string, json, "", "write results to this JSON file");
 ABSL_FLAG(bool, probe_only, false, "only measure read bandwidth and compute peaks (seconds), then exit");
+ABSL_FLAG(bool, cpu_time, false,
+          "time with the CPU clock of the thread doing the work instead of the wall clock (only with --threads=1): "
+          "on a machine shared with other jobs this leaves out the time the bench was not running");
 ABSL_FLAG(double, rotate_gib, 1.0,
           "keep copies of each weight totalling at least this many GiB (up to 64 copies) and use the next one on "
           "every call, so a weight smaller than the last-level cache is still read from memory (0 = one copy)");
@@ -47,9 +52,36 @@ using Clock = std::chrono::steady_clock;
 
 double Seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
 
-// Runs fn(thread) on `threads` threads at once and returns the wall time of the slowest.
+// This thread's CPU time in seconds (--cpu_time).
+double ThreadCpuSeconds() {
+  timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return double(ts.tv_sec) + double(ts.tv_nsec) * 1e-9;
+}
+
+// Seconds fn() took: wall clock, or with --cpu_time this thread's CPU time.
+template <class Fn>
+double TimeIt(Fn fn) {
+  if (absl::GetFlag(FLAGS_cpu_time)) {
+    const double t0 = ThreadCpuSeconds();
+    fn();
+    return ThreadCpuSeconds() - t0;
+  }
+  const auto t0 = Clock::now();
+  fn();
+  return Seconds(t0, Clock::now());
+}
+
+// Runs fn(thread) on `threads` threads at once and returns the wall time of the slowest (with --cpu_time
+// and one thread, that thread's CPU time).
 template <class Fn>
 double RunOnThreads(int threads, Fn fn) {
+  if (threads == 1 && absl::GetFlag(FLAGS_cpu_time)) {
+    double s = 0;
+    std::thread t([&] { s = TimeIt([&] { fn(0); }); });
+    t.join();
+    return s;
+  }
   std::atomic<int> ready{0};
   std::atomic<bool> go{false};
   std::vector<std::thread> ts;
@@ -230,6 +262,10 @@ std::vector<int64_t> ParseInts(const std::string& s) {
 int Main() {
   int threads = absl::GetFlag(FLAGS_threads);
   if (threads <= 0) threads = std::max(1u, std::thread::hardware_concurrency());
+  if (absl::GetFlag(FLAGS_cpu_time) && threads != 1) {
+    std::fprintf(stderr, "--cpu_time needs --threads=1 (the other threads' time is not on this clock)\n");
+    return 2;
+  }
   __builtin_cpu_init();
   const bool has_amx = DetectCpuIsa() == CpuIsa::kAmx;
   const bool has512 = has_amx || DetectCpuIsa() == CpuIsa::kAvx512;
@@ -323,9 +359,7 @@ int Main() {
           std::vector<double> times;
           const auto start = Clock::now();
           while (times.size() < 2 || (Seconds(start, Clock::now()) < absl::GetFlag(FLAGS_min_time) && times.size() < 1000)) {
-            const auto t0 = Clock::now();
-            be->Matmul(x.data(), m, view(), y.data());
-            times.push_back(Seconds(t0, Clock::now()));
+            times.push_back(TimeIt([&] { be->Matmul(x.data(), m, view(), y.data()); }));
           }
           std::sort(times.begin(), times.end());
           // Best of the runs: the build machine is shared, and the minimum is the least disturbed run.
