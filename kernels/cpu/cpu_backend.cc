@@ -174,10 +174,11 @@ class CpuBackend : public Backend {
     }
     // Columns in chunks of 16-feature units, about 8 per thread, taken by whichever thread is free; the
     // value of each element is independent of the split (cpu_kernels.h), only the load balance changes.
-    // Chunks are even numbers of units so the AMX kernel keeps its 32-row groups whole.
+    // Chunks are multiples of 6 units (96 rows): even, so the AMX kernel keeps its 32-row groups whole, and
+    // whole 6-row tiles of the vdpbf16ps kernel (no partial tile at every chunk's end).
     const int64_t units = (w.rows + 15) / 16;
     const int64_t flops = 2 * m * w.rows * w.cols;
-    const int64_t chunk = std::max<int64_t>(2, units / (8 * pool_.size()) / 2 * 2);
+    const int64_t chunk = std::max<int64_t>(6, units / (8 * pool_.size()) / 6 * 6);
     pool_.ParallelForChunks(units, chunk, flops > (1 << 18) ? 2 : units + 1, [&](int64_t b, int64_t e) {
       k_.matmul(job, b * 16, std::min(w.rows, e * 16));
     });

@@ -8,14 +8,14 @@
 // That is the same value the untiled Bf16DotTile computes, for every m, tile shape, k block and thread.
 //
 // Blocking, per thread (a range of weight rows):
-//   for each group of tokens whose packed x block stays in L2 (kXBlockBytes)
+//   for each group of token strips whose packed x (one k block of it) stays in L2 (kXBlockBytes)
 //     for each tile of kNR weight rows
-//       for each k block of kKBlockChunks chunks (the tile's slice, kNR x 2 KiB, stays in L1)
+//       for each k block (whole rows up to 2048 k, else ~1024-k blocks): the tile's slice stays in L1
 //         for each strip of kMR tokens of the group: kMR x kNR accumulators in zmm registers.
-// The weight slice is read from memory once per token group and reused by every strip; while the strips
-// run, the next slice is prefetched into L1, spread over the strips' k steps. Accumulators of an
-// unfinished k block are parked in a per-thread scratch (an exact float32 store and reload, so the k
-// blocking does not change the arithmetic).
+// A weight slice is read from memory once per token group and reused by every strip; during the group's
+// last strips the next slice is prefetched into L1, a few lines per k step. Accumulators of an unfinished
+// k block are parked in a per-thread buffer (an exact float32 store and reload, so k blocking does not
+// change the arithmetic).
 //
 // x arrives packed by PackXAvx512Bf16Block: [ceil(m / kMR) strips][k chunks][kMR tokens][32 bf16],
 // zero past m and past k, so a strip's chunk is kMR consecutive cache lines.
