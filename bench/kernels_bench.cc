@@ -1,5 +1,7 @@
 // kernels-bench: CPU backend matmul speed per ISA and weight dtype against limits measured in the same
-// run — a multi-threaded streaming-read probe (GB/s) and an FMA / vdpbf16ps / AMX peak (GFLOP/s).
+// run — a multi-threaded streaming-read probe (GB/s) and an FMA / vdpbf16ps / AMX peak (GFLOP/s). Each row
+// names the peak its kernel runs against (dpbf16, amx, fma512, fma256) and gives % of bandwidth, % of that
+// peak and % of the roofline, so a regression on one ISA shows when another machine runs the suite.
 //   kernels-bench [--isa=all|amx|avx512|avx2|scalar] [--threads=N] [--dtypes=f32,bf16,f16] [--m=1,16,512]
 //                 [--shapes=5120x5120,...] [--min_time=0.3] [--json=FILE] [--probe_only] [--rotate_gib=1]
 //                 [--cpu_time]
@@ -250,6 +252,25 @@ double PeakGflops(int threads, float (*loop)(), double flops_per_iter, int64_t i
   return best;
 }
 
+// /proc/cpuinfo's first "model name" with its family and model numbers (a virtual machine may show only
+// "AMD EPYC"; family 25 is Zen 3/4, 26 Zen 5), or "unknown".
+std::string CpuModelName() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line, name, family, model;
+  auto value = [&] {
+    const size_t colon = line.find(':');
+    const size_t start = colon == std::string::npos ? std::string::npos : line.find_first_not_of(" \t", colon + 1);
+    return start == std::string::npos ? std::string() : line.substr(start);
+  };
+  while (std::getline(in, line) && !line.empty()) {
+    if (line.rfind("model name", 0) == 0) name = value();
+    if (line.rfind("cpu family", 0) == 0) family = value();
+    if (line.rfind("model\t", 0) == 0 || line.rfind("model :", 0) == 0) model = value();
+  }
+  if (name.empty()) return "unknown";
+  return family.empty() ? name : name + " (family " + family + " model " + model + ")";
+}
+
 std::vector<int64_t> ParseInts(const std::string& s) {
   std::vector<int64_t> out;
   for (absl::string_view part : absl::StrSplit(s, ',', absl::SkipEmpty())) {
@@ -278,6 +299,12 @@ int Main() {
   const double fma256_peak = has_avx2 ? PeakGflops(threads, &FmaLoop256, 12 * 8 * 2) : 0.0;
   const double dp_peak = has_bf16 ? PeakGflops(threads, &DpLoop, 24 * 64) : 0.0;
   const double amx_peak = has_amx ? PeakGflops(threads, &AmxLoop, 4 * 16384, kAmxIters) : 0.0;
+  const std::string cpu_model = CpuModelName();
+  std::printf("cpu: %s  isa: %s%s%s\n", cpu_model.c_str(), CpuIsaName(DetectCpuIsa()), has_bf16 ? " +avx512_bf16" : "",
+              absl::GetFlag(FLAGS_cpu_time) ? "  (timed by thread CPU clock)" : "");
+  report["cpu_model"] = cpu_model;
+  report["cpu_isa"] = CpuIsaName(DetectCpuIsa());
+  report["avx512_bf16"] = has_bf16;
   std::printf(
       "threads %d  read bandwidth %.1f GB/s  FMA peak %.0f (zmm) / %.0f (ymm) GFLOP/s  dpbf16 peak %.0f GFLOP/s"
       "  AMX bf16 peak %.0f GFLOP/s\n",
@@ -313,8 +340,11 @@ int Main() {
   }
   const int64_t max_m = ms.empty() ? 1 : *std::max_element(ms.begin(), ms.end());
 
-  std::printf("%-18s %-9s %-12s %5s %10s %9s %7s %9s %7s\n", "backend", "dtype", "shape", "m", "best ms", "GB/s",
-              "%bw", "GFLOP/s", "%peak");
+  // Per row: % of the read bandwidth, % of the compute peak of the instruction the kernel runs on (named in
+  // `peak`), and % of the roofline: the larger of weight-streaming time at the probe's bandwidth and compute
+  // time at that peak, over the measured time (100% = as fast as either limit allows).
+  std::printf("%-18s %-9s %-12s %5s %10s %9s %7s %9s %7s %-7s %6s\n", "backend", "dtype", "shape", "m", "best ms",
+              "GB/s", "%bw", "GFLOP/s", "%peak", "peak", "%roof");
   for (CpuIsa isa : isas) {
     auto be_or = CreateCpuBackend(CpuBackendOptions{threads, isa});
     if (!be_or.ok()) {
@@ -375,15 +405,23 @@ int Main() {
                               : isa == CpuIsa::kAvx512 ? fma_peak
                               : isa == CpuIsa::kAvx2   ? fma256_peak
                                                        : 0.0;  // baseline code: no meaningful peak
+          const char* peak_name = amx_bf16                 ? "amx"
+                                  : dot_bf16               ? "dpbf16"
+                                  : isa == CpuIsa::kAvx512 ? "fma512"
+                                  : isa == CpuIsa::kAvx2   ? "fma256"
+                                                           : "-";
+          const double floor_s =
+              std::max(double(wbytes) / (read_gbps * 1e9), peak > 0 ? 2.0 * m * n * k / (peak * 1e9) : 0.0);
           const std::string shape = std::to_string(n) + "x" + std::to_string(k);
-          std::printf("%-18s %-9s %-12s %5lld %10.3f %9.1f %6.0f%% %9.1f %6.0f%%\n", be->name().c_str(), DTypeName(dt),
-                      shape.c_str(), static_cast<long long>(m), t * 1e3, gbps, 100.0 * gbps / read_gbps, gflops,
-                      peak > 0 ? 100.0 * gflops / peak : 0.0);
+          std::printf("%-18s %-9s %-12s %5lld %10.3f %9.1f %6.0f%% %9.1f %6.0f%% %-7s %5.0f%%\n", be->name().c_str(),
+                      DTypeName(dt), shape.c_str(), static_cast<long long>(m), t * 1e3, gbps, 100.0 * gbps / read_gbps,
+                      gflops, peak > 0 ? 100.0 * gflops / peak : 0.0, peak_name, 100.0 * floor_s / t);
           std::fflush(stdout);
           report["results"].push_back({{"backend", be->name()}, {"dtype", DTypeName(dt)}, {"n", n}, {"k", k},
                                        {"m", m}, {"ms", t * 1e3}, {"median_ms", median * 1e3}, {"gbps", gbps},
                                        {"bw_fraction", gbps / read_gbps}, {"gflops", gflops},
-                                       {"peak_gflops", peak}, {"peak_fraction", peak > 0 ? gflops / peak : 0.0}});
+                                       {"peak_gflops", peak}, {"peak_fraction", peak > 0 ? gflops / peak : 0.0},
+                                       {"peak_kind", peak_name}, {"roofline_fraction", floor_s / t}});
         }
         for (void* p : wmem) be->Free(p);
       }
