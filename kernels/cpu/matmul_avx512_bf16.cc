@@ -145,17 +145,22 @@ void FillTable(TileFn* table) {
   }
 }
 
-// This thread's parking space for accumulators between k blocks, grown on demand and kept for the life
-// of the thread (the pool's threads live as long as the backend).
+// This thread's parking space for accumulators between k blocks, grown on demand, freed when the thread
+// ends (the pool's threads live as long as their backend).
+struct ParkStore {
+  float* buf = nullptr;
+  int64_t size = 0;
+  ~ParkStore() { std::free(buf); }
+};
+
 float* ParkBuffer(int64_t floats) {
-  thread_local float* buf = nullptr;
-  thread_local int64_t size = 0;
-  if (size < floats) {
-    std::free(buf);
-    buf = static_cast<float*>(std::aligned_alloc(64, static_cast<size_t>(floats) * 4));
-    size = floats;
+  thread_local ParkStore store;
+  if (store.size < floats) {
+    std::free(store.buf);
+    store.buf = static_cast<float*>(std::aligned_alloc(64, static_cast<size_t>(floats) * 4));
+    store.size = floats;
   }
-  return buf;
+  return store.buf;
 }
 
 }  // namespace
