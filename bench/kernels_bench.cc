@@ -1,7 +1,10 @@
 // kernels-bench: CPU backend matmul speed per ISA and weight dtype against limits measured in the same
-// run — a multi-threaded streaming-read probe (GB/s) and an FMA / vdpbf16ps / AMX peak (GFLOP/s).
+// run — a multi-threaded streaming-read probe (GB/s) and an FMA / vdpbf16ps / AMX peak (GFLOP/s). Each row
+// names the peak its kernel runs against (dpbf16, amx, fma512, fma256) and gives % of bandwidth, % of that
+// peak and % of the roofline, so a regression on one ISA shows when another machine runs the suite.
 //   kernels-bench [--isa=all|amx|avx512|avx2|scalar] [--threads=N] [--dtypes=f32,bf16,f16] [--m=1,16,512]
 //                 [--shapes=5120x5120,...] [--min_time=0.3] [--json=FILE] [--probe_only] [--rotate_gib=1]
+//                 [--cpu_time]
 #include <immintrin.h>
 #include <sys/mman.h>
 
@@ -12,6 +15,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <fstream>
 #include <string>
 #include <thread>
@@ -36,6 +40,9 @@ ABSL_FLAG(double, min_time, 0.3, "seconds per measurement (at least 2 timed runs
 ABSL_FLAG(bool, scalar_prefill, false, "also time m >= 64 on the scalar ISA (slow)");
 ABSL_FLAG(std::string, json, "", "write results to this JSON file");
 ABSL_FLAG(bool, probe_only, false, "only measure read bandwidth and compute peaks (seconds), then exit");
+ABSL_FLAG(bool, cpu_time, false,
+          "time with the CPU clock of the thread doing the work instead of the wall clock (only with --threads=1): "
+          "on a machine shared with other jobs this leaves out the time the bench was not running");
 ABSL_FLAG(double, rotate_gib, 1.0,
           "keep copies of each weight totalling at least this many GiB (up to 64 copies) and use the next one on "
           "every call, so a weight smaller than the last-level cache is still read from memory (0 = one copy)");
@@ -47,9 +54,36 @@ using Clock = std::chrono::steady_clock;
 
 double Seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
 
-// Runs fn(thread) on `threads` threads at once and returns the wall time of the slowest.
+// This thread's CPU time in seconds (--cpu_time).
+double ThreadCpuSeconds() {
+  timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return double(ts.tv_sec) + double(ts.tv_nsec) * 1e-9;
+}
+
+// Seconds fn() took: wall clock, or with --cpu_time this thread's CPU time.
+template <class Fn>
+double TimeIt(Fn fn) {
+  if (absl::GetFlag(FLAGS_cpu_time)) {
+    const double t0 = ThreadCpuSeconds();
+    fn();
+    return ThreadCpuSeconds() - t0;
+  }
+  const auto t0 = Clock::now();
+  fn();
+  return Seconds(t0, Clock::now());
+}
+
+// Runs fn(thread) on `threads` threads at once and returns the wall time of the slowest (with --cpu_time
+// and one thread, that thread's CPU time).
 template <class Fn>
 double RunOnThreads(int threads, Fn fn) {
+  if (threads == 1 && absl::GetFlag(FLAGS_cpu_time)) {
+    double s = 0;
+    std::thread t([&] { s = TimeIt([&] { fn(0); }); });
+    t.join();
+    return s;
+  }
   std::atomic<int> ready{0};
   std::atomic<bool> go{false};
   std::vector<std::thread> ts;
@@ -218,6 +252,25 @@ double PeakGflops(int threads, float (*loop)(), double flops_per_iter, int64_t i
   return best;
 }
 
+// /proc/cpuinfo's first "model name" with its family and model numbers (a virtual machine may show only
+// "AMD EPYC"; family 25 is Zen 3/4, 26 Zen 5), or "unknown".
+std::string CpuModelName() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line, name, family, model;
+  auto value = [&] {
+    const size_t colon = line.find(':');
+    const size_t start = colon == std::string::npos ? std::string::npos : line.find_first_not_of(" \t", colon + 1);
+    return start == std::string::npos ? std::string() : line.substr(start);
+  };
+  while (std::getline(in, line) && !line.empty()) {
+    if (line.rfind("model name", 0) == 0) name = value();
+    if (line.rfind("cpu family", 0) == 0) family = value();
+    if (line.rfind("model\t", 0) == 0 || line.rfind("model :", 0) == 0) model = value();
+  }
+  if (name.empty()) return "unknown";
+  return family.empty() ? name : name + " (family " + family + " model " + model + ")";
+}
+
 std::vector<int64_t> ParseInts(const std::string& s) {
   std::vector<int64_t> out;
   for (absl::string_view part : absl::StrSplit(s, ',', absl::SkipEmpty())) {
@@ -230,6 +283,10 @@ std::vector<int64_t> ParseInts(const std::string& s) {
 int Main() {
   int threads = absl::GetFlag(FLAGS_threads);
   if (threads <= 0) threads = std::max(1u, std::thread::hardware_concurrency());
+  if (absl::GetFlag(FLAGS_cpu_time) && threads != 1) {
+    std::fprintf(stderr, "--cpu_time needs --threads=1 (the other threads' time is not on this clock)\n");
+    return 2;
+  }
   __builtin_cpu_init();
   const bool has_amx = DetectCpuIsa() == CpuIsa::kAmx;
   const bool has512 = has_amx || DetectCpuIsa() == CpuIsa::kAvx512;
@@ -242,6 +299,12 @@ int Main() {
   const double fma256_peak = has_avx2 ? PeakGflops(threads, &FmaLoop256, 12 * 8 * 2) : 0.0;
   const double dp_peak = has_bf16 ? PeakGflops(threads, &DpLoop, 24 * 64) : 0.0;
   const double amx_peak = has_amx ? PeakGflops(threads, &AmxLoop, 4 * 16384, kAmxIters) : 0.0;
+  const std::string cpu_model = CpuModelName();
+  std::printf("cpu: %s  isa: %s%s%s\n", cpu_model.c_str(), CpuIsaName(DetectCpuIsa()), has_bf16 ? " +avx512_bf16" : "",
+              absl::GetFlag(FLAGS_cpu_time) ? "  (timed by thread CPU clock)" : "");
+  report["cpu_model"] = cpu_model;
+  report["cpu_isa"] = CpuIsaName(DetectCpuIsa());
+  report["avx512_bf16"] = has_bf16;
   std::printf(
       "threads %d  read bandwidth %.1f GB/s  FMA peak %.0f (zmm) / %.0f (ymm) GFLOP/s  dpbf16 peak %.0f GFLOP/s"
       "  AMX bf16 peak %.0f GFLOP/s\n",
@@ -277,8 +340,11 @@ int Main() {
   }
   const int64_t max_m = ms.empty() ? 1 : *std::max_element(ms.begin(), ms.end());
 
-  std::printf("%-18s %-9s %-12s %5s %10s %9s %7s %9s %7s\n", "backend", "dtype", "shape", "m", "best ms", "GB/s",
-              "%bw", "GFLOP/s", "%peak");
+  // Per row: % of the read bandwidth, % of the compute peak of the instruction the kernel runs on (named in
+  // `peak`), and % of the roofline: the larger of weight-streaming time at the probe's bandwidth and compute
+  // time at that peak, over the measured time (100% = as fast as either limit allows).
+  std::printf("%-18s %-9s %-12s %5s %10s %9s %7s %9s %7s %-7s %6s\n", "backend", "dtype", "shape", "m", "best ms",
+              "GB/s", "%bw", "GFLOP/s", "%peak", "peak", "%roof");
   for (CpuIsa isa : isas) {
     auto be_or = CreateCpuBackend(CpuBackendOptions{threads, isa});
     if (!be_or.ok()) {
@@ -323,9 +389,7 @@ int Main() {
           std::vector<double> times;
           const auto start = Clock::now();
           while (times.size() < 2 || (Seconds(start, Clock::now()) < absl::GetFlag(FLAGS_min_time) && times.size() < 1000)) {
-            const auto t0 = Clock::now();
-            be->Matmul(x.data(), m, view(), y.data());
-            times.push_back(Seconds(t0, Clock::now()));
+            times.push_back(TimeIt([&] { be->Matmul(x.data(), m, view(), y.data()); }));
           }
           std::sort(times.begin(), times.end());
           // Best of the runs: the build machine is shared, and the minimum is the least disturbed run.
@@ -341,15 +405,23 @@ int Main() {
                               : isa == CpuIsa::kAvx512 ? fma_peak
                               : isa == CpuIsa::kAvx2   ? fma256_peak
                                                        : 0.0;  // baseline code: no meaningful peak
+          const char* peak_name = amx_bf16                 ? "amx"
+                                  : dot_bf16               ? "dpbf16"
+                                  : isa == CpuIsa::kAvx512 ? "fma512"
+                                  : isa == CpuIsa::kAvx2   ? "fma256"
+                                                           : "-";
+          const double floor_s =
+              std::max(double(wbytes) / (read_gbps * 1e9), peak > 0 ? 2.0 * m * n * k / (peak * 1e9) : 0.0);
           const std::string shape = std::to_string(n) + "x" + std::to_string(k);
-          std::printf("%-18s %-9s %-12s %5lld %10.3f %9.1f %6.0f%% %9.1f %6.0f%%\n", be->name().c_str(), DTypeName(dt),
-                      shape.c_str(), static_cast<long long>(m), t * 1e3, gbps, 100.0 * gbps / read_gbps, gflops,
-                      peak > 0 ? 100.0 * gflops / peak : 0.0);
+          std::printf("%-18s %-9s %-12s %5lld %10.3f %9.1f %6.0f%% %9.1f %6.0f%% %-7s %5.0f%%\n", be->name().c_str(),
+                      DTypeName(dt), shape.c_str(), static_cast<long long>(m), t * 1e3, gbps, 100.0 * gbps / read_gbps,
+                      gflops, peak > 0 ? 100.0 * gflops / peak : 0.0, peak_name, 100.0 * floor_s / t);
           std::fflush(stdout);
           report["results"].push_back({{"backend", be->name()}, {"dtype", DTypeName(dt)}, {"n", n}, {"k", k},
                                        {"m", m}, {"ms", t * 1e3}, {"median_ms", median * 1e3}, {"gbps", gbps},
                                        {"bw_fraction", gbps / read_gbps}, {"gflops", gflops},
-                                       {"peak_gflops", peak}, {"peak_fraction", peak > 0 ? gflops / peak : 0.0}});
+                                       {"peak_gflops", peak}, {"peak_fraction", peak > 0 ? gflops / peak : 0.0},
+                                       {"peak_kind", peak_name}, {"roofline_fraction", floor_s / t}});
         }
         for (void* p : wmem) be->Free(p);
       }

@@ -104,6 +104,14 @@ class CpuKvCache : public KvCache {
   std::vector<void*> k_, v_;
 };
 
+// The first `n` elements of `buf`, grown as needed, starting on a 64-byte boundary: the matmul kernels read
+// x in whole cache lines, and a 64-byte load that straddles two lines costs two.
+uint16_t* CacheLineAligned(std::vector<uint16_t>& buf, int64_t n) {
+  if (static_cast<int64_t>(buf.size()) < n + 32) buf.resize(n + 32);
+  const uintptr_t p = reinterpret_cast<uintptr_t>(buf.data());
+  return reinterpret_cast<uint16_t*>((p + 63) / 64 * 64);
+}
+
 // cos/sin of position * inv_freq for positions [0, rows), computed exactly as the reference does
 // (float32 inv_freq and angle, as HF), so RoPE matches the reference bitwise.
 struct RopeTable {
@@ -142,8 +150,7 @@ class CpuBackend : public Backend {
     job.y = y;
     if (k_.bf16_dot(w.dtype)) {
       const int64_t total = m * w.cols;
-      if (static_cast<int64_t>(xb_.size()) < total) xb_.resize(total);
-      uint16_t* xb = xb_.data();
+      uint16_t* xb = CacheLineAligned(xb_, total);
       pool_.ParallelFor(total, 1 << 16, [&](int64_t b, int64_t e) { k_.round_to_bf16(x + b, e - b, xb + b); });
       job.xb = xb;
     }
@@ -158,8 +165,8 @@ class CpuBackend : public Backend {
     }
     if (job.xb != nullptr && k_.pack_x(w.dtype, w.cols)) {
       const int64_t blocks = (m + 15) / 16;
-      if (static_cast<int64_t>(xp_.size()) < blocks * 16 * w.cols) xp_.resize(blocks * 16 * w.cols);
-      uint16_t* xp = xp_.data();
+      const int64_t block_elems = 16 * cpu::PackXCols(w.cols);
+      uint16_t* xp = CacheLineAligned(xp_, blocks * block_elems);
       pool_.ParallelFor(blocks, 1, [&](int64_t b, int64_t e) {
         for (int64_t blk = b; blk < e; ++blk) k_.pack_x_block(job.xb, m, w.cols, blk, xp);
       });
@@ -167,10 +174,11 @@ class CpuBackend : public Backend {
     }
     // Columns in chunks of 16-feature units, about 8 per thread, taken by whichever thread is free; the
     // value of each element is independent of the split (cpu_kernels.h), only the load balance changes.
-    // Chunks are even numbers of units so the AMX kernel keeps its 32-row groups whole.
+    // Chunks are multiples of 6 units (96 rows): even, so the AMX kernel keeps its 32-row groups whole, and
+    // whole 6-row tiles of the vdpbf16ps kernel (no partial tile at every chunk's end).
     const int64_t units = (w.rows + 15) / 16;
     const int64_t flops = 2 * m * w.rows * w.cols;
-    const int64_t chunk = std::max<int64_t>(2, units / (8 * pool_.size()) / 2 * 2);
+    const int64_t chunk = std::max<int64_t>(6, units / (8 * pool_.size()) / 6 * 6);
     pool_.ParallelForChunks(units, chunk, flops > (1 << 18) ? 2 : units + 1, [&](int64_t b, int64_t e) {
       k_.matmul(job, b * 16, std::min(w.rows, e * 16));
     });
@@ -402,7 +410,7 @@ class CpuBackend : public Backend {
   ThreadPool pool_;
   std::vector<uint16_t> xb_;  // x rounded to bf16 for vdpbf16ps matmuls
   std::vector<float> xs_;     // x rows repacked by split_x_row
-  std::vector<uint16_t> xp_;  // xb packed into AMX token tiles
+  std::vector<uint16_t> xp_;  // xb packed by pack_x_block (AMX token tiles, vdpbf16ps strips)
   std::vector<float> attn_scratch_;
   struct QueryBlock {
     int seq, first, tokens;

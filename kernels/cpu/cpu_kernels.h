@@ -16,7 +16,7 @@ struct MatmulJob {
   const float* x = nullptr;      // [m, k] float32 activations
   const uint16_t* xb = nullptr;  // [m, k] x rounded to bf16, set when the kernel's bf16_dot(w) is true
   const float* xs = nullptr;     // [m, SplitXCols(k)] x rows by split_x_row, set when split_x(w) is true
-  const uint16_t* xp = nullptr;  // [ceil(m / 16), k / 2, 16, 2] xb packed by pack_x_block, set when pack_x(w, k)
+  const uint16_t* xp = nullptr;  // xb packed by the table's pack_x_block, set when pack_x(w, k)
   int64_t m = 0;
   int64_t k = 0;
   const void* w = nullptr;  // [n, k] weights in `wdt`
@@ -76,14 +76,17 @@ struct CpuKernels {
   // One row of k: per 16-element chunk, the 8 even-index elements then the 8 odd ones; the last chunk
   // zero-padded. out: [SplitXCols(k)]
   void (*split_x_row)(const float* x, int64_t k, float* out);
-  // True when matmul for this weight dtype and k reads job.xp (AMX tiles) instead of job.xb.
+  // True when matmul for this weight dtype and k reads job.xp (packed x) instead of job.xb.
   bool (*pack_x)(DType wdt, int64_t k);
-  // Token block `block` (rows [16 * block, 16 * block + 16) of xb [m, k], zero past m) into
-  // out + block * 16 * k as [k / 2][16 tokens][2 bf16]: the B-tile layout of tdpbf16ps.
+  // Token block `block` (rows [16 * block, 16 * block + 16) of xb [m, k], zero past m) into the 16 * PackXCols(k)
+  // elements at out + block * 16 * PackXCols(k), in the layout this table's matmul reads (AMX: [k / 2][16
+  // tokens][2 bf16], the B-tile layout of tdpbf16ps; avx512-bf16: see PackXAvx512Bf16Block).
   void (*pack_x_block)(const uint16_t* xb, int64_t m, int64_t k, int64_t block, uint16_t* out);
 };
 
 inline int64_t SplitXCols(int64_t k) { return (k + 15) / 16 * 16; }
+// Row length of packed x: k rounded up to whole 32-element chunks (zero-padded).
+inline int64_t PackXCols(int64_t k) { return (k + 31) / 32 * 32; }
 
 const CpuKernels& ScalarKernels();
 const CpuKernels& Avx2Kernels();
@@ -96,5 +99,11 @@ const CpuKernels& AmxKernels();
 // kernels_amx.cc
 void MatmulAmxBf16(const MatmulJob& job, int64_t n_begin, int64_t n_end);
 void PackXAmxBlock(const uint16_t* xb, int64_t m, int64_t k, int64_t block, uint16_t* out);
+
+// matmul_avx512_bf16.cc: the register-tiled vdpbf16ps matmul (AVX-512 without AMX). x packed as
+// [ceil(m / kBf16StripTokens) strips][PackXCols(k) / 32 chunks][kBf16StripTokens tokens][32 bf16].
+constexpr int kBf16StripTokens = 4;
+void MatmulAvx512Bf16Packed(const MatmulJob& job, int64_t n_begin, int64_t n_end);
+void PackXAvx512Bf16Block(const uint16_t* xb, int64_t m, int64_t k, int64_t block, uint16_t* out);
 
 }  // namespace tpserve::kernels::cpu

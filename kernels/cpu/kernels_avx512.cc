@@ -99,10 +99,21 @@ void MatmulAvx512(const MatmulJob& job, int64_t n_begin, int64_t n_end) {
   MatmulFma<V512, 4, 6>(job, n_begin, n_end);
 }
 
+// Unpacked x: the AMX table's fallback for k % 32 != 0 (same arithmetic as the packed kernel).
 void MatmulAvx512Bf16(const MatmulJob& job, int64_t n_begin, int64_t n_end) {
   if (job.wdt == DType::kBF16) return MatmulDriver<Bf16DotTile, 4, 6>(job, n_begin, n_end, 2);
   MatmulFma<V512, 4, 6>(job, n_begin, n_end);
 }
+
+// One strip of tokens or fewer (decode at batch <= 4) is weight-streaming bound: the untiled kernel reads
+// each weight row once, in order, which the hardware prefetcher follows at full bandwidth; the tiled
+// kernel's k blocks and software prefetch only add work there. Both give the same bits.
+void MatmulAvx512Bf16Tiled(const MatmulJob& job, int64_t n_begin, int64_t n_end) {
+  if (job.xp != nullptr && job.m > kBf16StripTokens) return MatmulAvx512Bf16Packed(job, n_begin, n_end);
+  MatmulAvx512Bf16(job, n_begin, n_end);
+}
+
+bool Bf16PacksX(DType dt, int64_t) { return dt == DType::kBF16; }
 
 void RoundToBf16(const float* x, int64_t n, uint16_t* out) {
   int64_t i = 0;
@@ -148,10 +159,10 @@ const CpuKernels& Avx512Kernels(bool with_bf16) {
       &SiluMul<V512>,    &Rope<V512>,        &Attention<V512>,      &NoSplitX,
       nullptr,           &NoPackX,           nullptr};
   static const CpuKernels bf16 = {
-      "avx512-bf16",     &Bf16DotForBf16,    &MatmulAvx512Bf16,     &RoundToBf16,
-      &ConvertRow<V512>, &RmsNormRow<V512>,  &AddRmsNormRow<V512>,  &AddRange<V512>,
-      &SiluMul<V512>,    &Rope<V512>,        &Attention<V512>,      &NoSplitX,
-      nullptr,           &NoPackX,           nullptr};
+      "avx512-bf16",     &Bf16DotForBf16,    &MatmulAvx512Bf16Tiled, &RoundToBf16,
+      &ConvertRow<V512>, &RmsNormRow<V512>,  &AddRmsNormRow<V512>,   &AddRange<V512>,
+      &SiluMul<V512>,    &Rope<V512>,        &Attention<V512>,       &NoSplitX,
+      nullptr,           &Bf16PacksX,        &PackXAvx512Bf16Block};
   return with_bf16 ? bf16 : plain;
 }
 

@@ -271,29 +271,42 @@ float Dot(const float* a, const typename WLoad<V, DT>::E* b, int n) {
   return V::ReduceAdd(acc);
 }
 
-// acc[0:n] = acc * scale + p * v
+// Value update of one head over one key chunk, with the running output in registers for the whole chunk:
+//   acc = acc * scale + p[0] * v[0];  then acc += p[j] * v[j] for j = 1 .. cn-1 (one Fma each, in j order).
+// The same operations per element as one ScaleAxpy then cn-1 Axpy passes over memory, without the
+// store-to-load chain those put between consecutive keys. acc: [n]; vrows[j]: the KV head's V row of key j.
 template <class V, DType DT>
-void ScaleAxpy(float* acc, float scale, float p, const typename WLoad<V, DT>::E* v, int n) {
-  const typename V::T s = V::Set1(scale), pv = V::Set1(p);
-  int i = 0;
-  for (; i + V::L <= n; i += V::L) {
-    V::Store(acc + i, V::Fma(pv, WLoad<V, DT>::Full(v + i), V::Mul(V::Load(acc + i), s)));
+void ValueChunk(float* acc, float scale, const float* p, const typename WLoad<V, DT>::E* const* vrows, int cn,
+                int n) {
+  constexpr int kRegs = 8;  // accumulator vectors held at once (8 zmm = 128 floats; 8 ymm on AVX2)
+  const typename V::T s = V::Set1(scale);
+  int d0 = 0;
+  for (; d0 + kRegs * V::L <= n; d0 += kRegs * V::L) {
+    typename V::T r[kRegs];
+    const typename V::T p0 = V::Set1(p[0]);
+    for (int u = 0; u < kRegs; ++u) {
+      r[u] = V::Fma(p0, WLoad<V, DT>::Full(vrows[0] + d0 + u * V::L), V::Mul(V::Load(acc + d0 + u * V::L), s));
+    }
+    for (int j = 1; j < cn; ++j) {
+      const typename V::T pj = V::Set1(p[j]);
+      for (int u = 0; u < kRegs; ++u) r[u] = V::Fma(pj, WLoad<V, DT>::Full(vrows[j] + d0 + u * V::L), r[u]);
+    }
+    for (int u = 0; u < kRegs; ++u) V::Store(acc + d0 + u * V::L, r[u]);
   }
-  if (i < n) {
-    const int r = n - i;
-    V::StoreN(acc + i, V::Fma(pv, WLoad<V, DT>::Part(v + i, r), V::Mul(V::LoadN(acc + i, r), s)), r);
-  }
-}
-
-// acc[0:n] += p * v
-template <class V, DType DT>
-void Axpy(float* acc, float p, const typename WLoad<V, DT>::E* v, int n) {
-  const typename V::T pv = V::Set1(p);
-  int i = 0;
-  for (; i + V::L <= n; i += V::L) V::Store(acc + i, V::Fma(pv, WLoad<V, DT>::Full(v + i), V::Load(acc + i)));
-  if (i < n) {
-    const int r = n - i;
-    V::StoreN(acc + i, V::Fma(pv, WLoad<V, DT>::Part(v + i, r), V::LoadN(acc + i, r)), r);
+  // Leftover vectors (head_dim not a multiple of kRegs * L), the last one possibly partial.
+  for (; d0 < n; d0 += V::L) {
+    const int r = n - d0 < V::L ? n - d0 : V::L;
+    const bool full = r == V::L;
+    auto vload = [&](int j) {
+      return full ? WLoad<V, DT>::Full(vrows[j] + d0) : WLoad<V, DT>::Part(vrows[j] + d0, r);
+    };
+    typename V::T a = V::Fma(V::Set1(p[0]), vload(0), V::Mul(full ? V::Load(acc + d0) : V::LoadN(acc + d0, r), s));
+    for (int j = 1; j < cn; ++j) a = V::Fma(V::Set1(p[j]), vload(j), a);
+    if (full) {
+      V::Store(acc + d0, a);
+    } else {
+      V::StoreN(acc + d0, a, r);
+    }
   }
 }
 
@@ -305,6 +318,12 @@ void ExpInPlace(float* x, int n) {
 }
 
 constexpr int kKeyChunk = 32;
+constexpr int kKvPrefetchKeys = 16;  // keys ahead that a token's walk prefetches K and V rows
+
+inline void PrefetchRow(const void* p, int64_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(c + b, 0, 3);
+}
 
 // Keys are visited in fixed chunks of kKeyChunk positions from 0, so a token's result depends only on
 // its query and its context — not on which other tokens share the call or the job. The job's tokens
@@ -330,6 +349,7 @@ void AttentionT(const AttentionJob& job) {
     return static_cast<const E*>(base) + (block * job.block_size + p % job.block_size) * kv_row +
            static_cast<int64_t>(job.kv_head) * hd;
   };
+  const E* vrows[kKeyChunk];  // V rows of the chunk's keys, at this job's KV head
   for (int c0 = 0; c0 < max_context; c0 += kKeyChunk) {
     for (int i = 0; i < nt; ++i) {
       const int context = job.contexts[i];
@@ -341,6 +361,13 @@ void AttentionT(const AttentionJob& job) {
       const int cn = context - c0 < kKeyChunk ? context - c0 : kKeyChunk;
       for (int j = 0; j < cn; ++j) {
         const E* kr = row_of(job.k_cache, c0 + j);
+        vrows[j] = row_of(job.v_cache, c0 + j);
+        // A decode token's K/V rows are used once and sit num_kv_heads * head_dim apart: too far for the
+        // hardware prefetcher to follow, so the walk is memory-latency bound without this.
+        if (c0 + j + kKvPrefetchKeys < context) {
+          PrefetchRow(row_of(job.k_cache, c0 + j + kKvPrefetchKeys), hd * sizeof(E));
+          PrefetchRow(row_of(job.v_cache, c0 + j + kKvPrefetchKeys), hd * sizeof(E));
+        }
         for (int h = 0; h < g; ++h) scores[h * kKeyChunk + j] = Dot<V, DT>(q + h * hd, kr, hd) * job.scale;
       }
       for (int h = 0; h < g; ++h) {
@@ -355,12 +382,7 @@ void AttentionT(const AttentionJob& job) {
         for (int j = 0; j < cn; ++j) sum += s[j];
         run_sum[h] = run_sum[h] * correction + sum;
         // The rescale of the running output rides on this chunk's first value update.
-        const E* vr = row_of(job.v_cache, c0);
-        ScaleAxpy<V, DT>(acc + h * hd, correction, s[0], vr, hd);
-      }
-      for (int j = 1; j < cn; ++j) {
-        const E* vr = row_of(job.v_cache, c0 + j);
-        for (int h = 0; h < g; ++h) Axpy<V, DT>(acc + h * hd, scores[h * kKeyChunk + j], vr, hd);
+        ValueChunk<V, DT>(acc + h * hd, correction, s, vrows, cn, hd);
       }
     }
   }
