@@ -12,9 +12,9 @@ namespace tpserve::coordinator {
 namespace v1 = tpserve::v1;
 namespace wv1 = tpserve::worker::v1;
 
-Engine::Engine(const EngineOptions& options, WorkerPool* pool, const Tokenizer* tokenizer, Metrics* metrics)
+Engine::Engine(const EngineOptions& options, StepExecutor* executor, const Tokenizer* tokenizer, Metrics* metrics)
     : options_(options),
-      pool_(pool),
+      executor_(executor),
       tokenizer_(tokenizer),
       metrics_(metrics),
       scheduler_(std::make_unique<Scheduler>(options.scheduler)) {
@@ -24,7 +24,7 @@ Engine::Engine(const EngineOptions& options, WorkerPool* pool, const Tokenizer* 
 Engine::~Engine() { Stop(); }
 
 void Engine::Start() {
-  generation_seen_ = pool_->generation();
+  generation_seen_ = executor_->generation();
   thread_ = std::thread([this] { Loop(); });
 }
 
@@ -193,7 +193,7 @@ bool Engine::RunOneStep() {
   for (uint64_t id : finished_since_last_step_) plan.add_finished(id);
   finished_since_last_step_.clear();
 
-  auto outcome = pool_->RunStep(std::move(plan), options_.step_timeout);
+  auto outcome = executor_->RunStep(std::move(plan), options_.step_timeout);
   if (!outcome.ok()) {
     if (absl::IsUnavailable(outcome.status())) {
       OnGroupLost(outcome.status());
@@ -278,7 +278,7 @@ void Engine::Loop() {
     }
     DrainInbox();
     if (!requests_.empty()) {
-      if (!pool_->IsReady()) {
+      if (!executor_->IsReady()) {
         OnGroupLost(absl::UnavailableError("worker group not ready"));
         if (absl::Now() - group_lost_at_ > options_.recovery_timeout) {
           std::vector<uint64_t> ids;
@@ -289,7 +289,7 @@ void Engine::Loop() {
                                 absl::FormatDuration(options_.recovery_timeout), " (--recovery-timeout); retry")));
           }
         } else {
-          pool_->WaitReady(absl::Milliseconds(100));
+          executor_->WaitReady(absl::Milliseconds(100));
         }
         UpdateGauges();
         continue;
@@ -298,10 +298,10 @@ void Engine::Loop() {
         TP_LOG(INFO) << "worker group is back; replaying " << requests_.size() << " requests from their token history";
         group_lost_at_ = absl::InfinitePast();
       }
-      if (pool_->generation() != generation_seen_) {
+      if (executor_->generation() != generation_seen_) {
         // The group was re-formed: every worker's KV cache and sampler state is new.
         RequeueAll();
-        generation_seen_ = pool_->generation();
+        generation_seen_ = executor_->generation();
         finished_since_last_step_.clear();
       }
       bool ran = RunOneStep();

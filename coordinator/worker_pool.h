@@ -18,6 +18,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "coordinator/step_executor.h"
 #include "coordinator/store_service.h"
 #include "coordinator/worker_auth.h"
 #include "worker.grpc.pb.h"
@@ -54,15 +55,9 @@ struct WorkerStatus {
   double last_allreduce_seconds = 0;
 };
 
-struct StepOutcome {
-  tpserve::worker::v1::StepResult result;   // rank 0's (holds the sampled tokens)
-  std::vector<double> step_seconds;         // per rank
-  std::vector<double> allreduce_seconds;    // per rank
-};
-
 class WorkerConnection;
 
-class WorkerPool final : public tpserve::worker::v1::WorkerControl::CallbackService {
+class WorkerPool final : public tpserve::worker::v1::WorkerControl::CallbackService, public StepExecutor {
  public:
   // `auth` null: every peer is admitted (the caller decided that is safe, see CheckWorkerPlaneExposure).
   explicit WorkerPool(const WorkerGroupOptions& options, std::shared_ptr<WorkerAuthenticator> auth = nullptr);
@@ -80,14 +75,14 @@ class WorkerPool final : public tpserve::worker::v1::WorkerControl::CallbackServ
 
   // True when every rank is connected, loaded, has its KV cache and answered within the heartbeat
   // timeout (a step in flight counts as an answer in progress).
-  bool IsReady() const;
+  bool IsReady() const override;
   // Waits until IsReady() or `timeout`; false on timeout or shutdown.
-  bool WaitReady(absl::Duration timeout) const;
+  bool WaitReady(absl::Duration timeout) const override;
   // The group's first load error, if loading failed (shown at startup, and in health details).
   absl::Status load_error() const;
   int num_kv_blocks() const;
   int64_t kv_bytes_per_block() const;  // per worker
-  int generation() const;
+  int generation() const override;
   std::vector<WorkerStatus> Status() const;
   // Called (outside the lock) whenever readiness may have changed.
   void SetReadinessListener(std::function<void(bool ready)> listener);
@@ -96,7 +91,7 @@ class WorkerPool final : public tpserve::worker::v1::WorkerControl::CallbackServ
 
   // Sends `plan` to every rank and waits for all results. UNAVAILABLE when the group is not ready or a
   // worker is lost during the step; INTERNAL when a worker reports a step error.
-  absl::StatusOr<StepOutcome> RunStep(tpserve::worker::v1::StepPlan plan, absl::Duration timeout);
+  absl::StatusOr<StepOutcome> RunStep(tpserve::worker::v1::StepPlan plan, absl::Duration timeout) override;
 
   // Tells every worker to exit and stops the heartbeat thread.
   void Shutdown(const std::string& reason);
