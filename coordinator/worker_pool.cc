@@ -114,7 +114,9 @@ class WorkerConnection final : public grpc::ServerBidiReactor<wv1::WorkerMessage
 };
 
 WorkerPool::WorkerPool(const WorkerGroupOptions& options, std::shared_ptr<WorkerAuthenticator> auth)
-    : options_(options), auth_(std::move(auth)) {
+    : options_(options),
+      auth_(std::move(auth)),
+      store_service_(auth_, [this](const std::string& peer, const Refusal& r) { ReportRefusal(peer, r); }) {
   slots_.resize(options_.world_size);
   for (int r = 0; r < options_.world_size; ++r) slots_[r].status.rank = r;
   heartbeat_thread_ = std::thread([this] { HeartbeatLoop(); });
@@ -145,45 +147,13 @@ grpc::ServerBidiReactor<wv1::WorkerMessage, wv1::CoordinatorMessage>* WorkerPool
 grpc::ServerUnaryReactor* WorkerPool::StoreSet(grpc::CallbackServerContext* context,
                                                const wv1::StoreSetRequest* request,
                                                wv1::StoreSetResponse* response) {
-  auto* reactor = context->DefaultReactor();
-  if (auth_ != nullptr) {
-    if (auto r = auth_->CheckStoreCall(*context, "StoreSet", {request->key(), request->value()})) {
-      ReportRefusal(context->peer(), *r);
-      reactor->Finish(grpc::Status(grpc::StatusCode::UNAUTHENTICATED, r->message));
-      return reactor;
-    }
-  }
-  store_.Set(request->key(), request->value());
-  reactor->Finish(grpc::Status::OK);
-  return reactor;
+  return store_service_.StoreSet(context, request, response);
 }
 
 grpc::ServerUnaryReactor* WorkerPool::StoreGet(grpc::CallbackServerContext* context,
                                                const wv1::StoreGetRequest* request,
                                                wv1::StoreGetResponse* response) {
-  auto* reactor = context->DefaultReactor();
-  if (auth_ != nullptr) {
-    std::vector<std::string> fields(request->keys().begin(), request->keys().end());
-    fields.push_back(std::to_string(request->timeout_ms()));
-    if (auto r = auth_->CheckStoreCall(*context, "StoreGet", fields)) {
-      ReportRefusal(context->peer(), *r);
-      reactor->Finish(grpc::Status(grpc::StatusCode::UNAUTHENTICATED, r->message));
-      return reactor;
-    }
-  }
-  // Waiting may take as long as the slowest rank's startup: never block a callback thread on it.
-  std::thread([this, request, response, reactor] {
-    std::vector<std::string> keys(request->keys().begin(), request->keys().end());
-    int64_t ms = request->timeout_ms() > 0 ? request->timeout_ms() : 60000;
-    auto values = store_.Get(keys, absl::Milliseconds(ms));
-    if (!values.ok()) {
-      reactor->Finish(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, std::string(values.status().message())));
-      return;
-    }
-    for (auto& v : *values) response->add_values(std::move(v));
-    reactor->Finish(grpc::Status::OK);
-  }).detach();
-  return reactor;
+  return store_service_.StoreGet(context, request, response);
 }
 
 void WorkerPool::RegisterLocked(WorkerConnection* conn, const wv1::Hello& h) {
@@ -517,6 +487,7 @@ absl::StatusOr<StepOutcome> WorkerPool::RunStep(wv1::StepPlan plan, absl::Durati
 }
 
 void WorkerPool::Shutdown(const std::string& reason) {
+  store_service_.Shutdown();  // answers waiting StoreGets before the worker port's server stops
   absl::MutexLock lock(&mu_);
   if (shutdown_) return;
   shutdown_ = true;

@@ -4,7 +4,8 @@
 // not-ready at once; when all N ranks are connected again it is re-formed under a new rendezvous generation.
 // Every RPC passes the WorkerAuthenticator first (coordinator/worker_auth.h): a refused peer is logged with its
 // address, counted through the refusal listener, answered UNAUTHENTICATED, and never registers, receives a
-// StepPlan or reads or writes the rendezvous store. Thread-safe.
+// StepPlan or reads or writes the rendezvous store. The store's RPCs are served by RendezvousStoreService
+// (coordinator/store_service.h); WorkerPool forwards them. Thread-safe.
 #pragma once
 
 #include <atomic>
@@ -124,7 +125,7 @@ class WorkerPool final : public tpserve::worker::v1::WorkerControl::CallbackServ
   const WorkerGroupOptions options_;
   const std::shared_ptr<WorkerAuthenticator> auth_;
   std::function<void(const std::string&)> refusal_listener_;
-  KeyValueStore store_;
+  RendezvousStoreService store_service_;  // after auth_: constructed from it
   mutable absl::Mutex mu_;
   std::vector<Slot> slots_ ABSL_GUARDED_BY(mu_);
   int generation_ ABSL_GUARDED_BY(mu_) = 0;
