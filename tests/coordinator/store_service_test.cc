@@ -12,7 +12,7 @@
 namespace tpserve::coordinator {
 namespace {
 
-// Records the one completion a Get must get; a second one fails the test.
+// Records the one completion a Get must get. Declare it before the store, whose destructor ends pending Gets.
 struct Result {
   absl::Mutex mu;
   int calls = 0;
@@ -36,10 +36,10 @@ struct Result {
 };
 
 TEST(KeyValueStoreTest, GetOfPresentKeysCompletesAtOnceInKeyOrder) {
+  Result r;
   KeyValueStore store;
   store.Set("b", "2");
   store.Set("a", "1");
-  Result r;
   store.Get({"a", "b"}, absl::Seconds(30), r.Callback());
   ASSERT_EQ(r.num_calls(), 1);  // on the caller's thread, before Get returned
   ASSERT_TRUE(r.values.ok()) << r.values.status();
@@ -48,8 +48,8 @@ TEST(KeyValueStoreTest, GetOfPresentKeysCompletesAtOnceInKeyOrder) {
 }
 
 TEST(KeyValueStoreTest, TheSetThatSuppliesTheLastKeyCompletesThePendingGet) {
-  KeyValueStore store;
   Result r;
+  KeyValueStore store;
   store.Get({"rank0", "rank1"}, absl::Seconds(30), r.Callback());
   EXPECT_EQ(store.num_pending(), 1);
   store.Set("rank1", "addr1");
@@ -64,9 +64,9 @@ TEST(KeyValueStoreTest, TheSetThatSuppliesTheLastKeyCompletesThePendingGet) {
 }
 
 TEST(KeyValueStoreTest, DeadlineEndsTheGetNamingTheMissingKeys) {
+  Result late, early;  // before the store: its destructor completes `late`
   KeyValueStore store;
   store.Set("present", "x");
-  Result late, early;
   store.Get({"present", "missing"}, absl::Seconds(30), late.Callback());
   store.Get({"present", "absent"}, absl::Milliseconds(20), early.Callback());  // re-plans the timer
   ASSERT_TRUE(early.Wait(absl::Seconds(20))) << "the timer never ended the get";
@@ -78,13 +78,12 @@ TEST(KeyValueStoreTest, DeadlineEndsTheGetNamingTheMissingKeys) {
 }
 
 TEST(KeyValueStoreTest, ShutdownAnswersEveryPendingGetUnavailableAndLaterGetsAtOnce) {
+  Result pending, after;
   KeyValueStore store;
-  Result pending;
   store.Get({"never"}, absl::Hours(1), pending.Callback());
   store.Shutdown();
   ASSERT_EQ(pending.num_calls(), 1);
   EXPECT_EQ(pending.values.status().code(), absl::StatusCode::kUnavailable);
-  Result after;
   store.Get({"never"}, absl::Hours(1), after.Callback());
   ASSERT_EQ(after.num_calls(), 1);
   EXPECT_EQ(after.values.status().code(), absl::StatusCode::kUnavailable);
