@@ -19,9 +19,11 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "coordinator/group_membership.h"
 #include "coordinator/step_executor.h"
 #include "coordinator/store_service.h"
 #include "coordinator/worker_auth.h"
+#include "coordinator/worker_connection.h"
 #include "worker.grpc.pb.h"
 
 namespace tpserve::coordinator {
@@ -43,22 +45,9 @@ struct WorkerGroupOptions {
   absl::Duration heartbeat_timeout = absl::Seconds(3);  // a silent worker is lost after this
 };
 
-// Per-rank state for metrics and health.
-struct WorkerStatus {
-  int rank = 0;
-  bool connected = false;
-  bool loaded = false;
-  std::string device;
-  std::string hostname;
-  int64_t weight_bytes = 0;
-  absl::Time last_seen;
-  double last_step_seconds = 0;
-  double last_allreduce_seconds = 0;
-};
-
-class WorkerConnection;
-
-class WorkerPool final : public tpserve::worker::v1::WorkerControl::CallbackService, public StepExecutor {
+class WorkerPool final : public tpserve::worker::v1::WorkerControl::CallbackService,
+                         public StepExecutor,
+                         private WorkerConnectionListener {
  public:
   // `auth` null: every peer is admitted (the caller decided that is safe, see CheckWorkerPlaneExposure).
   explicit WorkerPool(const WorkerGroupOptions& options, std::shared_ptr<WorkerAuthenticator> auth = nullptr);
@@ -98,26 +87,21 @@ class WorkerPool final : public tpserve::worker::v1::WorkerControl::CallbackServ
   void Shutdown(const std::string& reason);
 
  private:
-  friend class WorkerConnection;
+  // The connection and step results of one rank; its membership state lives in membership_.
   struct Slot {
     WorkerConnection* conn = nullptr;
-    WorkerStatus status;
-    bool load_sent = false;
-    bool kv_ready = false;
-    int64_t max_kv_blocks = 0;
-    int64_t kv_bytes_per_block = 0;
     bool has_result = false;
     tpserve::worker::v1::StepResult result;
   };
 
-  void OnMessage(WorkerConnection* conn, const tpserve::worker::v1::WorkerMessage& msg);
+  void OnMessage(WorkerConnection* conn, const tpserve::worker::v1::WorkerMessage& msg) override;
   // Registers an authenticated worker's Hello (rank checks, slot, load when the group is whole).
   void RegisterLocked(WorkerConnection* conn, const tpserve::worker::v1::Hello& h) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Logs the refusal with the peer address and counts it.
   void ReportRefusal(const std::string& peer, const Refusal& refusal);
-  void OnDisconnect(WorkerConnection* conn);
-  void MaybeStartLoadLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void MaybeAllocateKvLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void OnDisconnect(WorkerConnection* conn) override;
+  // Sends what a membership event asked for.
+  void ApplyLocked(const GroupMembership::Effects& fx) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool IsReadyLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void HeartbeatLoop();
   void NotifyReadiness();
@@ -128,17 +112,9 @@ class WorkerPool final : public tpserve::worker::v1::WorkerControl::CallbackServ
   RendezvousStoreService store_service_;  // after auth_: constructed from it
   mutable absl::Mutex mu_;
   std::vector<Slot> slots_ ABSL_GUARDED_BY(mu_);
-  int generation_ ABSL_GUARDED_BY(mu_) = 0;
-  bool group_loading_ ABSL_GUARDED_BY(mu_) = false;
-  bool kv_allocating_ ABSL_GUARDED_BY(mu_) = false;
-  bool ready_ ABSL_GUARDED_BY(mu_) = false;
-  absl::Status load_error_ ABSL_GUARDED_BY(mu_);
-  int num_kv_blocks_ ABSL_GUARDED_BY(mu_) = 0;
-  int64_t kv_bytes_per_block_ ABSL_GUARDED_BY(mu_) = 0;
+  GroupMembership membership_ ABSL_GUARDED_BY(mu_);
   bool step_in_flight_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t step_id_ ABSL_GUARDED_BY(mu_) = 0;
-  absl::Time step_started_ ABSL_GUARDED_BY(mu_);
-  bool shutdown_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t ping_nonce_ ABSL_GUARDED_BY(mu_) = 0;
   std::function<void(bool)> readiness_listener_;
   bool last_notified_ready_ = false;
