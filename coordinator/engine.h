@@ -90,7 +90,9 @@ class Engine {
 
   // Engine-thread state.
   absl::flat_hash_map<uint64_t, std::unique_ptr<RequestState>> requests_;
-  std::vector<uint64_t> finished_since_last_step_;
+  // SchedulerOutput.finished not yet sent in a StepPlan (a Schedule() that ran nothing carries no plan). After a
+  // re-formed group the ids are unknown to the new workers, which ignore them.
+  std::vector<uint64_t> undelivered_finished_;
   absl::Time group_lost_at_ = absl::InfinitePast();
   int generation_seen_ = 0;
   std::thread thread_;

@@ -302,14 +302,28 @@ TEST_F(EngineTest, GeneratesTheGreedyIdsAndReturnsEveryBlock) {
   StartEngine();
   auto a = std::make_shared<RecordingSink>();
   auto b = std::make_shared<RecordingSink>();
-  Submit(Spec(Prompt(1, 9), 10), a);
-  Submit(Spec(Prompt(2, 5), 7), b);
+  const uint64_t a_id = Submit(Spec(Prompt(1, 9), 10), a);
+  const uint64_t b_id = Submit(Spec(Prompt(2, 5), 7), b);
   ASSERT_TRUE(a->WaitDone());
   ASSERT_TRUE(b->WaitDone());
   EXPECT_EQ(a->finish(), v1::LENGTH);
   EXPECT_EQ(a->ids(), ReferenceIds(Prompt(1, 9), 10));
   EXPECT_EQ(b->ids(), ReferenceIds(Prompt(2, 5), 7));
   EXPECT_TRUE(WaitAllBlocksFree());
+  // The workers hear of every finished sequence, exactly once, with the next step (b finished while a still ran;
+  // a finished when nothing else ran, so the next request's first step carries it).
+  auto c = std::make_shared<RecordingSink>();
+  Submit(Spec(Prompt(3, 4), 2), c);
+  ASSERT_TRUE(c->WaitDone());
+  int a_told = 0, b_told = 0;
+  for (const auto& plan : executor_.Plans()) {
+    for (uint64_t id : plan.finished()) {
+      a_told += id == a_id;
+      b_told += id == b_id;
+    }
+  }
+  EXPECT_EQ(a_told, 1);
+  EXPECT_EQ(b_told, 1);
 }
 
 TEST_F(EngineTest, CancelEndsTheRequestAtTheNextStepAndFreesEveryBlock) {
