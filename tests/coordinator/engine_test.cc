@@ -260,6 +260,8 @@ class EngineTest : public ::testing::Test {
     options_.log_requests = false;
   }
   void TearDown() override {
+    executor_.PauseAtStep(0);
+    executor_.Resume();  // a test that failed while the engine was held in a step must not hang here
     if (engine_) engine_->Stop();
     EXPECT_TRUE(executor_.Errors().empty()) << executor_.Errors().front();
   }
