@@ -12,9 +12,9 @@ namespace tpserve::coordinator {
 namespace v1 = tpserve::v1;
 namespace wv1 = tpserve::worker::v1;
 
-Engine::Engine(const EngineOptions& options, WorkerPool* pool, const Tokenizer* tokenizer, Metrics* metrics)
+Engine::Engine(const EngineOptions& options, StepExecutor* executor, const Tokenizer* tokenizer, Metrics* metrics)
     : options_(options),
-      pool_(pool),
+      executor_(executor),
       tokenizer_(tokenizer),
       metrics_(metrics),
       scheduler_(std::make_unique<Scheduler>(options.scheduler)) {
@@ -24,7 +24,7 @@ Engine::Engine(const EngineOptions& options, WorkerPool* pool, const Tokenizer* 
 Engine::~Engine() { Stop(); }
 
 void Engine::Start() {
-  generation_seen_ = pool_->generation();
+  generation_seen_ = executor_->generation();
   thread_ = std::thread([this] { Loop(); });
 }
 
@@ -100,7 +100,6 @@ void Engine::FinishRequest(RequestState& r, v1::FinishReason reason, v1::Generat
   } else {
     scheduler_->Finish(id);
   }
-  finished_since_last_step_.push_back(id);
   const int completion = r.num_generated();
   if (r.spec().internal) {
     r.sink().OnDelta(*last);
@@ -135,7 +134,6 @@ void Engine::FailRequest(uint64_t seq_id, const absl::Status& status) {
   RequestState& r = *it->second;
   if (r.first_scheduled == absl::InfinitePast()) --queued_;
   scheduler_->Abort(seq_id);
-  finished_since_last_step_.push_back(seq_id);
   metrics_->request_failure_total->Increment();
   TP_LOG(WARNING) << "request_failed id=" << r.spec().request_id << " status=" << status.ToString();
   r.sink().OnError(status);
@@ -157,6 +155,8 @@ bool Engine::RunOneStep() {
     (void)id;
     metrics_->num_preemptions_total->Increment();
   }
+  // The scheduler owns what finished; what no step has carried to the workers yet waits for the next one.
+  undelivered_finished_.insert(undelivered_finished_.end(), out.finished.begin(), out.finished.end());
   if (out.seqs.empty()) return false;
   const absl::Time now = absl::Now();
   wv1::StepPlan plan;
@@ -190,10 +190,10 @@ bool Engine::RunOneStep() {
     step->set_sample(s.sample);
     num_tokens += static_cast<int>(s.token_ids.size());
   }
-  for (uint64_t id : finished_since_last_step_) plan.add_finished(id);
-  finished_since_last_step_.clear();
+  for (uint64_t id : undelivered_finished_) plan.add_finished(id);
+  undelivered_finished_.clear();
 
-  auto outcome = pool_->RunStep(std::move(plan), options_.step_timeout);
+  auto outcome = executor_->RunStep(std::move(plan), options_.step_timeout);
   if (!outcome.ok()) {
     if (absl::IsUnavailable(outcome.status())) {
       OnGroupLost(outcome.status());
@@ -260,7 +260,6 @@ void Engine::RequeueAll() {
                                              Scheduler::Admission::kReadmit);
     if (!s.ok()) FailRequest(id, absl::UnavailableError(absl::StrCat("could not replay after worker loss: ", s.message())));
   }
-  finished_since_last_step_.clear();
 }
 
 void Engine::UpdateGauges() {
@@ -278,7 +277,7 @@ void Engine::Loop() {
     }
     DrainInbox();
     if (!requests_.empty()) {
-      if (!pool_->IsReady()) {
+      if (!executor_->IsReady()) {
         OnGroupLost(absl::UnavailableError("worker group not ready"));
         if (absl::Now() - group_lost_at_ > options_.recovery_timeout) {
           std::vector<uint64_t> ids;
@@ -289,7 +288,7 @@ void Engine::Loop() {
                                 absl::FormatDuration(options_.recovery_timeout), " (--recovery-timeout); retry")));
           }
         } else {
-          pool_->WaitReady(absl::Milliseconds(100));
+          executor_->WaitReady(absl::Milliseconds(100));
         }
         UpdateGauges();
         continue;
@@ -298,11 +297,10 @@ void Engine::Loop() {
         TP_LOG(INFO) << "worker group is back; replaying " << requests_.size() << " requests from their token history";
         group_lost_at_ = absl::InfinitePast();
       }
-      if (pool_->generation() != generation_seen_) {
+      if (executor_->generation() != generation_seen_) {
         // The group was re-formed: every worker's KV cache and sampler state is new.
         RequeueAll();
-        generation_seen_ = pool_->generation();
-        finished_since_last_step_.clear();
+        generation_seen_ = executor_->generation();
       }
       bool ran = RunOneStep();
       UpdateGauges();

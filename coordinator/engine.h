@@ -1,6 +1,7 @@
-// The engine loop: one thread that owns the scheduler, turns each Schedule() into a StepPlan for every
-// worker, applies the sampled tokens, and streams results to request sinks. Submit/Cancel are thread-safe
-// and never block on a step: they post to an inbox the loop drains between steps.
+// The engine loop: one thread that owns the scheduler, turns each Schedule() into a StepPlan that a
+// StepExecutor (coordinator/step_executor.h: the worker pool, or a fake in tests) runs on every worker,
+// applies the sampled tokens, and streams results to request sinks. Submit/Cancel are thread-safe and never
+// block on a step: they post to an inbox the loop drains between steps.
 // When the worker group is lost mid-step, running requests are preempted (their KV is gone) and held; they
 // are replayed from their token history when the group is whole again, or fail UNAVAILABLE after
 // recovery_timeout.
@@ -21,7 +22,7 @@
 #include "coordinator/metrics.h"
 #include "coordinator/request_state.h"
 #include "coordinator/tokenizer/tokenizer.h"
-#include "coordinator/worker_pool.h"
+#include "coordinator/step_executor.h"
 
 namespace tpserve::coordinator {
 
@@ -35,7 +36,7 @@ struct EngineOptions {
 
 class Engine {
  public:
-  Engine(const EngineOptions& options, WorkerPool* pool, const Tokenizer* tokenizer, Metrics* metrics);
+  Engine(const EngineOptions& options, StepExecutor* executor, const Tokenizer* tokenizer, Metrics* metrics);
   ~Engine();
 
   void Start();
@@ -73,7 +74,7 @@ class Engine {
   void UpdateGauges();
 
   const EngineOptions options_;
-  WorkerPool* pool_;
+  StepExecutor* executor_;
   const Tokenizer* tokenizer_;
   Metrics* metrics_;
   std::unique_ptr<Scheduler> scheduler_;
@@ -89,7 +90,9 @@ class Engine {
 
   // Engine-thread state.
   absl::flat_hash_map<uint64_t, std::unique_ptr<RequestState>> requests_;
-  std::vector<uint64_t> finished_since_last_step_;
+  // SchedulerOutput.finished not yet sent in a StepPlan (a Schedule() that ran nothing carries no plan). After a
+  // re-formed group the ids are unknown to the new workers, which ignore them.
+  std::vector<uint64_t> undelivered_finished_;
   absl::Time group_lost_at_ = absl::InfinitePast();
   int generation_seen_ = 0;
   std::thread thread_;

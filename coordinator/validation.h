@@ -3,6 +3,7 @@
 #pragma once
 
 #include "absl/status/statusor.h"
+#include "common/sampling_limits.h"
 #include "coordinator/request_state.h"
 #include "coordinator/tokenizer/tokenizer.h"
 #include "generation.pb.h"
@@ -15,7 +16,7 @@ struct ValidationLimits {
   int max_new_tokens = 0;          // 0 = no server-side cap beyond the context
   int max_stop_strings = 16;
   int max_stop_string_bytes = 256;
-  int max_logprobs = 20;
+  int max_logprobs = kMaxLogprobs;  // common/sampling_limits.h: the sampler's cap
 };
 
 absl::StatusOr<RequestSpec> ValidateGenerateRequest(const tpserve::v1::GenerateRequest& request,

@@ -4,7 +4,8 @@
 // not-ready at once; when all N ranks are connected again it is re-formed under a new rendezvous generation.
 // Every RPC passes the WorkerAuthenticator first (coordinator/worker_auth.h): a refused peer is logged with its
 // address, counted through the refusal listener, answered UNAUTHENTICATED, and never registers, receives a
-// StepPlan or reads or writes the rendezvous store. Thread-safe.
+// StepPlan or reads or writes the rendezvous store. The store's RPCs are served by RendezvousStoreService
+// (coordinator/store_service.h); WorkerPool forwards them. Thread-safe.
 #pragma once
 
 #include <atomic>
@@ -18,8 +19,11 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "coordinator/group_membership.h"
+#include "coordinator/step_executor.h"
 #include "coordinator/store_service.h"
 #include "coordinator/worker_auth.h"
+#include "coordinator/worker_connection.h"
 #include "worker.grpc.pb.h"
 
 namespace tpserve::coordinator {
@@ -41,28 +45,9 @@ struct WorkerGroupOptions {
   absl::Duration heartbeat_timeout = absl::Seconds(3);  // a silent worker is lost after this
 };
 
-// Per-rank state for metrics and health.
-struct WorkerStatus {
-  int rank = 0;
-  bool connected = false;
-  bool loaded = false;
-  std::string device;
-  std::string hostname;
-  int64_t weight_bytes = 0;
-  absl::Time last_seen;
-  double last_step_seconds = 0;
-  double last_allreduce_seconds = 0;
-};
-
-struct StepOutcome {
-  tpserve::worker::v1::StepResult result;   // rank 0's (holds the sampled tokens)
-  std::vector<double> step_seconds;         // per rank
-  std::vector<double> allreduce_seconds;    // per rank
-};
-
-class WorkerConnection;
-
-class WorkerPool final : public tpserve::worker::v1::WorkerControl::CallbackService {
+class WorkerPool final : public tpserve::worker::v1::WorkerControl::CallbackService,
+                         public StepExecutor,
+                         private WorkerConnectionListener {
  public:
   // `auth` null: every peer is admitted (the caller decided that is safe, see CheckWorkerPlaneExposure).
   explicit WorkerPool(const WorkerGroupOptions& options, std::shared_ptr<WorkerAuthenticator> auth = nullptr);
@@ -80,14 +65,14 @@ class WorkerPool final : public tpserve::worker::v1::WorkerControl::CallbackServ
 
   // True when every rank is connected, loaded, has its KV cache and answered within the heartbeat
   // timeout (a step in flight counts as an answer in progress).
-  bool IsReady() const;
+  bool IsReady() const override;
   // Waits until IsReady() or `timeout`; false on timeout or shutdown.
-  bool WaitReady(absl::Duration timeout) const;
+  bool WaitReady(absl::Duration timeout) const override;
   // The group's first load error, if loading failed (shown at startup, and in health details).
   absl::Status load_error() const;
   int num_kv_blocks() const;
   int64_t kv_bytes_per_block() const;  // per worker
-  int generation() const;
+  int generation() const override;
   std::vector<WorkerStatus> Status() const;
   // Called (outside the lock) whenever readiness may have changed.
   void SetReadinessListener(std::function<void(bool ready)> listener);
@@ -96,32 +81,27 @@ class WorkerPool final : public tpserve::worker::v1::WorkerControl::CallbackServ
 
   // Sends `plan` to every rank and waits for all results. UNAVAILABLE when the group is not ready or a
   // worker is lost during the step; INTERNAL when a worker reports a step error.
-  absl::StatusOr<StepOutcome> RunStep(tpserve::worker::v1::StepPlan plan, absl::Duration timeout);
+  absl::StatusOr<StepOutcome> RunStep(tpserve::worker::v1::StepPlan plan, absl::Duration timeout) override;
 
   // Tells every worker to exit and stops the heartbeat thread.
   void Shutdown(const std::string& reason);
 
  private:
-  friend class WorkerConnection;
+  // The connection and step results of one rank; its membership state lives in membership_.
   struct Slot {
     WorkerConnection* conn = nullptr;
-    WorkerStatus status;
-    bool load_sent = false;
-    bool kv_ready = false;
-    int64_t max_kv_blocks = 0;
-    int64_t kv_bytes_per_block = 0;
     bool has_result = false;
     tpserve::worker::v1::StepResult result;
   };
 
-  void OnMessage(WorkerConnection* conn, const tpserve::worker::v1::WorkerMessage& msg);
+  void OnMessage(WorkerConnection* conn, const tpserve::worker::v1::WorkerMessage& msg) override;
   // Registers an authenticated worker's Hello (rank checks, slot, load when the group is whole).
   void RegisterLocked(WorkerConnection* conn, const tpserve::worker::v1::Hello& h) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Logs the refusal with the peer address and counts it.
   void ReportRefusal(const std::string& peer, const Refusal& refusal);
-  void OnDisconnect(WorkerConnection* conn);
-  void MaybeStartLoadLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void MaybeAllocateKvLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void OnDisconnect(WorkerConnection* conn) override;
+  // Sends what a membership event asked for.
+  void ApplyLocked(const GroupMembership::Effects& fx) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool IsReadyLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void HeartbeatLoop();
   void NotifyReadiness();
@@ -129,20 +109,12 @@ class WorkerPool final : public tpserve::worker::v1::WorkerControl::CallbackServ
   const WorkerGroupOptions options_;
   const std::shared_ptr<WorkerAuthenticator> auth_;
   std::function<void(const std::string&)> refusal_listener_;
-  KeyValueStore store_;
+  RendezvousStoreService store_service_;  // after auth_: constructed from it
   mutable absl::Mutex mu_;
   std::vector<Slot> slots_ ABSL_GUARDED_BY(mu_);
-  int generation_ ABSL_GUARDED_BY(mu_) = 0;
-  bool group_loading_ ABSL_GUARDED_BY(mu_) = false;
-  bool kv_allocating_ ABSL_GUARDED_BY(mu_) = false;
-  bool ready_ ABSL_GUARDED_BY(mu_) = false;
-  absl::Status load_error_ ABSL_GUARDED_BY(mu_);
-  int num_kv_blocks_ ABSL_GUARDED_BY(mu_) = 0;
-  int64_t kv_bytes_per_block_ ABSL_GUARDED_BY(mu_) = 0;
+  GroupMembership membership_ ABSL_GUARDED_BY(mu_);
   bool step_in_flight_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t step_id_ ABSL_GUARDED_BY(mu_) = 0;
-  absl::Time step_started_ ABSL_GUARDED_BY(mu_);
-  bool shutdown_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t ping_nonce_ ABSL_GUARDED_BY(mu_) = 0;
   std::function<void(bool)> readiness_listener_;
   bool last_notified_ready_ = false;

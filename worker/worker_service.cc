@@ -13,6 +13,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/worker_protocol.h"
 #include "common/cluster_auth.h"
 #include "common/log.h"
 #include "common/model_config.h"
@@ -285,7 +286,7 @@ absl::Status Worker::Session(const std::shared_ptr<wv1::WorkerControl::Stub>& st
   GrpcStore store(stub);
   wv1::WorkerMessage hello;
   auto* h = hello.mutable_hello();
-  h->set_protocol_version(1);
+  h->set_protocol_version(kWorkerProtocolVersion);
   h->set_rank(options_.rank);
   h->set_world_size(options_.world_size);
   h->set_device(options_.device);

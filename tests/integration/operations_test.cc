@@ -90,10 +90,9 @@ TEST(HealthTest, SigkillOfAWorkerTurnsNotServingAndRestartTurnsServing) {
   EXPECT_EQ(code, 200);
   std::vector<pid_t> workers = server.ChildPids();
   ASSERT_EQ(workers.size(), 2u);
-  const absl::Time killed = absl::Now();
   kill(workers[1], SIGKILL);
+  // The documented 5 s (heartbeat timeout 3 s) is the wait's bound; how fast it turns is for bench/, not a test.
   ASSERT_TRUE(server.WaitForHealth("NOT_SERVING", absl::Seconds(5))) << server.ReadLog();
-  EXPECT_LT(absl::Now() - killed, absl::Seconds(5));
   server.HttpGet("/ready", &code);
   EXPECT_EQ(code, 503);
   server.HttpGet("/health", &code);
@@ -106,8 +105,9 @@ TEST(HealthTest, SigkillOfAWorkerTurnsNotServingAndRestartTurnsServing) {
   grpc::ClientContext ctx;
   v1::GenerateResponse resp;
   ASSERT_TRUE(stub->Generate(&ctx, Greedy("Once upon a time", 5), &resp).ok());
-  EXPECT_EQ(std::vector<int32_t>(resp.token_ids().begin(), resp.token_ids().end()),
-            (std::vector<int32_t>{432, 383, 286, 261, 376}));
+  const std::vector<int32_t> want = ReferenceGreedyIds("stories260K.json", "Once upon a time", 5);
+  ASSERT_EQ(want.size(), 5u) << "../shared/reference/stories260K.json has no 'Once upon a time' case";
+  EXPECT_EQ(std::vector<int32_t>(resp.token_ids().begin(), resp.token_ids().end()), want);
   EXPECT_EQ(server.Stop(), 0);
 }
 

@@ -19,6 +19,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
@@ -103,6 +104,31 @@ void ServerProcess::Signal(int sig) {
 
 void ServerProcess::SignalGroup(int sig) {
   if (pid_ > 0 && exit_status_ < 0 && options_.own_process_group) kill(-pid_, sig);
+}
+
+std::string ServerProcess::LogTail(int lines) const {
+  const std::string log = ReadLog();
+  std::vector<absl::string_view> all = absl::StrSplit(log, '\n');
+  if (!all.empty() && all.back().empty()) all.pop_back();
+  const size_t first = all.size() > static_cast<size_t>(lines) ? all.size() - lines : 0;
+  return absl::StrJoin(all.begin() + first, all.end(), "\n");
+}
+
+::testing::AssertionResult ServerProcess::WaitUntil(const std::function<bool()>& condition, const std::string& what,
+                                                    absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (!condition()) {
+    if (PollExit() >= 0) {
+      return ::testing::AssertionFailure() << "the server exited (status " << exit_status_ << ") while waiting for "
+                                           << what << "; its last log lines:\n" << LogTail();
+    }
+    if (absl::Now() > deadline) {
+      return ::testing::AssertionFailure() << "no " << what << " within " << absl::FormatDuration(timeout)
+                                           << "; the server's last log lines:\n" << LogTail();
+    }
+    absl::SleepFor(absl::Milliseconds(2));
+  }
+  return ::testing::AssertionSuccess();
 }
 
 int ServerProcess::PollExit() {

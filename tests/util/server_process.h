@@ -6,6 +6,7 @@
 #include <sys/types.h>
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -14,6 +15,7 @@
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "generation.grpc.pb.h"
+#include "gtest/gtest.h"
 
 namespace tpserve::testing {
 
@@ -52,6 +54,12 @@ class ServerProcess {
   std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
   const std::string& log_path() const { return log_path_; }
   std::string ReadLog() const;
+  // The log's last `lines` lines, for failure messages.
+  std::string LogTail(int lines = 40) const;
+  // Polls `condition` until it holds. Fails at once, with the log's last lines, when the server exited, and
+  // after `timeout` otherwise; `what` names the awaited thing in the message. Never sleeps past a fault.
+  ::testing::AssertionResult WaitUntil(const std::function<bool()>& condition, const std::string& what,
+                                       absl::Duration timeout = absl::Seconds(120));
   std::unique_ptr<tpserve::v1::Generation::Stub> NewStub() const;
   std::shared_ptr<grpc::Channel> NewChannel() const;  // TLS when options.tls_ca is set
 

@@ -9,6 +9,8 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "nlohmann/json.hpp"
+
 namespace tpserve::testing {
 
 static bool Exists(const std::string& p) {
@@ -45,6 +47,20 @@ std::string ReadFileOrDie(const std::string& path) {
   std::stringstream ss;
   ss << f.rdbuf();
   return ss.str();
+}
+
+std::vector<int32_t> ReferenceGreedyIds(const std::string& reference, const std::string& prompt, size_t n) {
+  const std::string path = SharedPath("reference/" + reference);
+  if (path.empty()) return {};
+  const nlohmann::json ref = nlohmann::json::parse(ReadFileOrDie(path));
+  for (const auto& c : ref["cases"]) {
+    if (c["prompt"].get<std::string>() != prompt) continue;
+    std::vector<int32_t> ids = c["generated_ids"];
+    if (ids.size() < n) return {};
+    ids.resize(n);
+    return ids;
+  }
+  return {};
 }
 
 }  // namespace tpserve::testing

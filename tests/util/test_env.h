@@ -2,7 +2,9 @@
 #pragma once
 
 #include <filesystem>
+#include <cstdint>
 #include <string>
+#include <vector>
 
 #include "gtest/gtest.h"
 
@@ -17,6 +19,9 @@ std::string SourceDir();  // repository root
 // A fresh directory under $TMPDIR, removed by the caller or at exit.
 std::string MakeTempDir(const std::string& tag);
 std::string ReadFileOrDie(const std::string& path);
+// The first `n` greedy ids for `prompt` in ../shared/reference/<reference> (e.g. "stories260K.json"); empty when
+// the file or the prompt is absent or holds fewer ids. Golden ids come from there, never pasted into a test.
+std::vector<int32_t> ReferenceGreedyIds(const std::string& reference, const std::string& prompt, size_t n);
 
 // A MakeTempDir directory removed, with everything in it, when the object goes out of scope.
 struct ScopedTempDir {

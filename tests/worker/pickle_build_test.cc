@@ -22,6 +22,30 @@ TEST(PickleBuildTest, StateDictMetadataIsAcceptedAndIgnored) {
   p += "b.";                                           // BUILD, STOP
   auto r = Unpickle(p, "state.pkl");
   ASSERT_TRUE(r.ok()) << r.status();
+  // Ignored means: the result is the OrderedDict itself, still empty; the BUILD state neither becomes an entry
+  // ('_metadata' is no tensor name) nor replaces the dict.
+  const PickleValue* root = (*r)->root;
+  ASSERT_NE(root, nullptr);
+  EXPECT_EQ(root->kind, PickleValue::Kind::kDict);
+  EXPECT_TRUE(root->entries.empty());
+}
+
+TEST(PickleBuildTest, BuildStateLeavesTheDictsOwnEntriesAsTheyWere) {
+  // OrderedDict(); SETITEM 'w' -> 7; then BUILD {'_metadata': OrderedDict()}; STOP.
+  std::string p = kOrderedDict;
+  p += std::string("X\x01\x00\x00\x00", 5) + "w" + "K\x07" + "s";  // BINUNICODE "w"; BININT1 7; SETITEM
+  p += "}";
+  p += std::string("X\x09\x00\x00\x00", 5) + "_metadata";
+  p += "ccollections\nOrderedDict\n)R";
+  p += "s";
+  p += "b.";
+  auto r = Unpickle(p, "state.pkl");
+  ASSERT_TRUE(r.ok()) << r.status();
+  const PickleValue* root = (*r)->root;
+  ASSERT_EQ(root->kind, PickleValue::Kind::kDict);
+  ASSERT_EQ(root->entries.size(), 1u);
+  EXPECT_EQ(root->entries[0].first->str, "w");
+  EXPECT_EQ(root->entries[0].second->integer, 7);
 }
 
 TEST(PickleBuildTest, BuildOnANonDictIsRefused) {

@@ -273,18 +273,38 @@ TEST(SamplerTest, RejectsBadInputWithUsefulErrors) {
   EXPECT_EQ(s.num_sequences(), 0u);
 }
 
+// SplitMix64's output function, written here from Vigna's splitmix64.c (the generator's state advances by the
+// golden gamma before each output), checked below against that generator's published sequence.
+uint64_t ReferenceSplitMix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
 TEST(SamplerTest, CounterUniformIsInRangeAndKeyed) {
+  // splitmix64 seeded with 1234567 (also java.util.SplittableRandom's mixer): its first outputs.
+  const uint64_t published[] = {6457827717110365317ull, 3203168211198807973ull, 9817491932198370423ull,
+                                4593380528125082431ull, 16408922859458223821ull};
+  uint64_t state = 1234567;
+  for (uint64_t want : published) {
+    EXPECT_EQ(ReferenceSplitMix64(state), want);
+    state += 0x9e3779b97f4a7c15ull;
+  }
   std::map<double, int> seen;
-  for (uint64_t seed : {0ull, 1ull, 2ull}) {
+  for (uint64_t seed : {0ull, 1ull, 2ull, ~0ull}) {
     for (uint64_t k = 0; k < 100; ++k) {
       const double u = CounterUniform(seed, k);
       ASSERT_GE(u, 0.0);
       ASSERT_LT(u, 1.0);
       ++seen[u];
-      EXPECT_EQ(u, CounterUniform(seed, k));
+      // The header's contract, from the reference mixer: splitmix64 of the (seed, counter) pair, top 53 bits.
+      const uint64_t h = ReferenceSplitMix64(ReferenceSplitMix64(seed) ^
+                                             ReferenceSplitMix64(k ^ 0x632be59bd9b4e019ull));
+      EXPECT_EQ(u, static_cast<double>(h >> 11) / 9007199254740992.0) << "seed " << seed << " k " << k;
     }
   }
-  EXPECT_EQ(seen.size(), 300u);
+  EXPECT_EQ(seen.size(), 400u);
 }
 
 }  // namespace

@@ -22,6 +22,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "common/sampling_limits.h"  // kMaxLogprobs
 
 namespace tpserve::worker::v1 {
 class SamplingConfig;
@@ -42,7 +43,6 @@ struct SamplingParams {
   uint64_t seed = 0;
   int logprobs = 0;                 // top-N logprobs to return, in [0, kMaxLogprobs]
 };
-inline constexpr int kMaxLogprobs = 20;
 
 SamplingParams SamplingParamsFromProto(const tpserve::worker::v1::SamplingConfig& config);
 

@@ -1,0 +1,198 @@
+// GroupMembership: event-by-event expected-state tables (registration, load, KV sizing, readiness, loss and
+// re-forming, refusals, load errors, heartbeats), like scheduler_test. No gRPC, no processes.
+#include "coordinator/group_membership.h"
+
+#include <string>
+#include <vector>
+
+#include "absl/time/time.h"
+#include "common/worker_protocol.h"
+#include "gtest/gtest.h"
+
+namespace tpserve::coordinator {
+namespace {
+
+const absl::Time kT0 = absl::FromUnixSeconds(1000);
+
+enum class Ev { kRegister, kLoaded, kLoadFailed, kKvReady, kKvFailed, kDisconnect, kSeen };
+
+// One event and the state expected right after it.
+struct Row {
+  Ev ev;
+  int rank;
+  int64_t value = 0;  // kRegister: world_size (0 = the group's); kLoaded: max_kv_blocks; kSeen: seconds after kT0
+  // Expected:
+  bool refuse = false;
+  bool send_load = false;
+  int allocate = 0;
+  bool ready = false;
+  int generation = 0;
+};
+
+void RunTable(GroupMembership& g, int world_size, const std::vector<Row>& rows) {
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const Row& r = rows[i];
+    SCOPED_TRACE(::testing::Message() << "row " << i);
+    GroupMembership::Effects fx;
+    switch (r.ev) {
+      case Ev::kRegister:
+        fx = g.Register(r.rank, r.value == 0 ? world_size : static_cast<int>(r.value), kWorkerProtocolVersion, "cpu",
+                        "host", "peer", kT0);
+        break;
+      case Ev::kLoaded:
+        fx = g.Loaded(r.rank, true, "", 1000, r.value, 4096);
+        break;
+      case Ev::kLoadFailed:
+        fx = g.Loaded(r.rank, false, "no such file", 0, 0, 0);
+        break;
+      case Ev::kKvReady:
+        g.KvReady(r.rank, true, "");
+        break;
+      case Ev::kKvFailed:
+        g.KvReady(r.rank, false, "out of memory");
+        break;
+      case Ev::kDisconnect:
+        g.Disconnect(r.rank);
+        break;
+      case Ev::kSeen:
+        g.Seen(r.rank, kT0 + absl::Seconds(r.value));
+        break;
+    }
+    EXPECT_EQ(!fx.refuse.empty(), r.refuse) << fx.refuse;
+    EXPECT_EQ(fx.send_load, r.send_load);
+    EXPECT_EQ(fx.allocate_kv_blocks, r.allocate);
+    EXPECT_EQ(g.IsReady(kT0), r.ready);
+    EXPECT_EQ(g.generation(), r.generation);
+  }
+}
+
+GroupMembershipOptions Options(int world_size, int max_kv_blocks = 0) {
+  return GroupMembershipOptions{world_size, max_kv_blocks, absl::Seconds(3)};
+}
+
+TEST(GroupMembershipTest, FormsWhenAllRanksRegisterLoadAndAllocate) {
+  GroupMembership g(Options(2));
+  RunTable(g, 2,
+           {
+               //  event         rank value  refuse send_load alloc ready gen
+               {Ev::kRegister, 1, 0, false, false, 0, false, 0},
+               {Ev::kRegister, 0, 0, false, true, 0, false, 1},  // whole: load, generation 1
+               {Ev::kLoaded, 0, 120, false, false, 0, false, 1},
+               {Ev::kLoaded, 1, 100, false, false, 100, false, 1},  // the smallest block count
+               {Ev::kKvReady, 1, 0, false, false, 0, false, 1},
+               {Ev::kKvReady, 0, 0, false, false, 0, true, 1},
+           });
+  EXPECT_EQ(g.num_kv_blocks(), 100);
+  EXPECT_EQ(g.kv_bytes_per_block(), 4096);
+  EXPECT_TRUE(g.load_error().ok());
+}
+
+TEST(GroupMembershipTest, BadRankWorldSizeAndDuplicatesAreRefusedWithoutJoining) {
+  GroupMembership g(Options(2));
+  RunTable(g, 2,
+           {
+               {Ev::kRegister, 2, 0, true, false, 0, false, 0},   // rank out of range
+               {Ev::kRegister, -1, 0, true, false, 0, false, 0},  // negative rank
+               {Ev::kRegister, 0, 4, true, false, 0, false, 0},   // other world size
+               {Ev::kRegister, 0, 0, false, false, 0, false, 0},
+               {Ev::kRegister, 0, 0, true, false, 0, false, 0},   // rank 0 twice
+               {Ev::kRegister, 1, 0, false, true, 0, false, 1},   // the refusals did not count
+           });
+  EXPECT_FALSE(g.connected(1) && !g.connected(0));
+}
+
+TEST(GroupMembershipTest, LossMakesTheGroupNotReadyAndTheReturnReloadsEveryRankUnderANewGeneration) {
+  GroupMembership g(Options(2, /*max_kv_blocks=*/50));
+  RunTable(g, 2,
+           {
+               {Ev::kRegister, 0, 0, false, false, 0, false, 0},
+               {Ev::kRegister, 1, 0, false, true, 0, false, 1},
+               {Ev::kLoaded, 0, 80, false, false, 0, false, 1},
+               {Ev::kLoaded, 1, 90, false, false, 50, false, 1},  // capped by max_kv_blocks
+               {Ev::kKvReady, 0, 0, false, false, 0, false, 1},
+               {Ev::kKvReady, 1, 0, false, false, 0, true, 1},
+               {Ev::kDisconnect, 1, 0, false, false, 0, false, 1},  // not ready at once
+               {Ev::kLoaded, 0, 80, false, false, 0, false, 1},     // a survivor alone never allocates
+               {Ev::kRegister, 1, 0, false, true, 0, false, 2},     // back: everyone loads again, generation 2
+               {Ev::kLoaded, 0, 80, false, false, 0, false, 2},
+               {Ev::kLoaded, 1, 90, false, false, 50, false, 2},
+               {Ev::kKvReady, 0, 0, false, false, 0, false, 2},
+               {Ev::kKvReady, 1, 0, false, false, 0, true, 2},
+           });
+  const auto status = g.Status();
+  ASSERT_EQ(status.size(), 2u);
+  EXPECT_TRUE(status[0].connected && status[0].loaded && status[1].connected && status[1].loaded);
+}
+
+TEST(GroupMembershipTest, LoadAndKvErrorsAreKeptAndNothingIsAllocated) {
+  GroupMembership g(Options(2));
+  RunTable(g, 2,
+           {
+               {Ev::kRegister, 0, 0, false, false, 0, false, 0},
+               {Ev::kRegister, 1, 0, false, true, 0, false, 1},
+               {Ev::kLoadFailed, 1, 0, false, false, 0, false, 1},
+               {Ev::kLoaded, 0, 80, false, false, 0, false, 1},
+           });
+  EXPECT_EQ(g.load_error().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(g.load_error().message().find("rank 1"), std::string::npos) << g.load_error();
+
+  GroupMembership none(Options(1));
+  RunTable(none, 1,
+           {
+               {Ev::kRegister, 0, 0, false, true, 0, false, 1},
+               {Ev::kLoaded, 0, 0, false, false, 0, false, 1},  // no block fits the budget
+           });
+  EXPECT_EQ(none.load_error().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(none.load_error().message().find("--kv-cache-memory"), std::string::npos) << none.load_error();
+
+  GroupMembership kv(Options(1));
+  RunTable(kv, 1,
+           {
+               {Ev::kRegister, 0, 0, false, true, 0, false, 1},
+               {Ev::kLoaded, 0, 10, false, false, 10, false, 1},
+               {Ev::kKvFailed, 0, 0, false, false, 0, false, 1},
+           });
+  EXPECT_EQ(kv.load_error().code(), absl::StatusCode::kResourceExhausted);
+}
+
+TEST(GroupMembershipTest, ASilentRankIsNotReadyUnlessItIsAnsweringAStep) {
+  GroupMembership g(Options(2));
+  RunTable(g, 2,
+           {
+               {Ev::kRegister, 0, 0, false, false, 0, false, 0},
+               {Ev::kRegister, 1, 0, false, true, 0, false, 1},
+               {Ev::kLoaded, 0, 10, false, false, 0, false, 1},
+               {Ev::kLoaded, 1, 10, false, false, 10, false, 1},
+               {Ev::kKvReady, 0, 0, false, false, 0, false, 1},
+               {Ev::kKvReady, 1, 0, false, false, 0, true, 1},
+           });
+  g.Seen(0, kT0 + absl::Seconds(10));
+  const absl::Time later = kT0 + absl::Seconds(10);  // rank 1 last heard at kT0: past the 3 s timeout
+  EXPECT_FALSE(g.IsReady(later));
+  EXPECT_TRUE(g.IsReady(later, {false, true}));  // rank 1 is busy with a step it has not answered yet
+  g.Seen(1, later);
+  EXPECT_TRUE(g.IsReady(later));
+  g.MarkNotReady();  // a step timed out
+  EXPECT_FALSE(g.IsReady(later));
+}
+
+TEST(GroupMembershipTest, AnotherProtocolVersionIsRefusedNamingTheFix) {
+  GroupMembership g(Options(1));
+  for (uint32_t version : {0u, kWorkerProtocolVersion + 1}) {
+    GroupMembership::Effects fx = g.Register(0, 1, version, "cpu", "host", "peer", kT0);
+    EXPECT_NE(fx.refuse.find("same tpserve release"), std::string::npos) << fx.refuse;
+    EXPECT_FALSE(fx.send_load);
+    EXPECT_FALSE(g.connected(0));
+  }
+  EXPECT_TRUE(g.Register(0, 1, kWorkerProtocolVersion, "cpu", "host", "peer", kT0).send_load);
+}
+
+TEST(GroupMembershipTest, ShutdownIsNeverReadyAndStartsNoLoad) {
+  GroupMembership g(Options(1));
+  g.Shutdown();
+  RunTable(g, 1, {{Ev::kRegister, 0, 0, false, false, 0, false, 0}});
+  EXPECT_TRUE(g.shut_down());
+}
+
+}  // namespace
+}  // namespace tpserve::coordinator
