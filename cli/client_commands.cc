@@ -5,6 +5,7 @@
 #include "absl/flags/flag.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "cli/commands.h"
 #include "cli/shared_flags.h"
 #include "common/credentials.h"
@@ -30,6 +31,12 @@ ABSL_FLAG(int, timeout, 600, "seconds before the client gives up (the server the
 namespace tpserve::cli {
 
 namespace v1 = tpserve::v1;
+
+// "length", "eos", "stop_sequence", ...: the enum value's name without its FINISH_REASON_ prefix, as the CLI
+// printed it before the values were prefixed.
+std::string FinishName(v1::FinishReason r) {
+  return absl::AsciiStrToLower(absl::StripPrefix(v1::FinishReason_Name(r), "FINISH_REASON_"));
+}
 
 int GenerateCommand() {
   const std::string prompt = absl::GetFlag(FLAGS_prompt);
@@ -120,7 +127,7 @@ int GenerateCommand() {
     j["text"] = text;
     j["token_ids"] = ids;
     j["prompt_token_ids"] = prompt_ids;
-    j["finish_reason"] = absl::AsciiStrToLower(v1::FinishReason_Name(finish));
+    j["finish_reason"] = FinishName(finish);
     j["usage"] = {{"prompt_tokens", usage.prompt_tokens()},
                   {"completion_tokens", usage.completion_tokens()},
                   {"cached_prompt_tokens", usage.cached_prompt_tokens()}};
@@ -128,7 +135,7 @@ int GenerateCommand() {
   } else {
     std::printf("\n");
     std::fprintf(stderr, "[finish_reason=%s prompt_tokens=%d completion_tokens=%d]\n",
-                 absl::AsciiStrToLower(v1::FinishReason_Name(finish)).c_str(), usage.prompt_tokens(),
+                 FinishName(finish).c_str(), usage.prompt_tokens(),
                  usage.completion_tokens());
   }
   return 0;

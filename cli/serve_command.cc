@@ -247,7 +247,6 @@ int ServeCommand() {
     std::fprintf(stderr, "tpserve serve: --device must be cpu or cuda\n");
     return 2;
   }
-  o->device = device;
   const int tp = o->group.world_size;
   int threads = absl::GetFlag(FLAGS_threads);
   if (threads <= 0) threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / tp);

@@ -7,15 +7,12 @@
 #include "absl/synchronization/mutex.h"
 #include "common/log.h"
 #include "coordinator/api_key.h"
+#include "coordinator/status_details.h"
 #include "coordinator/tokenizer/utf8.h"
 
 namespace tpserve::coordinator {
 
 namespace v1 = tpserve::v1;
-
-grpc::Status ToGrpcStatus(const absl::Status& s) {
-  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
-}
 
 namespace {
 
@@ -57,14 +54,17 @@ class UnaryGenerateReactor final : public grpc::ServerUnaryReactor, public Reque
     if (d.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) {
       response_->set_finish_reason(d.finish_reason());
       *response_->mutable_usage() = d.usage();
-      if (d.finish_reason() == v1::CANCELLED) {
+      if (d.finish_reason() == v1::FINISH_REASON_CANCELLED) {
         Finish(grpc::Status(grpc::StatusCode::CANCELLED, "request cancelled"));
       } else {
         Finish(grpc::Status::OK);
       }
     }
   }
-  void OnError(const absl::Status& s) override { Finish(ToGrpcStatus(s)); }
+  // A unary call's error carries no response message: what was generated is dropped with `last`.
+  void OnError(const absl::Status& s, const v1::GenerateStreamResponse* /*last*/) override {
+    Finish(ToGrpcStatus(s));
+  }
   void OnCancel() override { latch_.Cancel(); }
   void OnDone() override { delete this; }
   CancelLatch& latch() { return latch_; }
@@ -75,60 +75,77 @@ class UnaryGenerateReactor final : public grpc::ServerUnaryReactor, public Reque
 };
 
 // GenerateStream: writes one message per engine step, in order, one write in flight at a time.
+// Finish() is called only after mu_ is released: once it is called, OnDone may run on a gRPC thread and
+// delete this, so nothing here may touch a member (mu_ included) afterwards. finishing_ makes exactly one
+// path call it.
 class StreamGenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateStreamResponse>, public RequestSink {
  public:
   void OnDelta(const v1::GenerateStreamResponse& d) override {
-    absl::MutexLock lock(&mu_);
-    if (d.finish_reason() == v1::CANCELLED) {
-      final_status_ = grpc::Status(grpc::StatusCode::CANCELLED, "request cancelled");
-      done_ = true;
-      queue_.clear();
-      if (!writing_) Finish(final_status_);
-      return;
+    bool finish;
+    {
+      absl::MutexLock lock(&mu_);
+      if (d.finish_reason() == v1::FINISH_REASON_CANCELLED) {
+        final_status_ = grpc::Status(grpc::StatusCode::CANCELLED, "request cancelled");
+        done_ = true;
+        queue_.clear();
+      } else {
+        queue_.push_back(d);
+        if (d.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) done_ = true;
+      }
+      finish = PumpLocked();
     }
-    queue_.push_back(d);
-    if (d.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) done_ = true;
-    MaybeWriteLocked();
+    if (finish) Finish(final_status_);
   }
-  void OnError(const absl::Status& s) override {
-    absl::MutexLock lock(&mu_);
-    final_status_ = ToGrpcStatus(s);
-    done_ = true;
-    queue_.clear();
-    if (!writing_) Finish(final_status_);
+  // A server-side end: the last message (FINISH_REASON_ERROR, what was generated but not yet sent, usage)
+  // goes out after everything queued, then the status.
+  void OnError(const absl::Status& s, const v1::GenerateStreamResponse* last) override {
+    bool finish;
+    {
+      absl::MutexLock lock(&mu_);
+      final_status_ = ToGrpcStatus(s);
+      done_ = true;
+      if (last != nullptr) queue_.push_back(*last);
+      finish = PumpLocked();
+    }
+    if (finish) Finish(final_status_);
   }
   void OnWriteDone(bool ok) override {
-    absl::MutexLock lock(&mu_);
-    writing_ = false;
-    if (!queue_.empty()) queue_.pop_front();
-    if (!ok) {
+    bool finish;
+    {
+      absl::MutexLock lock(&mu_);
+      writing_ = false;
+      if (!queue_.empty()) queue_.pop_front();
       // Client gone: the cancel path (OnCancel) stops the request; drop what is queued.
-      queue_.clear();
-      if (done_) Finish(final_status_);
-      return;
+      if (!ok) queue_.clear();
+      finish = PumpLocked();
     }
-    MaybeWriteLocked();
+    if (finish) Finish(final_status_);
   }
   void OnCancel() override { latch_.Cancel(); }
   void OnDone() override { delete this; }
   CancelLatch& latch() { return latch_; }
 
  private:
-  void MaybeWriteLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (writing_) return;
+  // Starts the next write, or returns true when the caller must Finish (after unlocking).
+  bool PumpLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (writing_ || finishing_) return false;
     if (!queue_.empty()) {
       writing_ = true;
       StartWrite(&queue_.front());
-      return;
+      return false;
     }
-    if (done_) Finish(final_status_);
+    if (!done_) return false;
+    finishing_ = true;
+    return true;
   }
 
   absl::Mutex mu_;
   std::deque<v1::GenerateStreamResponse> queue_ ABSL_GUARDED_BY(mu_);
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool done_ ABSL_GUARDED_BY(mu_) = false;
-  grpc::Status final_status_ ABSL_GUARDED_BY(mu_) = grpc::Status::OK;
+  bool finishing_ ABSL_GUARDED_BY(mu_) = false;
+  // Written under mu_ until finishing_ is set, read without it by the one caller of Finish.
+  grpc::Status final_status_ = grpc::Status::OK;
   CancelLatch latch_;
 };
 
@@ -165,7 +182,8 @@ Reactor* GenerationService::StartGeneration(grpc::CallbackServerContext* context
   }
   Engine* engine = engine_.load();
   if (engine == nullptr) {
-    reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "model is loading; retry when health reports SERVING"));
+    reactor->Finish(ToGrpcStatus(WithReason(
+        absl::UnavailableError("model is loading; retry when health reports SERVING"), reason::kLoading)));
     return reactor;
   }
   auto spec = ValidateGenerateRequest(request, *tokenizer_, options_.limits);
@@ -202,6 +220,10 @@ grpc::ServerUnaryReactor* GenerationService::Tokenize(grpc::CallbackServerContex
     return reactor;
   }
   std::vector<int32_t> ids;
+  if (request->input_case() == v1::TokenizeRequest::INPUT_NOT_SET) {
+    reactor->Finish(ToGrpcStatus(absl::InvalidArgumentError("input: set one of text or chat")));
+    return reactor;
+  }
   if (request->has_chat()) {
     auto r = EncodeChatInput(request->chat(), *tokenizer_);
     if (!r.ok()) {
@@ -211,7 +233,7 @@ grpc::ServerUnaryReactor* GenerationService::Tokenize(grpc::CallbackServerContex
     ids = std::move(*r);
   } else {
     if (!IsValidUtf8(request->text())) {
-      reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "text: is not valid UTF-8"));
+      reactor->Finish(ToGrpcStatus(absl::InvalidArgumentError("text: is not valid UTF-8")));
       return reactor;
     }
     ids = tokenizer_->Encode(request->text(), request->add_bos());
@@ -247,7 +269,10 @@ grpc::ServerUnaryReactor* GenerationService::GetModelInfo(grpc::CallbackServerCo
   response->set_eos_token_id(tokenizer_->eos_id());
   response->set_kv_cache_blocks(kv_blocks_.load());
   response->set_kv_block_size(kv_block_size_.load());
-  response->set_device(options_.device);
+  {
+    absl::MutexLock lock(&device_mu_);
+    response->set_device(device_);
+  }
   auto* reactor = context->DefaultReactor();
   reactor->Finish(grpc::Status::OK);
   return reactor;

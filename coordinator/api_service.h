@@ -7,6 +7,7 @@
 #include <memory>
 #include <string>
 
+#include "absl/synchronization/mutex.h"
 #include "common/model_config.h"
 #include "coordinator/engine.h"
 #include "coordinator/tokenizer/tokenizer.h"
@@ -20,7 +21,6 @@ struct ApiServiceOptions {
   ModelConfig model_config;
   ValidationLimits limits;
   int tensor_parallel_size = 1;
-  std::string device = "cpu";
   std::string dtype;
   std::string api_key;  // non-empty: every call needs metadata "authorization: Bearer <api_key>"
 };
@@ -28,6 +28,11 @@ struct ApiServiceOptions {
 class GenerationService final : public tpserve::v1::Generation::CallbackService {
  public:
   GenerationService(const ApiServiceOptions& options, const Tokenizer* tokenizer);
+  // GetModelInfo.device: what the registered workers run on ("cpu", "cuda"), set when the group forms.
+  void SetDevice(std::string device) {
+    absl::MutexLock lock(&device_mu_);
+    device_ = std::move(device);
+  }
 
   // The engine appears once the worker group is loaded; until then calls get UNAVAILABLE.
   void SetEngine(Engine* engine, int kv_blocks, int kv_block_size);
@@ -55,8 +60,8 @@ class GenerationService final : public tpserve::v1::Generation::CallbackService 
   std::atomic<Engine*> engine_{nullptr};
   std::atomic<int> kv_blocks_{0};
   std::atomic<int> kv_block_size_{0};
+  absl::Mutex device_mu_;
+  std::string device_ ABSL_GUARDED_BY(device_mu_);
 };
-
-grpc::Status ToGrpcStatus(const absl::Status& s);
 
 }  // namespace tpserve::coordinator

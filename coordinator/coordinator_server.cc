@@ -1,10 +1,12 @@
 // Implementation of coordinator/coordinator_server.h.
 #include "coordinator/coordinator_server.h"
 
+#include <algorithm>
 #include <fstream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/synchronization/notification.h"
 #include "common/log.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
@@ -25,13 +27,24 @@ std::string BaseName(std::string path) {
   return p == std::string::npos ? path : path.substr(p + 1);
 }
 
+// The device kinds the loaded workers reported in their Hello ("cpu", "cuda:1" -> "cuda"), distinct and joined
+// by ","; the coordinator has no device of its own, so a multi-node deployment reports what its workers run on.
+std::string GroupDevice(const std::vector<WorkerStatus>& workers) {
+  std::vector<std::string> kinds;
+  for (const auto& w : workers) {
+    std::string kind = w.device.substr(0, w.device.find(':'));
+    if (!kind.empty() && std::find(kinds.begin(), kinds.end(), kind) == kinds.end()) kinds.push_back(kind);
+  }
+  return absl::StrJoin(kinds, ",");
+}
+
 // Completes when the warm-up request ends.
 class WarmupSink : public RequestSink {
  public:
   void OnDelta(const v1::GenerateStreamResponse& d) override {
     if (d.finish_reason() != v1::FINISH_REASON_UNSPECIFIED && !done_.HasBeenNotified()) done_.Notify();
   }
-  void OnError(const absl::Status& s) override {
+  void OnError(const absl::Status& s, const v1::GenerateStreamResponse* /*last*/) override {
     status_ = s;
     if (!done_.HasBeenNotified()) done_.Notify();
   }
@@ -101,7 +114,6 @@ absl::Status CoordinatorServer::Start() {
   api.model_config = config_;
   api.limits = options_.limits;
   api.tensor_parallel_size = options_.group.world_size;
-  api.device = options_.device;
   api.api_key = options_.api_key;
   api.dtype = options_.group.dtype == "auto" ? DTypeName(config_.torch_dtype) : options_.group.dtype;
   api_ = std::make_unique<GenerationService>(api, tokenizer_.get());
@@ -204,6 +216,7 @@ absl::Status CoordinatorServer::WaitUntilServing(absl::Duration timeout) {
   TP_LOG(INFO) << line;
   std::printf("%s\n", line.c_str());
   std::fflush(stdout);
+  api_->SetDevice(GroupDevice(pool_->Status()));
   api_->SetEngine(engine_.get(), blocks, options_.group.block_size);
   if (openai_) openai_->SetEngine(engine_.get());
   serving_started_ = true;
@@ -300,7 +313,7 @@ bool CoordinatorServer::Drain(absl::Duration timeout) {
   absl::Time deadline = absl::Now() + timeout;
   while (engine_->num_in_flight() > 0 && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(20));
   bool drained = engine_->num_in_flight() == 0;
-  TP_LOG(INFO) << (drained ? "drained" : "drain timeout: cancelling remaining requests");
+  TP_LOG(INFO) << (drained ? "drained" : "drain timeout: the remaining requests end UNAVAILABLE");
   return drained;
 }
 
@@ -310,7 +323,7 @@ void CoordinatorServer::Shutdown() {
   draining_ = true;
   stop_monitor_ = true;
   if (monitor_.joinable()) monitor_.join();
-  if (engine_) engine_->Stop();  // cancels what is left
+  if (engine_) engine_->Stop();  // ends what is left UNAVAILABLE (DRAINING)
   if (public_server_) public_server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   if (pool_) pool_->Shutdown("coordinator shutting down");
   if (worker_server_) worker_server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));

@@ -45,7 +45,6 @@ struct CoordinatorOptions {
   std::string cluster_token;          // when set, workers prove they hold it (common/cluster_auth.h)
   bool insecure_worker_plane = false;  // allow a non-loopback worker plane without authentication
   std::string api_key;                // when set, clients must send "authorization: Bearer <key>"
-  std::string device = "cpu";
   std::string chat_template;          // --chat-template: a ChatTemplateName overriding the model's ("" = its own)
 };
 

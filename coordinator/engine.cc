@@ -3,9 +3,11 @@
 
 #include <algorithm>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/log.h"
+#include "coordinator/status_details.h"
 
 namespace tpserve::coordinator {
 
@@ -43,14 +45,24 @@ void Engine::StopAccepting() { accepting_ = false; }
 
 absl::StatusOr<uint64_t> Engine::Submit(RequestSpec spec, std::shared_ptr<RequestSink> sink) {
   if (!accepting_) {
-    return absl::UnavailableError("server is draining (shutting down) and accepts no new requests; retry on another replica");
+    return WithReason(
+        absl::UnavailableError("server is draining (shutting down) and accepts no new requests; retry on another replica"),
+        reason::kDraining);
   }
   if (queued_.load() >= options_.scheduler.max_queued_requests) {
-    return absl::ResourceExhaustedError(absl::StrCat("request queue is full (", options_.scheduler.max_queued_requests,
-                                                     " waiting, --max-queued-requests); retry later"));
+    return WithReason(absl::ResourceExhaustedError(absl::StrCat("request queue is full (",
+                                                                options_.scheduler.max_queued_requests,
+                                                                " waiting, --max-queued-requests); retry later")),
+                      reason::kQueueFull);
   }
   uint64_t id = next_id_++;
   if (spec.request_id.empty()) spec.request_id = absl::StrCat("req-", id);
+  if (options_.log_prompts && !spec.internal) {
+    // --log-prompts only: prompts are user data. The decoded prompt ids (after the chat template), escaped so a
+    // prompt cannot forge log lines.
+    TP_LOG(INFO) << "request_prompt id=" << spec.request_id << " prompt=\""
+                 << absl::CHexEscape(tokenizer_->Decode(spec.prompt_ids)) << "\"";
+  }
   auto state = std::make_unique<RequestState>(id, std::move(spec), std::move(sink), *tokenizer_,
                                               options_.scheduler.max_model_len);
   ++queued_;
@@ -77,7 +89,7 @@ void Engine::DrainInbox() {
     if (!s.ok()) {
       --queued_;
       --in_flight_;
-      r->sink().OnError(s);
+      r->sink().OnError(s, nullptr);
       continue;
     }
     requests_[id] = std::move(r);
@@ -86,8 +98,8 @@ void Engine::DrainInbox() {
     auto it = requests_.find(id);
     if (it == requests_.end()) continue;  // finished already
     v1::GenerateStreamResponse last;
-    it->second->Finish(v1::CANCELLED, &last);
-    FinishRequest(*it->second, v1::CANCELLED, &last);
+    it->second->Finish(v1::FINISH_REASON_CANCELLED, &last);
+    FinishRequest(*it->second, v1::FINISH_REASON_CANCELLED, &last);
   }
 }
 
@@ -95,7 +107,7 @@ void Engine::FinishRequest(RequestState& r, v1::FinishReason reason, v1::Generat
   const uint64_t id = r.seq_id();
   const absl::Time now = absl::Now();
   if (r.first_scheduled == absl::InfinitePast()) --queued_;
-  if (reason == v1::CANCELLED) {
+  if (reason == v1::FINISH_REASON_CANCELLED) {
     scheduler_->Abort(id);
   } else {
     scheduler_->Finish(id);
@@ -136,7 +148,9 @@ void Engine::FailRequest(uint64_t seq_id, const absl::Status& status) {
   scheduler_->Abort(seq_id);
   metrics_->request_failure_total->Increment();
   TP_LOG(WARNING) << "request_failed id=" << r.spec().request_id << " status=" << status.ToString();
-  r.sink().OnError(status);
+  v1::GenerateStreamResponse last;
+  r.Finish(v1::FINISH_REASON_ERROR, &last);
+  r.sink().OnError(status, &last);
   --in_flight_;
   requests_.erase(it);
 }
@@ -258,7 +272,10 @@ void Engine::RequeueAll() {
     const int remaining = r.spec().max_new_tokens - r.num_generated();
     absl::Status s = scheduler_->AddSequence(id, r.all_tokens(), std::max(1, remaining), r.spec().priority,
                                              Scheduler::Admission::kReadmit);
-    if (!s.ok()) FailRequest(id, absl::UnavailableError(absl::StrCat("could not replay after worker loss: ", s.message())));
+    if (!s.ok()) {
+      FailRequest(id, WithReason(absl::UnavailableError(absl::StrCat("could not replay after worker loss: ", s.message())),
+                                 reason::kWorkerGroupLost));
+    }
   }
 }
 
@@ -283,9 +300,11 @@ void Engine::Loop() {
           std::vector<uint64_t> ids;
           for (const auto& [id, r] : requests_) ids.push_back(id);
           for (uint64_t id : ids) {
-            FailRequest(id, absl::UnavailableError(absl::StrCat(
-                                "the tensor-parallel worker group was lost and did not recover within ",
-                                absl::FormatDuration(options_.recovery_timeout), " (--recovery-timeout); retry")));
+            FailRequest(id, WithReason(absl::UnavailableError(absl::StrCat(
+                                           "the tensor-parallel worker group was lost and did not recover within ",
+                                           absl::FormatDuration(options_.recovery_timeout),
+                                           " (--recovery-timeout); retry")),
+                                       reason::kWorkerGroupLost));
           }
         } else {
           executor_->WaitReady(absl::Milliseconds(100));
@@ -320,15 +339,15 @@ void Engine::Loop() {
       inbox_mu_.AwaitWithTimeout(absl::Condition(&has_input), absl::Milliseconds(100));
     }
   }
-  // Stopping: end everything still in flight.
+  // Stopping (shutdown, or a drain that timed out): the server ends what is still in flight, so it is
+  // UNAVAILABLE (a retry policy moves it to another replica), not CANCELLED (which says the caller cancelled).
   DrainInbox();
   std::vector<uint64_t> ids;
   for (const auto& [id, r] : requests_) ids.push_back(id);
   for (uint64_t id : ids) {
-    auto& r = *requests_.at(id);
-    v1::GenerateStreamResponse last;
-    r.Finish(v1::CANCELLED, &last);
-    FinishRequest(r, v1::CANCELLED, &last);
+    FailRequest(id, WithReason(absl::UnavailableError("the server shut down before the request finished (drain "
+                                                      "timeout, --drain-timeout); retry on another replica"),
+                               reason::kDraining));
   }
 }
 

@@ -30,7 +30,7 @@ struct EngineOptions {
   SchedulerConfig scheduler;
   absl::Duration step_timeout = absl::Seconds(600);
   absl::Duration recovery_timeout = absl::Seconds(60);
-  bool log_prompts = false;
+  bool log_prompts = false;  // --log-prompts: one INFO line per request with its prompt text (never otherwise)
   bool log_requests = true;  // one structured line per finished request
 };
 
@@ -40,7 +40,7 @@ class Engine {
   ~Engine();
 
   void Start();
-  // Stops the loop; requests still in flight get CANCELLED.
+  // Stops the loop; requests still in flight end UNAVAILABLE (reason DRAINING).
   void Stop();
 
   // Queues a validated request. RESOURCE_EXHAUSTED when the waiting queue is full; UNAVAILABLE while

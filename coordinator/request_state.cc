@@ -9,12 +9,12 @@ namespace v1 = tpserve::v1;
 
 const char* FinishReasonName(v1::FinishReason r) {
   switch (r) {
-    case v1::LENGTH: return "length";
-    case v1::EOS: return "eos";
-    case v1::STOP_SEQUENCE: return "stop";
-    case v1::STOP_TOKEN: return "stop_token";
-    case v1::CANCELLED: return "abort";
-    case v1::ERROR: return "error";
+    case v1::FINISH_REASON_LENGTH: return "length";
+    case v1::FINISH_REASON_EOS: return "eos";
+    case v1::FINISH_REASON_STOP_SEQUENCE: return "stop";
+    case v1::FINISH_REASON_STOP_TOKEN: return "stop_token";
+    case v1::FINISH_REASON_CANCELLED: return "abort";
+    case v1::FINISH_REASON_ERROR: return "error";
     default: return "unspecified";
   }
 }
@@ -97,18 +97,18 @@ v1::FinishReason RequestState::OnToken(const tpserve::worker::v1::SampledToken& 
       std::find(spec_.stop_token_ids.begin(), spec_.stop_token_ids.end(), id) != spec_.stop_token_ids.end();
   std::string text;
   if (is_eos) {
-    reason = v1::EOS;
+    reason = v1::FINISH_REASON_EOS;
   } else if (is_stop_token) {
-    reason = v1::STOP_TOKEN;
+    reason = v1::FINISH_REASON_STOP_TOKEN;
   } else {
     pending_ += detok_.Add(id);
-    if (ReleaseText(&text)) reason = v1::STOP_SEQUENCE;
+    if (ReleaseText(&text)) reason = v1::FINISH_REASON_STOP_SEQUENCE;
   }
   if (reason == v1::FINISH_REASON_UNSPECIFIED &&
       (num_generated() >= spec_.max_new_tokens || static_cast<int>(all_tokens_.size()) >= max_model_len_)) {
-    reason = v1::LENGTH;
+    reason = v1::FINISH_REASON_LENGTH;
   }
-  if (reason != v1::FINISH_REASON_UNSPECIFIED && reason != v1::STOP_SEQUENCE) {
+  if (reason != v1::FINISH_REASON_UNSPECIFIED && reason != v1::FINISH_REASON_STOP_SEQUENCE) {
     // Nothing more comes: release what was held back for a stop string that never completed.
     pending_ += detok_.Flush();
     text += pending_;
@@ -125,6 +125,11 @@ v1::FinishReason RequestState::OnToken(const tpserve::worker::v1::SampledToken& 
 
 void RequestState::Finish(v1::FinishReason reason, v1::GenerateStreamResponse* delta) {
   delta->set_request_id(spec_.request_id);
+  if (reason == v1::FINISH_REASON_ERROR && !finished_) {
+    pending_ += detok_.Flush();
+    delta->mutable_text_delta()->append(pending_);
+    pending_.clear();
+  }
   finished_ = true;
   delta->set_finish_reason(reason);
   FillUsage(delta);

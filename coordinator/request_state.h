@@ -37,8 +37,11 @@ class RequestSink {
   virtual ~RequestSink() = default;
   // One message per step with new tokens; the last one carries finish_reason and usage.
   virtual void OnDelta(const tpserve::v1::GenerateStreamResponse& delta) = 0;
-  // The request ended without a result (worker group lost past the recovery timeout, internal error).
-  virtual void OnError(const absl::Status& status) = 0;
+  // The request ended without a result (worker group lost past the recovery timeout, drain timeout, internal
+  // error). `last`, when the request had been admitted, is the final message a stream sends before the status:
+  // finish_reason FINISH_REASON_ERROR, the text and ids generated but not yet delivered, usage. nullptr when
+  // the request was refused before it started.
+  virtual void OnError(const absl::Status& status, const tpserve::v1::GenerateStreamResponse* last) = 0;
 };
 
 class RequestState {
@@ -59,6 +62,8 @@ class RequestState {
   tpserve::v1::FinishReason OnToken(const tpserve::worker::v1::SampledToken& token,
                                     tpserve::v1::GenerateStreamResponse* delta);
   // Ends the request now (cancel): fills the final message.
+  // Ends the request with `reason` and fills the last message. FINISH_REASON_ERROR also releases the text held
+  // back for a stop string or an incomplete UTF-8 sequence, so the client gets everything generated.
   void Finish(tpserve::v1::FinishReason reason, tpserve::v1::GenerateStreamResponse* delta);
 
   // Timing (for metrics and the per-request log line).

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "coordinator/status_details.h"
 #include "coordinator/tokenizer/utf8.h"
 
 namespace tpserve::coordinator {
@@ -83,8 +84,9 @@ absl::StatusOr<RequestSpec> ValidateGenerateRequest(const v1::GenerateRequest& r
   const int max_prompt = limits.max_prompt_tokens > 0 ? std::min(limits.max_prompt_tokens, limits.max_model_len - 1)
                                                        : limits.max_model_len - 1;
   if (prompt_len > max_prompt) {
-    return Invalid(absl::StrCat("prompt: ", prompt_len, " tokens is longer than the limit of ", max_prompt,
-                                " tokens (context length ", limits.max_model_len, ")"));
+    return WithReason(Invalid(absl::StrCat("prompt: ", prompt_len, " tokens is longer than the limit of ", max_prompt,
+                                           " tokens (context length ", limits.max_model_len, ")")),
+                      reason::kContextLengthExceeded);
   }
 
   const auto& st = request.stopping();
@@ -96,9 +98,11 @@ absl::StatusOr<RequestSpec> ValidateGenerateRequest(const v1::GenerateRequest& r
                                 limits.max_new_tokens));
   }
   if (static_cast<int64_t>(prompt_len) + st.max_new_tokens() > limits.max_model_len) {
-    return Invalid(absl::StrCat("stopping.max_new_tokens: prompt (", prompt_len, " tokens) + max_new_tokens (",
-                                st.max_new_tokens(), ") exceeds the context length of ", limits.max_model_len,
-                                "; lower max_new_tokens to at most ", limits.max_model_len - prompt_len));
+    return WithReason(
+        Invalid(absl::StrCat("stopping.max_new_tokens: prompt (", prompt_len, " tokens) + max_new_tokens (",
+                             st.max_new_tokens(), ") exceeds the context length of ", limits.max_model_len,
+                             "; lower max_new_tokens to at most ", limits.max_model_len - prompt_len)),
+        reason::kContextLengthExceeded);
   }
   spec.max_new_tokens = st.max_new_tokens();
   if (st.stop_size() > limits.max_stop_strings) {

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The test command (README, .ci/run): installs dependencies, builds, and runs every test under CTest.
-# Then runs the suite again under AddressSanitizer + UndefinedBehaviorSanitizer, fuzzes the file parsers,
-# and compiles and links the CUDA build (no GPU needed; its GPU tests skip). SKIP_ASAN=1 / SKIP_FUZZ=1 /
-# SKIP_CUDA=1 skip those stages.
+# Then runs the suite again under AddressSanitizer + UndefinedBehaviorSanitizer, the concurrent tests under
+# ThreadSanitizer, fuzzes the file parsers, and compiles and links the CUDA build (no GPU needed; its GPU tests
+# skip). SKIP_ASAN=1 / SKIP_TSAN=1 / SKIP_FUZZ=1 / SKIP_CUDA=1 skip those stages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
@@ -19,6 +19,10 @@ echo "== tests"
 if [ "${SKIP_ASAN:-0}" != 1 ]; then
   echo "== the test suite under ASan/UBSan"
   bash scripts/asan-tests.sh
+fi
+if [ "${SKIP_TSAN:-0}" != 1 ]; then
+  echo "== the concurrent tests under ThreadSanitizer"
+  bash scripts/tsan-tests.sh
 fi
 if [ "${SKIP_FUZZ:-0}" != 1 ]; then bash scripts/fuzz.sh "${FUZZ_SECONDS:-60}"; fi
 NVCC=$(command -v nvcc || true)

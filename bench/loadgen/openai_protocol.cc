@@ -21,8 +21,8 @@ std::string Clip(absl::string_view s, size_t n) {
 }
 
 int FinishReasonOf(const std::string& s) {
-  if (s == "length") return 1;  // v1::LENGTH
-  if (s == "stop") return 2;    // v1::EOS: OpenAI does not tell EOS from a stop string
+  if (s == "length") return 1;  // v1::FINISH_REASON_LENGTH
+  if (s == "stop") return 2;    // v1::FINISH_REASON_EOS: OpenAI does not tell EOS from a stop string
   return 0;
 }
 

@@ -15,7 +15,10 @@ class CompletionCall::ChoiceSink final : public RequestSink {
  public:
   ChoiceSink(std::shared_ptr<CompletionCall> call, int index) : call_(std::move(call)), index_(index) {}
   void OnDelta(const v1::GenerateStreamResponse& d) override { call_->OnDelta(index_, d); }
-  void OnError(const absl::Status& s) override { call_->OnError(index_, s); }
+  // The OpenAI API answers an error with an error object, not a partial choice: `last` is dropped.
+  void OnError(const absl::Status& s, const v1::GenerateStreamResponse* /*last*/) override {
+    call_->OnError(index_, s);
+  }
 
  private:
   std::shared_ptr<CompletionCall> call_;
@@ -111,7 +114,7 @@ void CompletionCall::OnDelta(int index, const v1::GenerateStreamResponse& d) {
       }
     }
   }
-  if (d.finish_reason() == v1::CANCELLED) {
+  if (d.finish_reason() == v1::FINISH_REASON_CANCELLED) {
     c.finished = true;
     ++num_finished_;
     if (!done_) FailLocked(absl::UnavailableError("request cancelled: the server is shutting down; retry"));

@@ -8,11 +8,11 @@ using json = nlohmann::json;
 
 json FinishReasonJson(v1::FinishReason reason) {
   switch (reason) {
-    case v1::EOS:
-    case v1::STOP_SEQUENCE:
-    case v1::STOP_TOKEN:
+    case v1::FINISH_REASON_EOS:
+    case v1::FINISH_REASON_STOP_SEQUENCE:
+    case v1::FINISH_REASON_STOP_TOKEN:
       return "stop";
-    case v1::LENGTH:
+    case v1::FINISH_REASON_LENGTH:
       return "length";
     case v1::FINISH_REASON_UNSPECIFIED:
       return nullptr;

@@ -143,7 +143,7 @@ TEST(DrainTest, SigtermFinishesInFlightStreamsAndRejectsNewRequests) {
     grpc::Status s = readers[i]->Finish();
     EXPECT_TRUE(s.ok()) << "stream " << i << ": " << s.error_message();
     EXPECT_EQ(tokens, 400) << "stream " << i;
-    EXPECT_EQ(finish, v1::LENGTH);
+    EXPECT_EQ(finish, v1::FINISH_REASON_LENGTH);
   }
   absl::Time deadline = absl::Now() + absl::Seconds(30);
   while (server.PollExit() < 0 && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(20));

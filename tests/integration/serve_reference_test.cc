@@ -58,7 +58,7 @@ TEST_P(ServeReferenceTest, GreedyIdsEqualReference) {
     EXPECT_EQ(std::vector<int32_t>(resp.prompt_token_ids().begin(), resp.prompt_token_ids().end()), want_prompt);
     std::vector<int32_t> got(resp.token_ids().begin(), resp.token_ids().end());
     EXPECT_EQ(got, want) << "prompt '" << rc["prompt"].get<std::string>() << "' at tp " << c.tp;
-    EXPECT_EQ(resp.finish_reason(), v1::LENGTH);
+    EXPECT_EQ(resp.finish_reason(), v1::FINISH_REASON_LENGTH);
     EXPECT_EQ(resp.usage().completion_tokens(), static_cast<int>(want.size()));
   }
   EXPECT_EQ(server.Stop(), 0) << server.ReadLog();

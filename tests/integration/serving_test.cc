@@ -81,7 +81,7 @@ TEST_P(ConcurrencyTest, SixteenConcurrentStreamsEqualSoloOutput) {
   for (int i = 0; i < n; ++i) {
     ASSERT_TRUE(results[i].status.ok()) << results[i].status.error_message();
     EXPECT_EQ(results[i].ids, solo[i]) << "request " << i;
-    EXPECT_EQ(results[i].finish, v1::LENGTH);
+    EXPECT_EQ(results[i].finish, v1::FINISH_REASON_LENGTH);
     EXPECT_GT(results[i].messages, 1) << "streaming sends one message per step";
   }
   EXPECT_EQ(server.Stop(), 0);
@@ -292,13 +292,13 @@ TEST(StoppingTest, StopStringsAcrossTokensAreNotEmitted) {
   req.mutable_stopping()->add_stop("tle gi");
   StreamResult r = RunStream(*stub, req);
   ASSERT_TRUE(r.status.ok());
-  EXPECT_EQ(r.finish, v1::STOP_SEQUENCE);
+  EXPECT_EQ(r.finish, v1::FINISH_REASON_STOP_SEQUENCE);
   EXPECT_EQ(r.text, text.substr(0, pos + 3)) << "stop text must not be emitted";
   // max_new_tokens and stop_token_ids.
   v1::GenerateRequest req2 = base;
   req2.mutable_stopping()->add_stop_token_ids(full.token_ids(3));
   StreamResult r2 = RunStream(*stub, req2);
-  EXPECT_EQ(r2.finish, v1::STOP_TOKEN);
+  EXPECT_EQ(r2.finish, v1::FINISH_REASON_STOP_TOKEN);
   EXPECT_EQ(r2.ids.size(), 4u);
   EXPECT_EQ(server.Stop(), 0);
 }
