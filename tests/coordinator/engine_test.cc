@@ -213,8 +213,14 @@ class RecordingSink : public RequestSink {
       done_ = true;
     }
   }
-  void OnError(const absl::Status& status) override {
+  // A client sees the final message (what was generated but not yet delivered, FINISH_REASON_ERROR), then
+  // the status.
+  void OnError(const absl::Status& status, const v1::GenerateStreamResponse* last) override {
     absl::MutexLock lock(&mu_);
+    if (last != nullptr) {
+      ids_.insert(ids_.end(), last->token_ids().begin(), last->token_ids().end());
+      finish_ = last->finish_reason();
+    }
     error_ = status;
     done_ = true;
   }
@@ -308,7 +314,7 @@ TEST_F(EngineTest, GeneratesTheGreedyIdsAndReturnsEveryBlock) {
   const uint64_t b_id = Submit(Spec(Prompt(2, 5), 7), b);
   ASSERT_TRUE(a->WaitDone());
   ASSERT_TRUE(b->WaitDone());
-  EXPECT_EQ(a->finish(), v1::LENGTH);
+  EXPECT_EQ(a->finish(), v1::FINISH_REASON_LENGTH);
   EXPECT_EQ(a->ids(), ReferenceIds(Prompt(1, 9), 10));
   EXPECT_EQ(b->ids(), ReferenceIds(Prompt(2, 5), 7));
   EXPECT_TRUE(WaitAllBlocksFree());
@@ -339,7 +345,7 @@ TEST_F(EngineTest, CancelEndsTheRequestAtTheNextStepAndFreesEveryBlock) {
   engine_->Cancel(handle);  // arrives mid-step: takes effect at the step boundary
   executor_.Resume();
   ASSERT_TRUE(cancelled->WaitDone());
-  EXPECT_EQ(cancelled->finish(), v1::CANCELLED);
+  EXPECT_EQ(cancelled->finish(), v1::FINISH_REASON_CANCELLED);
   EXPECT_TRUE(cancelled->error().ok());
   // Step 3 ran, so the client got exactly the three tokens the fault-free run begins with.
   EXPECT_EQ(cancelled->ids(), ReferenceIds(Prompt(3, 6), 3));
@@ -367,7 +373,7 @@ TEST_F(EngineTest, CancelOfAFinishedOrUnknownHandleIsHarmless) {
   Submit(Spec(Prompt(6, 4), 4), next);
   ASSERT_TRUE(next->WaitDone());
   EXPECT_EQ(next->ids(), ReferenceIds(Prompt(6, 4), 4));
-  EXPECT_EQ(sink->finish(), v1::LENGTH);
+  EXPECT_EQ(sink->finish(), v1::FINISH_REASON_LENGTH);
 }
 
 TEST_F(EngineTest, ReplaysFromTokenHistoryAfterTheGroupIsLostMidStep) {
@@ -377,7 +383,7 @@ TEST_F(EngineTest, ReplaysFromTokenHistoryAfterTheGroupIsLostMidStep) {
   const uint64_t handle = Submit(Spec(Prompt(7, 6), 12), sink);
   ASSERT_TRUE(sink->WaitDone());
   EXPECT_TRUE(sink->error().ok()) << sink->error();
-  EXPECT_EQ(sink->finish(), v1::LENGTH);
+  EXPECT_EQ(sink->finish(), v1::FINISH_REASON_LENGTH);
   EXPECT_EQ(sink->ids(), ReferenceIds(Prompt(7, 6), 12));
   // Steps 1-4 sampled four tokens (the prefill and three decodes); step 5 was lost, so the replay's
   // SequenceStart carries the prompt and exactly those four tokens.
@@ -517,7 +523,7 @@ TEST_F(EngineTest, DrainRejectsNewRequestsAndFinishesInFlightOnes) {
   EXPECT_NE(refused.status().message().find("draining"), std::string::npos) << refused.status();
   executor_.Resume();
   ASSERT_TRUE(sink->WaitDone());
-  EXPECT_EQ(sink->finish(), v1::LENGTH);
+  EXPECT_EQ(sink->finish(), v1::FINISH_REASON_LENGTH);
   EXPECT_EQ(sink->ids(), ReferenceIds(Prompt(60, 5), 10));
   EXPECT_TRUE(WaitAllBlocksFree());
 }
@@ -529,7 +535,7 @@ TEST_F(EngineTest, StopCancelsWhatIsLeft) {
   Submit(Spec(Prompt(70, 5), 10), sink);
   engine_->Stop();
   ASSERT_TRUE(sink->WaitDone());
-  EXPECT_EQ(sink->finish(), v1::CANCELLED);
+  EXPECT_EQ(sink->finish(), v1::FINISH_REASON_CANCELLED);
   EXPECT_EQ(engine_->num_in_flight(), 0);
 }
 
