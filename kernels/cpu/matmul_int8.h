@@ -1,0 +1,49 @@
+// Weight-only int8 matmul of the CPU backend (--quantization int8): y[t, r] = scales[r] * (x[t, :] ·
+// w[r, :]), x float32, w int8 [n, k] with one float32 scale per output row (symmetric, per channel).
+// The int8 weights are widened to float32 in registers and multiplied with float32 activations, so the
+// only error against the float model is the weight rounding (no activation quantization).
+//
+// One kernel per ISA; cpu_backend.cc picks it from the backend's CpuIsa and splits rows over threads:
+//   scalar   matmul_int8.cc         4 float accumulators, fixed pairwise sum
+//   avx2     matmul_int8_avx2.cc    vpmovsxbd + vcvtdq2ps + vfmadd, 8 lanes
+//   avx512   matmul_int8_avx512.cc  vpmovsxbd + vcvtdq2ps + vfmadd, 16 lanes, masked k tail
+//   amx      the avx512 kernel: AMX has no int8-weight / float-activation tile op (AMX-INT8 needs int8
+//            activations too), and no AMX machine was at hand to measure a W8A8 tile path. Untested on AMX
+//            hardware beyond what the AVX-512 kernel itself is tested for.
+// Batch invariance: every output element is one accumulator walked over k in the same order, reduced by
+// the same tree, whatever m, the register tile it lands in, the row range or the thread. Kernels of
+// different ISAs differ from each other in the low bits (lane count), each within tolerance of the
+// reference (kernels/reference).
+//
+// Why float32 activations for m > 1 too (not VNNI vpdpbusd on per-token int8 activations): one code path
+// for every m keeps batch invariance trivial (a token's result must not depend on whether it shares the
+// call with others), and quality stays that of weight-only quantization. See docs/QUANTIZATION.md.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/backend.h"
+
+namespace tpserve::kernels::cpu {
+
+struct Int8MatmulJob {
+  const float* x = nullptr;       // [m, k]
+  int64_t m = 0;
+  int64_t k = 0;
+  const int8_t* w = nullptr;      // [n, k]
+  const float* scales = nullptr;  // [n]
+  int64_t n = 0;
+  float* y = nullptr;             // [m, n]
+};
+
+// Computes y[:, n_begin:n_end] for all m rows of x. Single-threaded.
+using Int8MatmulFn = void (*)(const Int8MatmulJob& job, int64_t n_begin, int64_t n_end);
+
+void MatmulInt8Scalar(const Int8MatmulJob& job, int64_t n_begin, int64_t n_end);
+void MatmulInt8Avx2(const Int8MatmulJob& job, int64_t n_begin, int64_t n_end);
+void MatmulInt8Avx512(const Int8MatmulJob& job, int64_t n_begin, int64_t n_end);
+
+// The kernel the CPU backend uses for `isa` (kAmx -> the AVX-512 kernel). kAuto is not accepted.
+Int8MatmulFn Int8MatmulKernel(CpuIsa isa);
+
+}  // namespace tpserve::kernels::cpu
