@@ -30,6 +30,7 @@ struct Source {
   std::string dir;
   ModelConfig config;
   RandomWeightOptions random;
+  LlamaModelOptions options;  // e.g. quantization; logits_on_every_rank is set by RunTp
 };
 
 struct RankRun {
@@ -73,7 +74,7 @@ std::vector<RankRun> RunTp(int world, BackendKind kind, const Source& src,
       }
       absl::StatusOr<ShardSpec> spec = ShardSpec::Create(config, r, world);
       if (!spec.ok()) return fail(spec.status());
-      LlamaModelOptions mo;
+      LlamaModelOptions mo = src.options;
       mo.logits_on_every_rank = true;  // every rank takes the argmax itself (the coordinator's job otherwise)
       absl::StatusOr<std::unique_ptr<LlamaModel>> model;
       if (!src.dir.empty()) {
@@ -293,6 +294,35 @@ TEST(LlamaTpRandomTest, MismatchedCommunicatorIsRefused) {
       LlamaModel::CreateRandom(*spec, backend.get(), local.get(), RandomWeightOptions{}, LlamaModelOptions{});
   ASSERT_FALSE(m.ok());
   EXPECT_EQ(m.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// --quantization int8 keeps the split exact: every rank quantizes its slice with the whole row's scale
+// (worker/model/quantization.h), so TP=2 holds the same int8 weights as TP=1 and only the float order of
+// the all-reduce differs, as for float weights. Greedy ids over 160 tokens must be equal, logits close.
+TEST(LlamaTpInt8Test, Stories260KTp2EqualsTp1) {
+  TP_REQUIRE_SHARED(dir, "models/stories260K");
+  TP_REQUIRE_SHARED(ref, "reference/stories260K.json");
+  std::vector<std::vector<int32_t>> prompts;
+  for (const auto& rc : testing::LoadRefCases(ref)) prompts.push_back(rc.prompt);
+  DecodeOptions o;
+  o.chunk = 5;
+  o.block_size = 16;
+  o.num_blocks = 2 * 512 / 16 * static_cast<int>(prompts.size());
+  o.num_new = 160;
+  Source src;
+  src.dir = dir;
+  src.options.quantization = WeightQuantization::kInt8;
+  src.options.quantize_lm_head = true;
+  std::vector<RankRun> tp1 = RunTp(1, BackendKind::kCpu, src, prompts, o);
+  ASSERT_TRUE(tp1[0].decode.status.ok()) << tp1[0].decode.status;
+  std::vector<RankRun> tp2 = RunTp(2, BackendKind::kCpu, src, prompts, o);
+  for (int r = 0; r < 2; ++r) {
+    ASSERT_TRUE(tp2[r].decode.status.ok()) << "rank " << r << ": " << tp2[r].decode.status;
+    EXPECT_EQ(tp2[r].decode.generated, tp1[0].decode.generated) << "rank " << r;
+    // Per rank: about half the int8 projections plus the replicated norms.
+    EXPECT_LT(tp2[r].weight_bytes, tp1[0].weight_bytes * 3 / 4);
+  }
+  ExpectLogitsClose(tp2[0].decode, tp1[0].decode, "int8_tp2_vs_tp1");
 }
 
 }  // namespace
