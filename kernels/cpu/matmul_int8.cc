@@ -28,16 +28,17 @@ void MatmulInt8Scalar(const Int8MatmulJob& job, int64_t n_begin, int64_t n_end) 
   }
 }
 
-Int8MatmulFn Int8MatmulKernel(CpuIsa isa) {
+Int8Kernel Int8MatmulKernel(CpuIsa isa, bool avx512_bf16) {
   switch (isa) {
     case CpuIsa::kAmx:  // no AMX int8-weight tile path: see matmul_int8.h
-    case CpuIsa::kAvx512: return &MatmulInt8Avx512;
-    case CpuIsa::kAvx2: return &MatmulInt8Avx2;
-    case CpuIsa::kScalar: return &MatmulInt8Scalar;
+    case CpuIsa::kAvx512:
+      return avx512_bf16 ? Int8Kernel{&MatmulInt8Avx512Bf16, true} : Int8Kernel{&MatmulInt8Avx512, false};
+    case CpuIsa::kAvx2: return {&MatmulInt8Avx2, false};
+    case CpuIsa::kScalar: return {&MatmulInt8Scalar, false};
     case CpuIsa::kAuto: break;
   }
   TP_CHECK(false) << "Int8MatmulKernel needs a resolved ISA";
-  return nullptr;
+  return {};
 }
 
 }  // namespace tpserve::kernels::cpu

@@ -6,7 +6,9 @@
 // One kernel per ISA; cpu_backend.cc picks it from the backend's CpuIsa and splits rows over threads:
 //   scalar   matmul_int8.cc         4 float accumulators, fixed pairwise sum
 //   avx2     matmul_int8_avx2.cc    vpmovsxbd + vcvtdq2ps + vfmadd, 8 lanes
-//   avx512   matmul_int8_avx512.cc  vpmovsxbd + vcvtdq2ps + vfmadd, 16 lanes, masked k tail
+//   avx512   matmul_int8_avx512.cc  vpmovsxbd + vcvtdq2ps + vfmadd, 16 lanes, masked k tail (no avx512_bf16)
+//   avx512 + avx512_bf16            matmul_int8_avx512_bf16.cc: int8 widened to bf16, vdpbf16ps against x
+//                                   rounded to bf16, for every m (measured: docs/QUANTIZATION.md)
 //   amx      the avx512 kernel: AMX has no int8-weight / float-activation tile op (AMX-INT8 needs int8
 //            activations too), and no AMX machine was at hand to measure a W8A8 tile path. Untested on AMX
 //            hardware beyond what the AVX-512 kernel itself is tested for.
@@ -28,6 +30,7 @@ namespace tpserve::kernels::cpu {
 
 struct Int8MatmulJob {
   const float* x = nullptr;       // [m, k]
+  const uint16_t* xb = nullptr;   // [m, k] x rounded to bf16, for kernels with Int8Kernel::bf16_x
   int64_t m = 0;
   int64_t k = 0;
   const int8_t* w = nullptr;      // [n, k]
@@ -42,8 +45,14 @@ using Int8MatmulFn = void (*)(const Int8MatmulJob& job, int64_t n_begin, int64_t
 void MatmulInt8Scalar(const Int8MatmulJob& job, int64_t n_begin, int64_t n_end);
 void MatmulInt8Avx2(const Int8MatmulJob& job, int64_t n_begin, int64_t n_end);
 void MatmulInt8Avx512(const Int8MatmulJob& job, int64_t n_begin, int64_t n_end);
+void MatmulInt8Avx512Bf16(const Int8MatmulJob& job, int64_t n_begin, int64_t n_end);  // reads job.xb
 
-// The kernel the CPU backend uses for `isa` (kAmx -> the AVX-512 kernel). kAuto is not accepted.
-Int8MatmulFn Int8MatmulKernel(CpuIsa isa);
+struct Int8Kernel {
+  Int8MatmulFn fn = nullptr;
+  bool bf16_x = false;  // fn reads job.xb (x rounded to bf16) instead of job.x
+};
+// The kernel the CPU backend uses for `isa` (kAmx -> the AVX-512 kernel); avx512_bf16 selects the vdpbf16ps
+// one on kAvx512 / kAmx. kAuto is not accepted.
+Int8Kernel Int8MatmulKernel(CpuIsa isa, bool avx512_bf16);
 
 }  // namespace tpserve::kernels::cpu

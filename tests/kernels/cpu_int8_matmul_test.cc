@@ -1,5 +1,6 @@
 // Int8 weight-only matmul (kernels/cpu/matmul_int8.h) on every ISA this machine runs (scalar, avx2,
-// avx512; amx routes to the avx512 kernel), through the Backend interface: against the float64 reference
+// avx512 -- with avx512_bf16 when present; amx routes to it), through the Backend interface: against the
+// float64 reference (given x rounded to bf16 where the kernel rounds it)
 // with a tolerance, bitwise batch invariance (a token alone and inside batches of 2..33, any thread
 // count), k tails, and tensor-parallel slices (column split: bitwise the same rows; row split: the
 // dequantized partials sum to the whole).
@@ -89,12 +90,17 @@ TEST_P(Int8MatmulTest, MatchesReference) {
     const Int8Weight w = RandomWeight(s.n, s.k, static_cast<uint32_t>(s.n * 31 + s.k));
     const std::vector<float> x = RandomX(s.m * s.k, static_cast<uint32_t>(s.m + s.k));
     const std::vector<float> got = MatmulOf(*be, x, s.m, w.view());
-    const std::vector<float> want = MatmulOf(*ref, x, s.m, w.view());
+    // The avx512_bf16 kernel multiplies x rounded to bf16 (matmul_int8.h): the reference gets the same x.
+    std::vector<float> xr = x;
+    if (be->name().find("bf16") != std::string::npos) {
+      for (float& v : xr) v = BF16ToF32(F32ToBF16(v));
+    }
+    const std::vector<float> want = MatmulOf(*ref, xr, s.m, w.view());
     for (int64_t t = 0; t < s.m; ++t) {
       for (int64_t r = 0; r < s.n; ++r) {
         // Float32 accumulation error bound: ~ k * eps * sum |x * w| (loose by design, still ~1e-5 relative).
         double mag = 0.0;
-        for (int64_t c = 0; c < s.k; ++c) mag += std::fabs(double(x[t * s.k + c]) * w.q[r * s.k + c]);
+        for (int64_t c = 0; c < s.k; ++c) mag += std::fabs(double(xr[t * s.k + c]) * w.q[r * s.k + c]);
         const double tol = 1e-6 + 4e-6 * std::sqrt(double(s.k)) * mag * w.scales[r];
         const size_t i = t * s.n + r;
         ASSERT_NEAR(got[i], want[i], tol) << "token " << t << " row " << r;
