@@ -96,7 +96,8 @@ std::vector<RankRun> RunTp(int world, BackendKind kind, const Source& src,
 
 // |tp - tp1| <= 1e-5 * scale, relative to the logit vector's scale max(max_i |tp1_i|, 1): a logit near zero
 // carries the absolute error of the dot products that made its larger neighbours.
-void ExpectLogitsClose(const DecodeResult& tp, const DecodeResult& tp1, const std::string& what) {
+void ExpectLogitsClose(const DecodeResult& tp, const DecodeResult& tp1, const std::string& what,
+                       double tolerance = 1e-5) {
   ASSERT_EQ(tp.logits.size(), tp1.logits.size()) << what;
   double worst = 0;
   for (size_t e = 0; e < tp1.logits.size(); ++e) {
@@ -107,7 +108,7 @@ void ExpectLogitsClose(const DecodeResult& tp, const DecodeResult& tp1, const st
       const double ref = tp1.logits[e][i];
       const double err = std::fabs(tp.logits[e][i] - ref) / scale;
       worst = std::max(worst, err);
-      ASSERT_LE(err, 1e-5) << what << ": event " << e << " id " << i << " tp " << tp.logits[e][i] << " tp1 " << ref;
+      ASSERT_LE(err, tolerance) << what << ": event " << e << " id " << i << " tp " << tp.logits[e][i] << " tp1 " << ref;
     }
   }
   ::testing::Test::RecordProperty(what + "_max_rel_err", std::to_string(worst));
@@ -298,7 +299,10 @@ TEST(LlamaTpRandomTest, MismatchedCommunicatorIsRefused) {
 
 // --quantization int8 keeps the split exact: every rank quantizes its slice with the whole row's scale
 // (worker/model/quantization.h), so TP=2 holds the same int8 weights as TP=1 and only the float order of
-// the all-reduce differs, as for float weights. Greedy ids over 160 tokens must be equal, logits close.
+// the all-reduce differs, as for float weights. Greedy ids over 160 tokens must be equal. Logits within
+// 1e-2 of the scale, not 1e-5: the avx512_bf16 int8 kernel rounds activations to bf16, where an all-reduce's
+// last-bit difference can flip a rounding (2^-8 relative on that element) and the KV cache carries it on
+// (measured worst 2.7e-3 over 160 steps; a wrong scale split is O(1)).
 TEST(LlamaTpInt8Test, Stories260KTp2EqualsTp1) {
   TP_REQUIRE_SHARED(dir, "models/stories260K");
   TP_REQUIRE_SHARED(ref, "reference/stories260K.json");
@@ -322,7 +326,7 @@ TEST(LlamaTpInt8Test, Stories260KTp2EqualsTp1) {
     // Per rank: about half the int8 projections plus the replicated norms.
     EXPECT_LT(tp2[r].weight_bytes, tp1[0].weight_bytes * 3 / 4);
   }
-  ExpectLogitsClose(tp2[0].decode, tp1[0].decode, "int8_tp2_vs_tp1");
+  ExpectLogitsClose(tp2[0].decode, tp1[0].decode, "int8_tp2_vs_tp1", 1e-2);
 }
 
 }  // namespace
