@@ -4,15 +4,12 @@
 // element's arithmetic (batch invariance).
 #include <immintrin.h>
 
-#include <algorithm>
 #include <cstring>
 
-#include "kernels/cpu/matmul_int8.h"
+#include "kernels/cpu/matmul_int8_impl.h"
 
 namespace tpserve::kernels::cpu {
 namespace {
-
-constexpr int64_t kTokenBlock = 32;
 
 // Fixed tree: 128-bit halves, then pairs.
 inline float ReduceAdd(__m256 v) {
@@ -26,65 +23,51 @@ inline __m256 Widen(const int8_t* p) {
   return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
 }
 
-template <int R, int T>
-void Tile(const Int8MatmulJob& job, int64_t r0, int64_t t0) {
-  const int64_t k = job.k;
-  const int8_t* w = job.w + r0 * k;
-  const float* x = job.x + t0 * k;
-  __m256 acc[R][T];
-  for (int i = 0; i < R; ++i)
-    for (int j = 0; j < T; ++j) acc[i][j] = _mm256_setzero_ps();
-  int64_t c = 0;
-  for (; c + 8 <= k; c += 8) {
-    __m256 wv[R];
-    for (int i = 0; i < R; ++i) wv[i] = Widen(w + i * k + c);
-    for (int j = 0; j < T; ++j) {
-      const __m256 xv = _mm256_loadu_ps(x + j * k + c);
-      for (int i = 0; i < R; ++i) acc[i][j] = _mm256_fmadd_ps(wv[i], xv, acc[i][j]);
+struct Fma256Tile {
+  template <int R, int T>
+  static void Run(const Int8MatmulJob& job, int64_t r0, int64_t t0) {
+    const int64_t k = job.k;
+    const int8_t* w = job.w + r0 * k;
+    const float* x = job.x + t0 * k;
+    __m256 acc[R][T];
+    for (int i = 0; i < R; ++i)
+      for (int j = 0; j < T; ++j) acc[i][j] = _mm256_setzero_ps();
+    int64_t c = 0;
+    for (; c + 8 <= k; c += 8) {
+      __m256 wv[R];
+      for (int i = 0; i < R; ++i) wv[i] = Widen(w + i * k + c);
+      for (int j = 0; j < T; ++j) {
+        const __m256 xv = _mm256_loadu_ps(x + j * k + c);
+        for (int i = 0; i < R; ++i) acc[i][j] = _mm256_fmadd_ps(wv[i], xv, acc[i][j]);
+      }
     }
-  }
-  if (c < k) {
-    const int64_t rest = k - c;
-    __m256 wv[R];
+    if (c < k) {
+      const int64_t rest = k - c;
+      __m256 wv[R];
+      for (int i = 0; i < R; ++i) {
+        alignas(16) int8_t tail[16] = {};
+        std::memcpy(tail, w + i * k + c, static_cast<size_t>(rest));
+        wv[i] = Widen(tail);
+      }
+      for (int j = 0; j < T; ++j) {
+        alignas(32) float tail[8] = {};
+        std::memcpy(tail, x + j * k + c, static_cast<size_t>(rest) * sizeof(float));
+        const __m256 xv = _mm256_load_ps(tail);
+        for (int i = 0; i < R; ++i) acc[i][j] = _mm256_fmadd_ps(wv[i], xv, acc[i][j]);
+      }
+    }
     for (int i = 0; i < R; ++i) {
-      alignas(16) int8_t tail[16] = {};
-      std::memcpy(tail, w + i * k + c, static_cast<size_t>(rest));
-      wv[i] = Widen(tail);
-    }
-    for (int j = 0; j < T; ++j) {
-      alignas(32) float tail[8] = {};
-      std::memcpy(tail, x + j * k + c, static_cast<size_t>(rest) * sizeof(float));
-      const __m256 xv = _mm256_load_ps(tail);
-      for (int i = 0; i < R; ++i) acc[i][j] = _mm256_fmadd_ps(wv[i], xv, acc[i][j]);
+      const float s = job.scales[r0 + i];
+      for (int j = 0; j < T; ++j) job.y[(t0 + j) * job.n + r0 + i] = ReduceAdd(acc[i][j]) * s;
     }
   }
-  for (int i = 0; i < R; ++i) {
-    const float s = job.scales[r0 + i];
-    for (int j = 0; j < T; ++j) job.y[(t0 + j) * job.n + r0 + i] = ReduceAdd(acc[i][j]) * s;
-  }
-}
-
-template <int R, int T>
-void Rows(const Int8MatmulJob& job, int64_t r_begin, int64_t r_end, int64_t t0) {
-  int64_t r = r_begin;
-  for (; r + R <= r_end; r += R) Tile<R, T>(job, r, t0);
-  for (; r < r_end; ++r) Tile<1, T>(job, r, t0);
-}
+};
 
 }  // namespace
 
+// 4 rows x 2 tokens: 8 accumulators + 4 widened weights + 1 x vector in 16 registers.
 void MatmulInt8Avx2(const Int8MatmulJob& job, int64_t n_begin, int64_t n_end) {
-  for (int64_t tb = 0; tb < job.m; tb += kTokenBlock) {
-    const int64_t te = std::min(job.m, tb + kTokenBlock);
-    if (te - tb == 1) {
-      Rows<4, 1>(job, n_begin, n_end, tb);
-      continue;
-    }
-    // 4 rows x 2 tokens: 8 accumulators + 4 widened weights + 1 x vector in 16 registers.
-    int64_t t = tb;
-    for (; t + 2 <= te; t += 2) Rows<4, 2>(job, n_begin, n_end, t);
-    if (t < te) Rows<4, 1>(job, n_begin, n_end, t);
-  }
+  Int8Matmul<Fma256Tile, 4, 4, 2>(job, n_begin, n_end);
 }
 
 }  // namespace tpserve::kernels::cpu

@@ -7,25 +7,10 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
-#include <algorithm>
-
-#include "kernels/cpu/matmul_int8.h"
+#include "kernels/cpu/matmul_int8_impl.h"
 
 namespace tpserve::kernels::cpu {
 namespace {
-
-// Tokens per block: a block's x rows (kTokenBlock * k floats) stay in L2 while every row tile of the
-// thread's range walks them.
-constexpr int64_t kTokenBlock = 32;
-
-// Fixed tree: 256-bit halves, 128-bit halves, then pairs (as kernels_avx512.cc's V512::ReduceAdd).
-inline float ReduceAdd(__m512 v) {
-  const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_castps512_ps256(_mm512_shuffle_f32x4(v, v, 0xEE)));
-  __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-  q = _mm_add_ps(q, _mm_movehl_ps(q, q));
-  q = _mm_add_ss(q, _mm_shuffle_ps(q, q, 1));
-  return _mm_cvtss_f32(q);
-}
 
 inline __m512 Widen(const int8_t* p) {
   return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
@@ -35,66 +20,46 @@ inline __m512 WidenN(const int8_t* p, __mmask16 mask) {
 }
 
 // Rows [r0, r0 + R) x tokens [t0, t0 + T).
-template <int R, int T>
-void Tile(const Int8MatmulJob& job, int64_t r0, int64_t t0) {
-  const int64_t k = job.k;
-  const int8_t* w = job.w + r0 * k;
-  const float* x = job.x + t0 * k;
-  __m512 acc[R][T];
-  for (int i = 0; i < R; ++i)
-    for (int j = 0; j < T; ++j) acc[i][j] = _mm512_setzero_ps();
-  int64_t c = 0;
-  for (; c + 16 <= k; c += 16) {
-    __m512 wv[R];
-    for (int i = 0; i < R; ++i) wv[i] = Widen(w + i * k + c);
-    for (int j = 0; j < T; ++j) {
-      const __m512 xv = _mm512_loadu_ps(x + j * k + c);
-      for (int i = 0; i < R; ++i) acc[i][j] = _mm512_fmadd_ps(wv[i], xv, acc[i][j]);
+struct Fma512Tile {
+  template <int R, int T>
+  static void Run(const Int8MatmulJob& job, int64_t r0, int64_t t0) {
+    const int64_t k = job.k;
+    const int8_t* w = job.w + r0 * k;
+    const float* x = job.x + t0 * k;
+    __m512 acc[R][T];
+    for (int i = 0; i < R; ++i)
+      for (int j = 0; j < T; ++j) acc[i][j] = _mm512_setzero_ps();
+    int64_t c = 0;
+    for (; c + 16 <= k; c += 16) {
+      __m512 wv[R];
+      for (int i = 0; i < R; ++i) wv[i] = Widen(w + i * k + c);
+      for (int j = 0; j < T; ++j) {
+        const __m512 xv = _mm512_loadu_ps(x + j * k + c);
+        for (int i = 0; i < R; ++i) acc[i][j] = _mm512_fmadd_ps(wv[i], xv, acc[i][j]);
+      }
+    }
+    if (c < k) {
+      const __mmask16 mask = static_cast<__mmask16>((1u << (k - c)) - 1);
+      __m512 wv[R];
+      for (int i = 0; i < R; ++i) wv[i] = WidenN(w + i * k + c, mask);
+      for (int j = 0; j < T; ++j) {
+        const __m512 xv = _mm512_maskz_loadu_ps(mask, x + j * k + c);
+        for (int i = 0; i < R; ++i) acc[i][j] = _mm512_fmadd_ps(wv[i], xv, acc[i][j]);
+      }
+    }
+    for (int i = 0; i < R; ++i) {
+      const float s = job.scales[r0 + i];
+      for (int j = 0; j < T; ++j) job.y[(t0 + j) * job.n + r0 + i] = Int8ReduceAdd(acc[i][j]) * s;
     }
   }
-  if (c < k) {
-    const __mmask16 mask = static_cast<__mmask16>((1u << (k - c)) - 1);
-    __m512 wv[R];
-    for (int i = 0; i < R; ++i) wv[i] = WidenN(w + i * k + c, mask);
-    for (int j = 0; j < T; ++j) {
-      const __m512 xv = _mm512_maskz_loadu_ps(mask, x + j * k + c);
-      for (int i = 0; i < R; ++i) acc[i][j] = _mm512_fmadd_ps(wv[i], xv, acc[i][j]);
-    }
-  }
-  for (int i = 0; i < R; ++i) {
-    const float s = job.scales[r0 + i];
-    for (int j = 0; j < T; ++j) job.y[(t0 + j) * job.n + r0 + i] = ReduceAdd(acc[i][j]) * s;
-  }
-}
-
-// Row tiles of R over [r_begin, r_end) (the last one narrower), tokens [t0, t0 + T).
-template <int R, int T>
-void Rows(const Int8MatmulJob& job, int64_t r_begin, int64_t r_end, int64_t t0) {
-  int64_t r = r_begin;
-  for (; r + R <= r_end; r += R) Tile<R, T>(job, r, t0);
-  for (; r < r_end; ++r) Tile<1, T>(job, r, t0);
-}
+};
 
 }  // namespace
 
+// Decode: 8 independent accumulators keep both FMA pipes busy. Otherwise 4 rows x 4 tokens: 16
+// accumulators + 4 widened weights + 1 x vector in 32 registers.
 void MatmulInt8Avx512(const Int8MatmulJob& job, int64_t n_begin, int64_t n_end) {
-  for (int64_t tb = 0; tb < job.m; tb += kTokenBlock) {
-    const int64_t te = std::min(job.m, tb + kTokenBlock);
-    if (te - tb == 1) {
-      // Decode: 8 independent accumulators keep both FMA pipes busy.
-      Rows<8, 1>(job, n_begin, n_end, tb);
-      continue;
-    }
-    // 4 rows x 4 tokens: 16 accumulators + 4 widened weights + 1 x vector in 32 registers.
-    int64_t t = tb;
-    for (; t + 4 <= te; t += 4) Rows<4, 4>(job, n_begin, n_end, t);
-    switch (te - t) {
-      case 3: Rows<4, 3>(job, n_begin, n_end, t); break;
-      case 2: Rows<4, 2>(job, n_begin, n_end, t); break;
-      case 1: Rows<4, 1>(job, n_begin, n_end, t); break;
-      default: break;
-    }
-  }
+  Int8Matmul<Fma512Tile, 8, 4, 4>(job, n_begin, n_end);
 }
 
 }  // namespace tpserve::kernels::cpu

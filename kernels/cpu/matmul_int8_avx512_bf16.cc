@@ -14,25 +14,16 @@
 #include <cstdint>
 #include <vector>
 
-#include "kernels/cpu/matmul_int8.h"
+#include "kernels/cpu/matmul_int8_impl.h"
 
 namespace tpserve::kernels::cpu {
 namespace {
 
-constexpr int64_t kTokenBlock = 32;
 constexpr int kGroupRows = 4;
 
 // Row length of widened weights: whole 32-element steps, zero-padded (so the tail step reads zeros, as the
 // masked load of the on-the-fly path does).
 inline int64_t PackedCols(int64_t k) { return (k + 31) / 32 * 32; }
-
-inline float ReduceAdd(__m512 v) {
-  const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_castps512_ps256(_mm512_shuffle_f32x4(v, v, 0xEE)));
-  __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-  q = _mm_add_ps(q, _mm_movehl_ps(q, q));
-  q = _mm_add_ss(q, _mm_shuffle_ps(q, q, 1));
-  return _mm_cvtss_f32(q);
-}
 
 // 32 int8 (already loaded) as 32 bf16 in their own order.
 inline __m512bh WidenBf16(__m256i b) {
@@ -77,16 +68,15 @@ void Tile(const Int8MatmulJob& job, int64_t r0, int64_t t0, const uint16_t* wb =
   }
   for (int i = 0; i < R; ++i) {
     const float s = job.scales[r0 + i];
-    for (int j = 0; j < T; ++j) job.y[(t0 + j) * job.n + r0 + i] = ReduceAdd(acc[i][j]) * s;
+    for (int j = 0; j < T; ++j) job.y[(t0 + j) * job.n + r0 + i] = Int8ReduceAdd(acc[i][j]) * s;
   }
 }
 
-template <int R, int T>
-void Rows(const Int8MatmulJob& job, int64_t r_begin, int64_t r_end, int64_t t0) {
-  int64_t r = r_begin;
-  for (; r + R <= r_end; r += R) Tile<R, T>(job, r, t0);
-  for (; r < r_end; ++r) Tile<1, T>(job, r, t0);
-}
+// On-the-fly widening, for Int8Rows.
+struct WidenTile {
+  template <int R, int T>
+  static void Run(const Int8MatmulJob& job, int64_t r0, int64_t t0) { Tile<R, T>(job, r0, t0); }
+};
 
 // Widens rows [r0, r0 + rows) into out ([rows, PackedCols(k)] bf16, 64-byte aligned).
 void WidenRows(const Int8MatmulJob& job, int64_t r0, int rows, uint16_t* out) {
@@ -106,29 +96,22 @@ void WidenRows(const Int8MatmulJob& job, int64_t r0, int rows, uint16_t* out) {
 // once into `wb` and serves every token tile of the block, so widening costs 1 / (te - tb) per token.
 template <int R>
 void Group(const Int8MatmulJob& job, int64_t r, int64_t tb, int64_t te, const uint16_t* wb) {
-  int64_t t = tb;
-  for (; t + 4 <= te; t += 4) Tile<R, 4, true>(job, r, t, wb);
-  switch (te - t) {
-    case 3: Tile<R, 3, true>(job, r, t, wb); break;
-    case 2: Tile<R, 2, true>(job, r, t, wb); break;
-    case 1: Tile<R, 1, true>(job, r, t, wb); break;
-    default: break;
-  }
+  Int8TokenTiles<4>(tb, te, [&](auto tokens, int64_t t) { Tile<R, decltype(tokens)::value, true>(job, r, t, wb); });
 }
 
 }  // namespace
 
 void MatmulInt8Avx512Bf16(const Int8MatmulJob& job, int64_t n_begin, int64_t n_end) {
   if (job.m == 1) {  // decode: widen on the fly, 8 independent accumulators
-    Rows<8, 1>(job, n_begin, n_end, 0);
+    Int8Rows<WidenTile, 8, 1>(job, n_begin, n_end, 0);
     return;
   }
   thread_local std::vector<uint16_t> scratch;
   const size_t need = static_cast<size_t>(kGroupRows * PackedCols(job.k)) + 32;
   if (scratch.size() < need) scratch.resize(need);
   uint16_t* wb = reinterpret_cast<uint16_t*>((reinterpret_cast<uintptr_t>(scratch.data()) + 63) / 64 * 64);
-  for (int64_t tb = 0; tb < job.m; tb += kTokenBlock) {
-    const int64_t te = std::min(job.m, tb + kTokenBlock);
+  for (int64_t tb = 0; tb < job.m; tb += kInt8TokenBlock) {
+    const int64_t te = std::min(job.m, tb + kInt8TokenBlock);
     int64_t r = n_begin;
     for (; r + kGroupRows <= n_end; r += kGroupRows) {
       WidenRows(job, r, kGroupRows, wb);

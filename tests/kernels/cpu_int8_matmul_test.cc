@@ -12,6 +12,7 @@
 
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
+#include "kernels/cpu/matmul_int8.h"
 
 namespace tpserve::kernels {
 namespace {
@@ -170,6 +171,31 @@ TEST_P(Int8MatmulTest, TensorParallelSlices) {
     for (size_t i = 0; i < sum.size(); ++i) sum[i] += y[i];
   }
   for (size_t i = 0; i < sum.size(); ++i) ASSERT_NEAR(sum[i], whole[i], 1e-5 + 1e-5 * std::fabs(whole[i])) << i;
+}
+
+// The float32-FMA AVX-512 kernel serves AVX-512 CPUs without avx512_bf16; a CPU with it dispatches the
+// vdpbf16ps kernel, so this calls the FMA one directly: against the reference, and bitwise batch invariant.
+TEST(Int8MatmulKernels, Avx512FmaKernelWithoutBf16) {
+  if (DetectCpuIsa() != CpuIsa::kAvx512 && DetectCpuIsa() != CpuIsa::kAmx) GTEST_SKIP() << "needs AVX-512";
+  auto ref = CreateReferenceBackend();
+  for (const int64_t k : {int64_t{1}, int64_t{17}, int64_t{100}, int64_t{2056}}) {
+    const int64_t n = 37, m = 33;
+    const Int8Weight w = RandomWeight(n, k, static_cast<uint32_t>(k + 1));
+    const std::vector<float> x = RandomX(m * k, 11);
+    const std::vector<float> want = MatmulOf(*ref, x, m, w.view());
+    std::vector<float> batch(m * n), alone(m * n);
+    cpu::Int8MatmulJob job{x.data(), nullptr, m, k, w.q.data(), w.scales.data(), n, batch.data()};
+    cpu::MatmulInt8Avx512(job, 0, n);
+    for (int64_t t = 0; t < m; ++t) {
+      cpu::Int8MatmulJob one{x.data() + t * k, nullptr, 1, k, w.q.data(), w.scales.data(), n, alone.data() + t * n};
+      cpu::MatmulInt8Avx512(one, 0, 20);  // two row ranges, as threads would split them
+      cpu::MatmulInt8Avx512(one, 20, n);
+    }
+    for (int64_t i = 0; i < m * n; ++i) {
+      ASSERT_EQ(std::memcmp(&batch[i], &alone[i], 4), 0) << "k " << k << " element " << i;
+      ASSERT_NEAR(batch[i], want[i], 1e-4 * (1.0 + std::fabs(want[i]))) << "k " << k << " element " << i;
+    }
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(AllIsas, Int8MatmulTest,
