@@ -51,7 +51,9 @@ void FromF32(const float* src, size_t n, DType dtype, void* dst) {
       for (size_t i = 0; i < n; ++i) d[i] = F32ToF16(src[i]);
       return;
     }
+    case DType::kI8: break;  // Random() refuses it
   }
+  TP_CHECK(false) << "FromF32: no conversion to " << DTypeName(dtype);
 }
 
 }  // namespace
@@ -214,6 +216,9 @@ absl::StatusOr<std::unique_ptr<LlamaWeights>> LlamaWeights::Random(const ShardSp
                                                                    kernels::Backend* backend,
                                                                    const RandomWeightOptions& options) {
   if (backend == nullptr) return absl::InvalidArgumentError("LlamaWeights::Random: backend is null");
+  if (options.dtype == DType::kI8) {
+    return absl::InvalidArgumentError("LlamaWeights::Random: int8 comes from --quantization at load, not a dtype");
+  }
   std::vector<DType> dtypes(spec.buffers().size(), options.dtype);
   for (size_t i = 0; i < dtypes.size(); ++i) {
     if (IsNorm(spec.buffers()[i].kind)) dtypes[i] = DType::kF32;
