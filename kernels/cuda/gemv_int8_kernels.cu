@@ -15,18 +15,6 @@ constexpr int kRowsPerWarp = 2;
 constexpr int kRowsPerBlock = kWarps * kRowsPerWarp;
 constexpr int kMaxM = static_cast<int>(kGemvMaxRows);
 
-__device__ __forceinline__ int4 LoadStreaming8(const int4* p) {
-#ifdef __CUDA_ARCH__
-  int4 r;
-  asm("ld.global.nc.L1::no_allocate.v4.s32 {%0, %1, %2, %3}, [%4];"
-      : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
-      : "l"(p));
-  return r;
-#else
-  return __ldg(p);  // host pass / CPU emulation (kernels/cuda/emu)
-#endif
-}
-
 // Four int8 packed in a word (lowest byte first in memory) -> four floats.
 __device__ __forceinline__ void Unpack4(uint32_t v, float* f) {
   f[0] = static_cast<float>(static_cast<int8_t>(v & 0xffu));
@@ -81,8 +69,8 @@ __global__ void __launch_bounds__(kWarps * 32) GemvInt8Kernel(const float* __res
     const int4* wb = reinterpret_cast<const int4*>(w + row1 * k);
     for (int64_t c = lane; c < chunks; c += 32) {
       float fa[16], fb[16];
-      Unpack16(LoadStreaming8(wa + c), fa);
-      Unpack16(LoadStreaming8(wb + c), fb);
+      Unpack16(LoadStreaming(wa + c), fa);
+      Unpack16(LoadStreaming(wb + c), fb);
 #pragma unroll
       for (int r = 0; r < kMaxM; ++r) {
         if (r < m) {
