@@ -32,7 +32,7 @@
 
 ABSL_FLAG(std::string, isa, "all", "all, amx, avx512, avx2 or scalar");
 ABSL_FLAG(int, threads, 0, "CPU backend threads (0 = all cores)");
-ABSL_FLAG(std::string, dtypes, "f32,bf16,f16", "weight dtypes");
+ABSL_FLAG(std::string, dtypes, "f32,bf16,f16", "weight dtypes: f32, bf16, f16, i8 (int8 with per-row scales)");
 ABSL_FLAG(std::string, m, "1,16,512", "rows of x (tokens)");
 ABSL_FLAG(std::string, shapes, "5120x5120,13824x5120,5120x13824,2048x2048,5504x2048",
           "weight shapes out x in");
@@ -330,6 +330,7 @@ int Main() {
   for (absl::string_view d : absl::StrSplit(absl::GetFlag(FLAGS_dtypes), ',', absl::SkipEmpty())) {
     auto dt = ParseDType(d == "f32" ? "F32" : d == "bf16" ? "BF16" : d == "f16" ? "F16" : d);
     if (dt.ok()) dtypes.push_back(*dt);
+    if (d == "i8" || d == "int8") dtypes.push_back(DType::kI8);  // --quantization int8 weights
   }
   const std::vector<int64_t> ms = ParseInts(absl::GetFlag(FLAGS_m));
   std::vector<std::pair<int64_t, int64_t>> shapes;
@@ -368,6 +369,10 @@ int Main() {
             std::memcpy(&w[i * 4], &v, 4);
           }
         }
+        if (dt == DType::kI8) {
+          for (size_t i = 0; i < wbytes; ++i) w[i] = static_cast<uint8_t>(static_cast<int>((i * 2654435761u) % 255) - 127);
+        }
+        const std::vector<float> scales(n, 1.0f / 127.0f);  // kI8 only: per-row scales
         // In backend memory, as the model keeps its weights (huge pages on the CPU backend). A model's decode
         // step reads gigabytes, far more than any last-level cache; one copy of a single matrix read again and
         // again would sit in a large L3 (hundreds of MiB on some servers) and report more than memory can give.
@@ -380,7 +385,11 @@ int Main() {
         }
         std::vector<uint8_t>().swap(w);
         int next = 0;
-        auto view = [&] { return WeightView{wmem[next++ % copies], dt, n, k}; };
+        auto view = [&] {
+          WeightView v{wmem[next++ % copies], dt, n, k};
+          if (dt == DType::kI8) v.scales = scales.data();
+          return v;
+        };
         std::vector<float> x(max_m * k), y(max_m * n);
         for (size_t i = 0; i < x.size(); ++i) x[i] = float(int(i % 17) - 8) / 8.0f;
         for (int64_t m : ms) {

@@ -19,6 +19,7 @@
 #include "common/log.h"
 #include "cli/shared_flags.h"
 #include "common/model_config.h"
+#include "worker/model/quantization.h"
 #include "worker/model/shard_spec.h"
 
 ABSL_FLAG(std::string, model, "",
@@ -34,6 +35,10 @@ ABSL_FLAG(int, worker_port, 50052, "worker control-plane port that `tpserve work
 ABSL_FLAG(std::string, port_file, "", "write the bound ports as JSON to this file once listening");
 ABSL_FLAG(int, tp, 1, "tensor-parallel degree: number of worker processes (serve) or expected workers (coordinator)");
 ABSL_FLAG(std::string, dtype, "auto", "weight dtype in memory: auto (as stored), bfloat16 or float32");
+ABSL_FLAG(std::string, quantization, "none",
+          "weights: none (as --dtype) or int8 (weight-only, per output channel, quantized at load; "
+          "embedding and lm_head keep --dtype; see docs/QUANTIZATION.md)");
+ABSL_FLAG(bool, quantize_lm_head, false, "with --quantization int8: lm_head in int8 too");
 ABSL_FLAG(std::string, kv_cache_memory, "1GiB",
           "KV cache budget per worker (e.g. 2GiB, 512MiB); 0 = --kv-memory-fraction of free GPU memory");
 ABSL_FLAG(double, kv_memory_fraction, 0.9, "fraction of free device memory for KV cache when --kv-cache-memory=0");
@@ -118,6 +123,13 @@ absl::StatusOr<coordinator::CoordinatorOptions> CoordinatorOptionsFromFlags() {
   g.dtype = absl::GetFlag(FLAGS_dtype);
   if (g.dtype != "auto" && g.dtype != "bfloat16" && g.dtype != "float32") {
     return absl::InvalidArgumentError(absl::StrCat("--dtype '", g.dtype, "': expected auto, bfloat16 or float32"));
+  }
+  auto quantization = model::ParseWeightQuantization(absl::GetFlag(FLAGS_quantization));
+  if (!quantization.ok()) return quantization.status();
+  g.quantization = model::WeightQuantizationName(*quantization);
+  g.quantize_lm_head = absl::GetFlag(FLAGS_quantize_lm_head);
+  if (g.quantize_lm_head && *quantization != model::WeightQuantization::kInt8) {
+    return absl::InvalidArgumentError("--quantize-lm-head needs --quantization int8");
   }
   auto kv = ParseBytes(absl::GetFlag(FLAGS_kv_cache_memory));
   if (!kv.ok()) return absl::InvalidArgumentError(absl::StrCat("--kv-cache-memory: ", kv.status().message()));

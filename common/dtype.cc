@@ -10,6 +10,7 @@ const char* DTypeName(DType t) {
     case DType::kF32: return "float32";
     case DType::kBF16: return "bfloat16";
     case DType::kF16: return "float16";
+    case DType::kI8: return "int8";
   }
   return "unknown";
 }
@@ -86,6 +87,11 @@ void ConvertToF32(const void* src, DType src_type, size_t n, float* dst) {
     case DType::kF16: {
       const uint16_t* s = static_cast<const uint16_t*>(src);
       for (size_t i = 0; i < n; ++i) dst[i] = F16ToF32(s[i]);
+      return;
+    }
+    case DType::kI8: {
+      const int8_t* s = static_cast<const int8_t*>(src);
+      for (size_t i = 0; i < n; ++i) dst[i] = static_cast<float>(s[i]);
       return;
     }
   }

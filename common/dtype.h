@@ -12,10 +12,13 @@
 
 namespace tpserve {
 
-enum class DType : uint8_t { kF32 = 0, kBF16 = 1, kF16 = 2 };
+// kI8 is never a checkpoint dtype: it is the in-memory format of weights quantized at load time
+// (--quantization int8, worker/model/int8_quantize.h): symmetric int8 with one float32 scale per output
+// row, carried beside the data (kernels::WeightView::scales).
+enum class DType : uint8_t { kF32 = 0, kBF16 = 1, kF16 = 2, kI8 = 3 };
 
-inline size_t DTypeSize(DType t) { return t == DType::kF32 ? 4 : 2; }
-const char* DTypeName(DType t);  // "float32", "bfloat16", "float16"
+inline size_t DTypeSize(DType t) { return t == DType::kF32 ? 4 : t == DType::kI8 ? 1 : 2; }
+const char* DTypeName(DType t);  // "float32", "bfloat16", "float16", "int8"
 // Accepts HF names ("float32", "bfloat16", "float16") and safetensors names ("F32", "BF16", "F16").
 absl::StatusOr<DType> ParseDType(absl::string_view name);
 
@@ -39,7 +42,7 @@ inline uint16_t F32ToBF16(float f) {
 float F16ToF32(uint16_t h);
 uint16_t F32ToF16(float f);
 
-// Converts n elements of `src_type` to float32.
+// Converts n elements of `src_type` to float32 (kI8: the integer values, unscaled).
 void ConvertToF32(const void* src, DType src_type, size_t n, float* dst);
 
 }  // namespace tpserve

@@ -265,6 +265,7 @@ grpc::ServerUnaryReactor* GenerationService::GetModelInfo(grpc::CallbackServerCo
   response->set_num_key_value_heads(c.num_kv_heads);
   response->set_tensor_parallel_size(options_.tensor_parallel_size);
   response->set_dtype(options_.dtype);
+  response->set_weight_format(options_.weight_format);
   response->set_bos_token_id(tokenizer_->bos_id());
   response->set_eos_token_id(tokenizer_->eos_id());
   response->set_kv_cache_blocks(kv_blocks_.load());

@@ -22,6 +22,7 @@ struct ApiServiceOptions {
   ValidationLimits limits;
   int tensor_parallel_size = 1;
   std::string dtype;
+  std::string weight_format;  // ModelInfo.weight_format
   std::string api_key;  // non-empty: every call needs metadata "authorization: Bearer <api_key>"
 };
 

@@ -116,6 +116,10 @@ absl::Status CoordinatorServer::Start() {
   api.tensor_parallel_size = options_.group.world_size;
   api.api_key = options_.api_key;
   api.dtype = options_.group.dtype == "auto" ? DTypeName(config_.torch_dtype) : options_.group.dtype;
+  api.weight_format = options_.group.quantization != "int8" ? api.dtype
+                      : options_.group.quantize_lm_head     ? "int8+lm_head"
+                                                            : "int8";
+  metrics_->SetWeightFormat(api.weight_format, api.dtype);
   api_ = std::make_unique<GenerationService>(api, tokenizer_.get());
 
   auto cluster_creds = MakeClusterServerCredentials(options_.cluster_tls);

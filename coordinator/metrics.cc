@@ -81,6 +81,10 @@ Metrics::Metrics(const std::string& model_name, int world_size)
                               .Name("tpserve:worker_plane_info")
                               .Help("How the worker plane admits workers: auth mode, bind scope, insecure override.")
                               .Register(*registry_);
+  weight_format_family_ = &BuildGauge()
+                               .Name("tpserve:weight_format_info")
+                               .Help("How the layer projections are stored: the dtype, or int8 (--quantization).")
+                               .Register(*registry_);
   auto& up = BuildGauge().Name("tpserve:worker_up").Help("1 when the worker rank is connected and loaded.").Register(*registry_);
   auto& step = BuildHistogram()
                    .Name("tpserve:worker_step_time_seconds")
@@ -102,6 +106,10 @@ void Metrics::SetCacheConfig(int block_size, int num_blocks) {
   cache_config_family_
       ->Add({{"block_size", std::to_string(block_size)}, {"num_blocks", std::to_string(num_blocks)}})
       .Set(1);
+}
+
+void Metrics::SetWeightFormat(const std::string& weight_format, const std::string& dtype) {
+  weight_format_family_->Add({{"model_name", model_name_}, {"weight_format", weight_format}, {"dtype", dtype}}).Set(1);
 }
 
 prometheus::Counter& Metrics::WorkerAuthRefused(const std::string& reason) {

@@ -27,6 +27,8 @@ class Metrics {
   prometheus::Counter& WorkerAuthRefused(const std::string& reason);
   // tpserve:worker_plane_info{auth,bind,insecure} = 1: how the worker plane admits workers.
   void SetWorkerPlane(const std::string& auth, const std::string& bind, bool insecure);
+  // tpserve:weight_format_info{weight_format,dtype} = 1: how the layer projections are stored (ModelInfo).
+  void SetWeightFormat(const std::string& weight_format, const std::string& dtype);
   prometheus::Histogram& WorkerStepTime(int rank) { return *worker_step_[rank]; }
   prometheus::Histogram& WorkerAllReduceTime(int rank) { return *worker_allreduce_[rank]; }
 
@@ -59,6 +61,7 @@ class Metrics {
   prometheus::Family<prometheus::Gauge>* cache_config_family_;
   prometheus::Family<prometheus::Counter>* worker_auth_refused_family_;
   prometheus::Family<prometheus::Gauge>* worker_plane_family_;
+  prometheus::Family<prometheus::Gauge>* weight_format_family_;
   std::vector<prometheus::Gauge*> worker_up_;
   std::vector<prometheus::Histogram*> worker_step_;
   std::vector<prometheus::Histogram*> worker_allreduce_;

@@ -32,6 +32,8 @@ struct WorkerGroupOptions {
   int world_size = 1;
   std::string model_path;
   std::string dtype = "auto";
+  std::string quantization = "none";  // --quantization: "none" or "int8"
+  bool quantize_lm_head = false;
   int64_t kv_cache_bytes = 0;      // per worker; 0 => fraction of free device memory (GPU)
   float kv_memory_fraction = 0.9f;
   int max_kv_blocks = 0;           // cap (0 = none)

@@ -4,7 +4,8 @@
 //
 // Conventions:
 //  - Activations are float32, row-major, in backend memory (host memory for CPU backends, device memory
-//    for CUDA). Weights are in backend memory in their stored dtype (F32, BF16 or F16).
+//    for CUDA). Weights are in backend memory in their stored dtype (F32, BF16 or F16), or int8 quantized at
+//    load (kI8, with a float32 scale per output row; backends that say supports_int8_weights()).
 //  - Weights use the Hugging Face layout [out_features, in_features]; Matmul computes y = x · Wᵀ.
 //  - Batch invariance: the result for one row (token) must be bitwise identical whatever other rows are
 //    in the call and whatever the thread count. Greedy output must not change under concurrency.
@@ -27,6 +28,8 @@ struct WeightView {
   DType dtype = DType::kF32;
   int64_t rows = 0;  // output features
   int64_t cols = 0;  // input features
+  // kI8 only: [rows] float32 in backend memory; w[r, c] = scales[r] * data[r, c] (symmetric, per output row).
+  const float* scales = nullptr;
 };
 
 struct KvCacheSpec {
@@ -73,6 +76,8 @@ class Backend {
   virtual std::string name() const = 0;   // e.g. "reference", "cpu-avx512", "cuda:0 (NVIDIA H100)"
   virtual bool is_host() const = 0;       // pointers are host memory
   virtual void* native_stream() { return nullptr; }  // cudaStream_t for CUDA
+  // Whether Matmul takes kI8 weights (reference and CPU: yes; CUDA: not yet, see docs/QUANTIZATION.md).
+  virtual bool supports_int8_weights() const { return false; }
 
   // ---- memory ----
   virtual void* Alloc(size_t bytes) = 0;  // aligned to at least 64 bytes; never nullptr (CHECKs)
@@ -84,7 +89,8 @@ class Backend {
   virtual size_t FreeMemoryBytes() { return 0; }
 
   // ---- ops ----
-  // y[m, w.rows] = x[m, w.cols] · wᵀ
+  // y[m, w.rows] = x[m, w.cols] · wᵀ.  kI8: y[:, r] = scales[r] * (x · data[r, :]ᵀ), the scale applied once
+  // to each finished dot product (so a row-split rank's partial output is already dequantized).
   virtual void Matmul(const float* x, int64_t m, const WeightView& w, float* y) = 0;
 
   // out[i, :] = table[ids[i] - vocab_begin, :] when ids[i] is in [vocab_begin, vocab_begin + table.rows),

@@ -133,6 +133,7 @@ absl::Status Worker::Load(const wv1::LoadCommand& cmd, GrpcStore& store, wv1::Lo
   kv_fraction_ = cmd.kv_memory_fraction() > 0 ? cmd.kv_memory_fraction() : 0.9f;
   TP_ASSIGN_OR_RETURN(int cuda, CudaOrdinal(options_.device));
   const std::string key = absl::StrCat(cmd.model_path(), "|", cmd.rank(), "|", cmd.world_size(), "|", cmd.dtype(),
+                                       "|", cmd.quantization(), cmd.quantize_lm_head() ? "+lm_head" : "",
                                        "|", options_.device);
 
   // A survivor of a lost peer keeps its weights and only rebuilds its communicator.
@@ -186,6 +187,8 @@ absl::Status Worker::Load(const wv1::LoadCommand& cmd, GrpcStore& store, wv1::Lo
       TP_ASSIGN_OR_RETURN(DType dt, ParseDType(cmd.dtype()));
       mo.weight_dtype = dt;
     }
+    TP_ASSIGN_OR_RETURN(mo.quantization, model::ParseWeightQuantization(cmd.quantization()));
+    mo.quantize_lm_head = cmd.quantize_lm_head();
     TP_ASSIGN_OR_RETURN(model_, model::LlamaModel::Load(*ckpt, spec, backend_.get(), comm_.get(), mo));
     loaded_key_ = key;
     // The checkpoint mapping is dropped here: resident weights are this rank's slices only.

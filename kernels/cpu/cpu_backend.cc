@@ -19,6 +19,7 @@
 #include "common/log.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/cpu_kernels.h"
+#include "kernels/cpu/matmul_int8.h"
 #include "kernels/cpu/thread_pool.h"
 
 namespace tpserve::kernels {
@@ -123,10 +124,11 @@ struct RopeTable {
 class CpuBackend : public Backend {
  public:
   CpuBackend(CpuIsa isa, const CpuKernels& kernels, int threads)
-      : isa_(isa), k_(kernels), pool_(threads) {}
+      : isa_(isa), k_(kernels), int8_(cpu::Int8MatmulKernel(isa, kernels.bf16_dot(DType::kBF16))), pool_(threads) {}
 
   std::string name() const override { return absl::StrCat("cpu-", k_.name); }
   bool is_host() const override { return true; }
+  bool supports_int8_weights() const override { return true; }
 
   void* Alloc(size_t bytes) override { return AlignedAlloc(bytes); }
   void Free(void* p) override { std::free(p); }
@@ -140,6 +142,7 @@ class CpuBackend : public Backend {
 
   void Matmul(const float* x, int64_t m, const WeightView& w, float* y) override {
     if (m <= 0 || w.rows <= 0) return;
+    if (w.dtype == DType::kI8) return MatmulInt8(x, m, w, y);
     MatmulJob job;
     job.x = x;
     job.m = m;
@@ -181,6 +184,23 @@ class CpuBackend : public Backend {
     const int64_t chunk = std::max<int64_t>(6, units / (8 * pool_.size()) / 6 * 6);
     pool_.ParallelForChunks(units, chunk, flops > (1 << 18) ? 2 : units + 1, [&](int64_t b, int64_t e) {
       k_.matmul(job, b * 16, std::min(w.rows, e * 16));
+    });
+  }
+
+  // int8 weights (matmul_int8.h): rows in 16-row units, about 8 chunks per thread, as above.
+  void MatmulInt8(const float* x, int64_t m, const WeightView& w, float* y) {
+    cpu::Int8MatmulJob job{x, nullptr, m, w.cols, static_cast<const int8_t*>(w.data), w.scales, w.rows, y};
+    if (int8_.bf16_x) {
+      const int64_t total = m * w.cols;
+      uint16_t* xb = CacheLineAligned(xb_, total);
+      pool_.ParallelFor(total, 1 << 16, [&](int64_t b, int64_t e) { k_.round_to_bf16(x + b, e - b, xb + b); });
+      job.xb = xb;
+    }
+    const int64_t units = (w.rows + 15) / 16;
+    const int64_t flops = 2 * m * w.rows * w.cols;
+    const int64_t chunk = std::max<int64_t>(1, units / (8 * pool_.size()));
+    pool_.ParallelForChunks(units, chunk, flops > (1 << 18) ? 2 : units + 1, [&](int64_t b, int64_t e) {
+      int8_.fn(job, b * 16, std::min(w.rows, e * 16));
     });
   }
 
@@ -407,6 +427,7 @@ class CpuBackend : public Backend {
 
   CpuIsa isa_;
   const CpuKernels& k_;
+  cpu::Int8Kernel int8_;
   ThreadPool pool_;
   std::vector<uint16_t> xb_;  // x rounded to bf16 for vdpbf16ps matmuls
   std::vector<float> xs_;     // x rows repacked by split_x_row

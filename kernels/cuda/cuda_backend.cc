@@ -142,6 +142,7 @@ class CudaBackend : public Backend {
 
   std::string name() const override { return name_; }
   bool is_host() const override { return false; }
+  bool supports_int8_weights() const override { return true; }
   void* native_stream() override { return stream_; }
 
   void* Alloc(size_t bytes) override {
@@ -199,6 +200,17 @@ class CudaBackend : public Backend {
     }
     TP_CHECK(m <= INT_MAX && w.rows <= INT_MAX && w.cols <= INT_MAX)
         << "Matmul shape [" << m << ", " << w.cols << "] x [" << w.rows << ", " << w.cols << "]ᵀ exceeds int";
+    if (w.dtype == DType::kI8) {
+      // int8 weights (--quantization int8): the W8 GEMV, kGemvMaxRows tokens per launch. For larger m this
+      // re-reads the weights once per 8 tokens: a correct, batch-invariant fallback, not a fast prefill
+      // (a dequantize-to-bf16 + cuBLAS or int8 tensor-core GEMM is the next step; docs/QUANTIZATION.md).
+      for (int64_t t = 0; t < m; t += cuda::kGemvMaxRows) {
+        const int64_t mt = std::min<int64_t>(cuda::kGemvMaxRows, m - t);
+        cuda::LaunchGemvInt8(x + t * w.cols, mt, static_cast<const int8_t*>(w.data), w.scales, w.rows, w.cols,
+                             y + t * w.rows, stream_);
+      }
+      return;
+    }
     const int mi = static_cast<int>(m), n = static_cast<int>(w.rows), k = static_cast<int>(w.cols);
     const float alpha = 1.0f, beta = 0.0f;
     // Row-major y[m, n] = x[m, k] · W[n, k]ᵀ is column-major yᵀ[n, m] = W(col-major [k, n])ᵀ · xᵀ[k, m].

@@ -44,6 +44,13 @@ constexpr int64_t kGemvMaxRows = 8;
 void LaunchGemv16(const float* x, int64_t m, const void* w, int dtype, int64_t n, int64_t k, float* y,
                   cudaStream_t stream);
 
+// ---- gemv_int8_kernels.cu ----
+// y[m, n] = scales[n] * (x[m, k] · w[n, k]ᵀ) for int8 weights (--quantization int8), fp32 x and accumulation,
+// 1 <= m <= kGemvMaxRows; each output row in the same order whatever m is. Larger m: the backend runs it
+// kGemvMaxRows tokens at a time (a fallback that re-reads the weights per 8 tokens; docs/QUANTIZATION.md).
+void LaunchGemvInt8(const float* x, int64_t m, const int8_t* w, const float* scales, int64_t n, int64_t k,
+                    float* y, cudaStream_t stream);
+
 // ---- kv_cache_kernels.cu ----
 // k, v: [num_tokens, nk * head_dim] fp32 -> k_cache, v_cache: [num_blocks, block_size, nk, head_dim]
 // in `kv_dtype` (kF32 stored as is, kBF16 rounded to nearest even) at slot_mapping[t] (flat

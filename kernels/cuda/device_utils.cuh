@@ -69,6 +69,19 @@ __device__ __forceinline__ float BlockMax(float v, float* shared) {
   return WarpMax(v);
 }
 
+// A 16-byte load of data read once per step (weights): through the read-only path, not kept in L1.
+__device__ __forceinline__ int4 LoadStreaming(const int4* p) {
+#ifdef __CUDA_ARCH__
+  int4 r;
+  asm("ld.global.nc.L1::no_allocate.v4.s32 {%0, %1, %2, %3}, [%4];"
+      : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+      : "l"(p));
+  return r;
+#else
+  return __ldg(p);  // host pass / CPU emulation (kernels/cuda/emu)
+#endif
+}
+
 inline unsigned int CeilDivU(int64_t a, int64_t b) { return static_cast<unsigned int>((a + b - 1) / b); }
 
 }  // namespace tpserve::kernels::cuda

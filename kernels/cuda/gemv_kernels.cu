@@ -17,18 +17,6 @@ constexpr int kRowsPerWarp = 2;
 constexpr int kRowsPerBlock = kWarps * kRowsPerWarp;
 constexpr int kMaxM = static_cast<int>(kGemvMaxRows);
 
-__device__ __forceinline__ int4 LoadStreaming(const int4* p) {
-#ifdef __CUDA_ARCH__
-  int4 r;
-  asm("ld.global.nc.L1::no_allocate.v4.s32 {%0, %1, %2, %3}, [%4];"
-      : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
-      : "l"(p));
-  return r;
-#else
-  return __ldg(p);  // host pass / CPU emulation (kernels/cuda/emu)
-#endif
-}
-
 // Two packed 16-bit values (low half first in memory) -> two floats.
 template <int kDtype>
 __device__ __forceinline__ void Unpack2(uint32_t word, float& lo, float& hi) {

@@ -21,6 +21,7 @@ float WeightAt(const WeightView& w, int64_t r, int64_t c) {
     case DType::kF32: return static_cast<const float*>(w.data)[i];
     case DType::kBF16: return BF16ToF32(static_cast<const uint16_t*>(w.data)[i]);
     case DType::kF16: return F16ToF32(static_cast<const uint16_t*>(w.data)[i]);
+    case DType::kI8: return w.scales[r] * static_cast<float>(static_cast<const int8_t*>(w.data)[i]);
   }
   TP_CHECK(false) << "unknown weight dtype";
   return 0.0f;
@@ -58,6 +59,7 @@ class ReferenceBackend : public Backend {
  public:
   std::string name() const override { return "reference"; }
   bool is_host() const override { return true; }
+  bool supports_int8_weights() const override { return true; }
 
   void* Alloc(size_t bytes) override {
     const size_t rounded = (bytes + 63) / 64 * 64;  // aligned_alloc wants a multiple of the alignment
@@ -75,13 +77,18 @@ class ReferenceBackend : public Backend {
   void Synchronize() override {}
 
   void Matmul(const float* x, int64_t m, const WeightView& w, float* y) override {
+    // kI8: the integer row, and its scale applied to the finished float64 dot product.
+    const bool int8 = w.dtype == DType::kI8;
     std::vector<float> row(w.cols);  // weight row o as float32
     for (int64_t o = 0; o < w.rows; ++o) {
-      for (int64_t c = 0; c < w.cols; ++c) row[c] = WeightAt(w, o, c);
+      for (int64_t c = 0; c < w.cols; ++c) {
+        row[c] = int8 ? static_cast<float>(static_cast<const int8_t*>(w.data)[o * w.cols + c]) : WeightAt(w, o, c);
+      }
+      const double scale = int8 ? static_cast<double>(w.scales[o]) : 1.0;
       for (int64_t r = 0; r < m; ++r) {
         double acc = 0.0;
         for (int64_t c = 0; c < w.cols; ++c) acc += static_cast<double>(x[r * w.cols + c]) * row[c];
-        y[r * w.rows + o] = static_cast<float>(acc);
+        y[r * w.rows + o] = static_cast<float>(acc * scale);
       }
     }
   }

@@ -13,7 +13,7 @@
 //     the HTTP disconnect watch): CancelEndsTheRequestAtTheNextStepAndFreesEveryBlock
 //   - queue full: FullQueueAnswersResourceExhaustedAtOnceNamingTheLimit
 //   - KV cache exhausted: KvExhaustionPreemptsByRecomputeAndLosesNothing
-//   - SIGTERM (drain): DrainRejectsNewRequestsAndFinishesInFlightOnes, StopCancelsWhatIsLeft
+//   - SIGTERM (drain): DrainRejectsNewRequestsAndFinishesInFlightOnes, StopEndsWhatIsLeftUnavailable
 //   - priority admission: HigherPriorityIsAdmittedFirst; a worker step error: StepErrorFailsTheStepsRequests
 #include "coordinator/engine.h"
 
@@ -528,14 +528,17 @@ TEST_F(EngineTest, DrainRejectsNewRequestsAndFinishesInFlightOnes) {
   EXPECT_TRUE(WaitAllBlocksFree());
 }
 
-TEST_F(EngineTest, StopCancelsWhatIsLeft) {
+// A server-side end is UNAVAILABLE (so retry policies move the request to another replica), after a last
+// message with FINISH_REASON_ERROR.
+TEST_F(EngineTest, StopEndsWhatIsLeftUnavailable) {
   executor_.SetReady(false);
   StartEngine();
   auto sink = std::make_shared<RecordingSink>();
   Submit(Spec(Prompt(70, 5), 10), sink);
   engine_->Stop();
   ASSERT_TRUE(sink->WaitDone());
-  EXPECT_EQ(sink->finish(), v1::FINISH_REASON_CANCELLED);
+  EXPECT_EQ(sink->error().code(), absl::StatusCode::kUnavailable) << sink->error();
+  EXPECT_EQ(sink->finish(), v1::FINISH_REASON_ERROR);
   EXPECT_EQ(engine_->num_in_flight(), 0);
 }
 

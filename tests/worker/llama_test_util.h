@@ -134,4 +134,32 @@ inline DecodeResult GreedyDecode(LlamaModel& model, const std::vector<std::vecto
   return res;
 }
 
+// Teacher forcing of one sequence: feeds tokens[0 .. n-2] one decode step each and returns the logits after
+// each ([n - 1][vocab]: the model's predictions of tokens[1 .. n-1]), whatever the model would have chosen.
+inline absl::StatusOr<std::vector<std::vector<float>>> TeacherForcedLogits(LlamaModel& model,
+                                                                           const std::vector<int32_t>& tokens) {
+  constexpr int kBlock = 16;
+  const int blocks = static_cast<int>(tokens.size()) / kBlock + 1;
+  absl::Status st = model.AllocateKv(blocks, kBlock);
+  if (!st.ok()) return st;
+  std::vector<int32_t> table(blocks);
+  for (int b = 0; b < blocks; ++b) table[b] = b;
+  const int vocab = model.config().vocab_size;
+  std::vector<std::vector<float>> logits;
+  for (size_t t = 0; t + 1 < tokens.size(); ++t) {
+    StepInput in;
+    SeqInput s;
+    s.token_ids = {tokens[t]};
+    s.start_position = static_cast<int32_t>(t);
+    s.block_table.assign(table.begin(), table.begin() + static_cast<int64_t>(t) / kBlock + 1);
+    s.sample = true;
+    in.seqs.push_back(std::move(s));
+    absl::StatusOr<StepOutput> out = model.Forward(in);
+    if (!out.ok()) return out.status();
+    if (out->logits.size() < static_cast<size_t>(vocab)) return absl::FailedPreconditionError("no logits");
+    logits.emplace_back(out->logits.begin(), out->logits.begin() + vocab);
+  }
+  return logits;
+}
+
 }  // namespace tpserve::model::testing

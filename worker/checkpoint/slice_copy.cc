@@ -6,6 +6,8 @@
 #include <thread>
 #include <vector>
 
+#include "common/log.h"
+
 namespace tpserve::checkpoint {
 namespace {
 
@@ -81,6 +83,7 @@ RowFn PickDst(DType d) {
     case DType::kF32: return &ConvertRows<S, DType::kF32>;
     case DType::kBF16: return &ConvertRows<S, DType::kBF16>;
     case DType::kF16: return &ConvertRows<S, DType::kF16>;
+    case DType::kI8: break;  // quantizing is the loader's (worker/model/quantization.h), never a conversion
   }
   return nullptr;
 }
@@ -90,6 +93,7 @@ RowFn Pick(DType s, DType d) {
     case DType::kF32: return PickDst<DType::kF32>(d);
     case DType::kBF16: return PickDst<DType::kBF16>(d);
     case DType::kF16: return PickDst<DType::kF16>(d);
+    case DType::kI8: break;  // no checkpoint stores int8
   }
   return nullptr;
 }
@@ -99,6 +103,7 @@ RowFn Pick(DType s, DType d) {
 void CopyStridedView(const StridedView& view, DType dst_dtype, void* dst) {
   if (view.rows <= 0 || view.cols <= 0) return;
   RowFn fn = Pick(view.src_dtype, dst_dtype);
+  TP_CHECK(fn != nullptr) << "no conversion from " << DTypeName(view.src_dtype) << " to " << DTypeName(dst_dtype);
   uint8_t* out = static_cast<uint8_t*>(dst);
   int64_t bytes = view.rows * view.cols * static_cast<int64_t>(DTypeSize(view.src_dtype));
   int hw = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));

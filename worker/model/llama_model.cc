@@ -71,6 +71,8 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const checkpoint::C
   std::unique_ptr<LlamaModel> m(new LlamaModel(spec, backend, comm, options));
   WeightLoadOptions wo;
   wo.dtype = options.weight_dtype;
+  wo.quantization = options.quantization;
+  wo.quantize_lm_head = options.quantize_lm_head;
   TP_ASSIGN_OR_RETURN(m->weights_, LlamaWeights::Load(checkpoint, m->spec_, backend, wo));
   return m;
 }
@@ -90,7 +92,9 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::CreateRandom(const Shard
 // keys and values are bf16 products in the checkpoint's own framework too, and they halve the bytes decode
 // reads per token of context. float32 and float16 models keep a float32 cache (the stories260K references).
 DType LlamaModel::KvDType() const {
-  return weights_->layer(0).qkv.dtype == DType::kBF16 ? DType::kBF16 : DType::kF32;
+  // int8 projections: the dtype the checkpoint's matrices kept (the embedding's).
+  const DType matrices = weights_->layer(0).qkv.dtype == DType::kI8 ? weights_->embed().dtype : weights_->layer(0).qkv.dtype;
+  return matrices == DType::kBF16 ? DType::kBF16 : DType::kF32;
 }
 
 size_t LlamaModel::KvBlockBytes(int block_size) const {

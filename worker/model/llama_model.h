@@ -28,6 +28,9 @@ namespace tpserve::model {
 struct LlamaModelOptions {
   // Matrices in this dtype; unset => keep the checkpoint's dtype (norms are float32 either way).
   std::optional<DType> weight_dtype;
+  // --quantization / --quantize-lm-head (worker/model/quantization.h).
+  WeightQuantization quantization = WeightQuantization::kNone;
+  bool quantize_lm_head = false;
   // Debug: write every named activation of every step as .npy under this directory ("" => off).
   std::string dump_dir;
   // Download logits on every rank (tests); by default only rank 0, the one that samples, does.
@@ -76,6 +79,7 @@ class LlamaModel {
   const ShardSpec& spec() const { return spec_; }
   const ModelConfig& config() const { return spec_.config(); }
   size_t weight_bytes() const { return weights_->bytes(); }
+  const LlamaWeights& weights() const { return *weights_; }
   // Replaces the communicator (after a peer was lost and the group re-formed). Same rank / world size.
   void SetCommunicator(comm::Communicator* comm) { comm_ = comm; }
   // Grows the per-step buffers now, for steps of up to `tokens` tokens, `sampled` sampled rows and `int_words`

@@ -17,6 +17,11 @@ bool IsNorm(LocalWeight k) {
   return k == LocalWeight::kInputNorm || k == LocalWeight::kPostNorm || k == LocalWeight::kFinalNorm;
 }
 
+// The per-layer matrices --quantization converts (embedding and lm_head are separate choices).
+bool IsProjection(LocalWeight k) {
+  return k == LocalWeight::kQkv || k == LocalWeight::kOProj || k == LocalWeight::kGateUp || k == LocalWeight::kDown;
+}
+
 uint64_t SplitMix64(uint64_t x) {
   x += 0x9e3779b97f4a7c15ull;
   x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
@@ -46,24 +51,39 @@ void FromF32(const float* src, size_t n, DType dtype, void* dst) {
       for (size_t i = 0; i < n; ++i) d[i] = F32ToF16(src[i]);
       return;
     }
+    case DType::kI8: break;  // Random() refuses it
   }
+  TP_CHECK(false) << "FromF32: no conversion to " << DTypeName(dtype);
 }
 
 }  // namespace
 
 LlamaWeights::~LlamaWeights() {
   for (void* p : allocations_) backend_->Free(p);
+  for (float* p : scales_) {
+    if (p != nullptr) backend_->Free(p);
+  }
 }
 
 void LlamaWeights::Allocate(const std::vector<DType>& dtypes) {
   const std::vector<LocalBuffer>& bufs = spec_.buffers();
   views_.resize(bufs.size());
+  scales_.assign(bufs.size(), nullptr);
   for (size_t i = 0; i < bufs.size(); ++i) {
     const size_t bytes = static_cast<size_t>(bufs[i].rows * bufs[i].cols) * DTypeSize(dtypes[i]);
     void* p = backend_->Alloc(std::max<size_t>(bytes, 64));
     allocations_.push_back(p);
     bytes_ += bytes;
     views_[i] = kernels::WeightView{p, dtypes[i], bufs[i].rows, bufs[i].cols};
+    if (dtypes[i] == DType::kI8) {
+      // Zero scales: vocab padding rows (never written) then yield exact zeros.
+      const size_t scale_bytes = static_cast<size_t>(bufs[i].rows) * sizeof(float);
+      scales_[i] = static_cast<float*>(backend_->Alloc(std::max<size_t>(scale_bytes, 64)));
+      const std::vector<float> zeros(static_cast<size_t>(bufs[i].rows), 0.0f);
+      backend_->Upload(scales_[i], zeros.data(), scale_bytes);
+      bytes_ += scale_bytes;
+      views_[i].scales = scales_[i];
+    }
   }
   const ModelConfig& c = spec_.config();
   layers_.resize(c.num_layers);
@@ -91,6 +111,34 @@ void LlamaWeights::Write(int index, size_t offset, const void* host, size_t byte
   }
 }
 
+absl::Status LlamaWeights::LoadInt8(const checkpoint::Checkpoint& ckpt, const WeightSlice& w) {
+  const kernels::WeightView& v = views_[w.buffer];
+  if (w.full_shape.size() != 2) return absl::InternalError(absl::StrCat(w.name, ": int8 needs a matrix"));
+  const int64_t full_cols = w.full_shape[1];
+  // Checkpoint rows [row0, row0 + rows) are read whole (the scale is the whole row's, quantization.h);
+  // columns [c0, c1) of them are kept.
+  const bool row_split = w.dim == 1;
+  const int64_t row0 = row_split ? 0 : w.begin;
+  const int64_t rows = w.local_rows();
+  const int64_t c0 = row_split ? w.begin : 0, c1 = row_split ? w.end : full_cols;
+  if (c1 - c0 != v.cols) return absl::InternalError(absl::StrCat(w.name, ": slice width does not match its buffer"));
+  const int64_t chunk = std::max<int64_t>(1, (int64_t{4} << 20) / std::max<int64_t>(full_cols, 1));
+  std::vector<float> staging;
+  std::vector<int8_t> q;
+  std::vector<float> scales;
+  for (int64_t r = 0; r < rows; r += chunk) {
+    const int64_t nr = std::min(chunk, rows - r);
+    staging.resize(static_cast<size_t>(nr * full_cols));
+    TP_RETURN_IF_ERROR(ckpt.ReadSlice(w.name, w.full_shape, 0, row0 + r, row0 + r + nr, DType::kF32, staging.data()));
+    q.resize(static_cast<size_t>(nr * v.cols));
+    scales.resize(static_cast<size_t>(nr));
+    QuantizeRowsInt8(staging.data(), nr, full_cols, c0, c1, q.data(), scales.data());
+    Write(w.buffer, static_cast<size_t>((w.row_offset + r) * v.cols), q.data(), q.size());
+    backend_->Upload(scales_[w.buffer] + w.row_offset + r, scales.data(), scales.size() * sizeof(float));
+  }
+  return absl::OkStatus();
+}
+
 void LlamaWeights::ZeroPadding() {
   for (const WeightSlice& w : spec_.weights()) {
     if (w.split != SplitKind::kVocab) continue;
@@ -109,14 +157,31 @@ absl::StatusOr<std::unique_ptr<LlamaWeights>> LlamaWeights::Load(const checkpoin
                                                                  const WeightLoadOptions& options) {
   if (backend == nullptr) return absl::InvalidArgumentError("LlamaWeights::Load: backend is null");
   // A buffer takes the dtype of its first tensor (fused siblings are converted to it when they differ).
+  const bool int8 = options.quantization == WeightQuantization::kInt8;
+  if (int8 && !backend->supports_int8_weights()) {
+    return absl::InvalidArgumentError(absl::StrCat("--quantization int8 is not supported on backend ", backend->name(),
+                                                   " yet: use --device cpu (see docs/QUANTIZATION.md)"));
+  }
+  if (options.quantize_lm_head && !int8) {
+    return absl::InvalidArgumentError("--quantize-lm-head needs --quantization int8");
+  }
+  if (options.quantize_lm_head && spec.BufferIndex(LocalWeight::kLmHead) < 0) {
+    return absl::InvalidArgumentError(
+        "--quantize-lm-head: this model ties lm_head to the embedding (tie_word_embeddings), which stays in the "
+        "checkpoint dtype; drop the flag");
+  }
   std::vector<DType> dtypes(spec.buffers().size(), DType::kF32);
   std::vector<bool> chosen(spec.buffers().size(), false);
   for (const WeightSlice& w : spec.weights()) {
     TP_ASSIGN_OR_RETURN(const checkpoint::TensorInfo* info, ckpt.Get(w.name));
     if (chosen[w.buffer]) continue;
     chosen[w.buffer] = true;
-    if (IsNorm(spec.buffers()[w.buffer].kind)) continue;  // float32
+    const LocalWeight kind = spec.buffers()[w.buffer].kind;
+    if (IsNorm(kind)) continue;  // float32
     dtypes[w.buffer] = options.dtype.has_value() ? *options.dtype : info->dtype;
+    if (int8 && (IsProjection(kind) || (kind == LocalWeight::kLmHead && options.quantize_lm_head))) {
+      dtypes[w.buffer] = DType::kI8;
+    }
   }
   std::unique_ptr<LlamaWeights> weights(new LlamaWeights(spec, backend));
   weights->Allocate(dtypes);
@@ -124,6 +189,10 @@ absl::StatusOr<std::unique_ptr<LlamaWeights>> LlamaWeights::Load(const checkpoin
   std::vector<uint8_t> staging;
   for (const WeightSlice& w : spec.weights()) {
     const kernels::WeightView& v = weights->views_[w.buffer];
+    if (v.dtype == DType::kI8) {
+      TP_RETURN_IF_ERROR(weights->LoadInt8(ckpt, w));
+      continue;
+    }
     const size_t elem = DTypeSize(v.dtype);
     const size_t offset = static_cast<size_t>(w.row_offset * v.cols) * elem;
     const size_t bytes = static_cast<size_t>(w.local_rows() * w.local_cols()) * elem;
@@ -147,6 +216,9 @@ absl::StatusOr<std::unique_ptr<LlamaWeights>> LlamaWeights::Random(const ShardSp
                                                                    kernels::Backend* backend,
                                                                    const RandomWeightOptions& options) {
   if (backend == nullptr) return absl::InvalidArgumentError("LlamaWeights::Random: backend is null");
+  if (options.dtype == DType::kI8) {
+    return absl::InvalidArgumentError("LlamaWeights::Random: int8 comes from --quantization at load, not a dtype");
+  }
   std::vector<DType> dtypes(spec.buffers().size(), options.dtype);
   for (size_t i = 0; i < dtypes.size(); ++i) {
     if (IsNorm(spec.buffers()[i].kind)) dtypes[i] = DType::kF32;

@@ -13,6 +13,7 @@
 #include "common/dtype.h"
 #include "kernels/backend.h"
 #include "worker/checkpoint/checkpoint.h"
+#include "worker/model/quantization.h"
 #include "worker/model/shard_spec.h"
 
 namespace tpserve::model {
@@ -21,6 +22,11 @@ struct WeightLoadOptions {
   // Matrices (embedding, projections, lm_head) in this dtype; unset => keep the stored dtype.
   // Norm weights are always float32 (exact for bf16/f16, and they are tiny).
   std::optional<DType> dtype;
+  // kInt8: qkv, o_proj, gate_up and down become int8 with per-row scales, quantized slice by slice as
+  // they load (quantization.h). Needs a backend with supports_int8_weights().
+  WeightQuantization quantization = WeightQuantization::kNone;
+  // With kInt8, lm_head too (INVALID_ARGUMENT when the model ties it to the embedding).
+  bool quantize_lm_head = false;
 };
 
 struct RandomWeightOptions {
@@ -54,7 +60,7 @@ class LlamaWeights {
   static absl::StatusOr<std::unique_ptr<LlamaWeights>> Random(const ShardSpec& spec, kernels::Backend* backend,
                                                               const RandomWeightOptions& options);
 
-  size_t bytes() const { return bytes_; }  // backend memory held, padding rows included
+  size_t bytes() const { return bytes_; }  // backend memory held, padding rows and int8 scales included
   const kernels::WeightView& embed() const { return embed_; }          // [local_vocab, hidden]
   const kernels::WeightView& lm_head() const { return lm_head_; }      // [local_vocab, hidden]
   const kernels::WeightView& final_norm() const { return final_norm_; }
@@ -68,12 +74,15 @@ class LlamaWeights {
   void Allocate(const std::vector<DType>& dtypes);
   // Writes `bytes` of host data at byte `offset` of buffer `index`.
   void Write(int index, size_t offset, const void* host, size_t bytes);
+  // Reads slice `w` from the checkpoint into int8 buffer w.buffer, quantizing rows chunk by chunk.
+  absl::Status LoadInt8(const checkpoint::Checkpoint& ckpt, const WeightSlice& w);
   // Zeroes the rows of vocab buffers past the real vocab (padding), so their logits are exactly 0.
   void ZeroPadding();
 
   const ShardSpec spec_;
   kernels::Backend* backend_;
   std::vector<void*> allocations_;
+  std::vector<float*> scales_;  // per buffer: its int8 scales ([rows] float32), nullptr when not int8
   std::vector<kernels::WeightView> views_;
   size_t bytes_ = 0;
   kernels::WeightView embed_, lm_head_, final_norm_;

@@ -47,6 +47,26 @@ std::vector<uint16_t> Bf16(const std::vector<float>& v) {
   return o;
 }
 
+// The int8 GEMV against the reference backend's kI8 matmul (scale after the float64 dot product).
+void CheckGemvInt8(Backend& ref) {
+  for (int64_t k : {528, 520, 17}) {  // vector path, k % 16 != 0, short row
+    for (int64_t m : {1, 3, 8}) {
+      const int64_t n = 37;
+      auto x = Rand(m * k, 5 + m);
+      std::mt19937 rng(static_cast<uint32_t>(k));
+      std::vector<int8_t> w(n * k);
+      for (auto& v : w) v = static_cast<int8_t>(static_cast<int>(rng() % 255) - 127);
+      auto scales = Rand(n, 9, 0.001f, 0.01f);
+      WeightView view{w.data(), DType::kI8, n, k};
+      view.scales = scales.data();
+      std::vector<float> want(m * n), got(m * n, NAN);
+      ref.Matmul(x.data(), m, view, want.data());
+      cuda::LaunchGemvInt8(x.data(), m, w.data(), scales.data(), n, k, got.data(), nullptr);
+      Check(got, want, 1e-5, 1e-5, "gemv int8 m=" + std::to_string(m) + " k=" + std::to_string(k));
+    }
+  }
+}
+
 void CheckGemv(Backend& ref) {
   for (int64_t k : {520, 517, 8}) {
     for (int64_t m : {1, 3, 8}) {
@@ -235,6 +255,7 @@ int main() {
   auto ref = CreateReferenceBackend();
   CheckElementwise(*ref);
   CheckGemv(*ref);
+  CheckGemvInt8(*ref);
   const std::vector<Seq> mixed = {{0, 37}, {40, 5}, {600, 1}, {5, 1}, {0, 2}, {1100, 1}};
   CheckAttention(*ref, 4, 2, 40, 16, mixed, 7);
   CheckAttention(*ref, 2, 1, 128, 8, mixed, 8);
