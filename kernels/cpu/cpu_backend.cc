@@ -18,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
 #include "kernels/backend.h"
+#include "kernels/cpu/bf16_pair_panels.h"
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/cpu/thread_pool.h"
 
@@ -138,8 +139,26 @@ class CpuBackend : public Backend {
   }
   void Synchronize() override {}
 
+  // avx512-bf16 only: BF16 weights into pair panels (kernels/cpu/bf16_pair_panels.h has the layout, and
+  // matmul_avx512_bf16_pairs.cc why). In place, panel by panel, one 16-row scratch per thread.
+  bool PackMatmulWeight(WeightView* w) override {
+    if (k_.matmul_pairs == nullptr || w->dtype != DType::kBF16 || w->layout != WeightLayout::kRowMajor ||
+        w->rows <= 0 || w->cols <= 0) {
+      return false;
+    }
+    uint16_t* data = static_cast<uint16_t*>(const_cast<void*>(w->data));
+    const int64_t panels = (w->rows + cpu::kPairPanelCols - 1) / cpu::kPairPanelCols;
+    pool_.ParallelFor(panels, 2, [&](int64_t b, int64_t e) {
+      std::vector<uint16_t> scratch(static_cast<size_t>(cpu::kPairPanelCols * w->cols));
+      cpu::RepackBf16PairPanels(data, w->rows, w->cols, b, e, scratch.data());
+    });
+    w->layout = WeightLayout::kBf16PairPanels;
+    return true;
+  }
+
   void Matmul(const float* x, int64_t m, const WeightView& w, float* y) override {
     if (m <= 0 || w.rows <= 0) return;
+    if (w.layout == WeightLayout::kBf16PairPanels) return MatmulPairs(x, m, w, y);
     MatmulJob job;
     job.x = x;
     job.m = m;
@@ -181,6 +200,37 @@ class CpuBackend : public Backend {
     const int64_t chunk = std::max<int64_t>(6, units / (8 * pool_.size()) / 6 * 6);
     pool_.ParallelForChunks(units, chunk, flops > (1 << 18) ? 2 : units + 1, [&](int64_t b, int64_t e) {
       k_.matmul(job, b * 16, std::min(w.rows, e * 16));
+    });
+  }
+
+  // Matmul over a pair-panel weight: x rounded to bf16 and packed in 16-token groups, then panels split
+  // across the threads like Matmul's columns (a 16-column unit is one panel).
+  void MatmulPairs(const float* x, int64_t m, const WeightView& w, float* y) {
+    TP_CHECK(k_.matmul_pairs != nullptr && w.dtype == DType::kBF16)
+        << "a pair-panel weight reaches a backend table (" << k_.name << ") that cannot read it";
+    MatmulJob job;
+    job.x = x;
+    job.m = m;
+    job.k = w.cols;
+    job.w = w.data;
+    job.wdt = w.dtype;
+    job.n = w.rows;
+    job.y = y;
+    const int64_t total = m * w.cols;
+    uint16_t* xb = CacheLineAligned(xb_, total);
+    pool_.ParallelFor(total, 1 << 16, [&](int64_t b, int64_t e) { k_.round_to_bf16(x + b, e - b, xb + b); });
+    job.xb = xb;
+    const int64_t groups = (m + 15) / 16;
+    uint16_t* xp = CacheLineAligned(xp_, groups * 16 * cpu::PackXCols(w.cols));
+    pool_.ParallelFor(groups, 2, [&](int64_t b, int64_t e) {
+      for (int64_t g = b; g < e; ++g) cpu::PackXPairsBlock(xb, m, w.cols, g, xp);
+    });
+    job.xp = xp;
+    const int64_t units = (w.rows + 15) / 16;
+    const int64_t flops = 2 * m * w.rows * w.cols;
+    const int64_t chunk = std::max<int64_t>(12, units / (8 * pool_.size()) / 12 * 12);
+    pool_.ParallelForChunks(units, chunk, flops > (1 << 18) ? 2 : units + 1, [&](int64_t b, int64_t e) {
+      k_.matmul_pairs(job, b * 16, std::min(w.rows, e * 16));
     });
   }
 
