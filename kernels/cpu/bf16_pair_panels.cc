@@ -7,47 +7,42 @@
 
 namespace tpserve::kernels::cpu {
 
-void RepackBf16PairPanels(uint16_t* w, int64_t n, int64_t k, int64_t panel_begin, int64_t panel_end,
-                          uint16_t* scratch) {
+namespace {
+
+// Moves panels [panel_begin, panel_end) between row-major (row j of a panel at j * k) and the pair-panel
+// layout, in place through scratch: to_panels picks the direction.
+void PermutePanels(uint16_t* w, int64_t n, int64_t k, int64_t panel_begin, int64_t panel_end, uint16_t* scratch,
+                   bool to_panels) {
   const int64_t pairs = k / 2;
   for (int64_t p = panel_begin; p < panel_end; ++p) {
     const int64_t c0 = p * kPairPanelCols;
     const int64_t r = n - c0 < kPairPanelCols ? n - c0 : kPairPanelCols;
     uint16_t* panel = w + c0 * k;
     std::memcpy(scratch, panel, static_cast<size_t>(r * k) * 2);
-    for (int64_t q = 0; q < pairs; ++q) {
-      uint16_t* dst = panel + q * 2 * r;
-      for (int64_t j = 0; j < r; ++j) {
-        dst[2 * j] = scratch[j * k + 2 * q];
-        dst[2 * j + 1] = scratch[j * k + 2 * q + 1];
+    for (int64_t j = 0; j < r; ++j) {
+      for (int64_t e = 0; e < k; ++e) {
+        // Element e of column j: pair e / 2, half e % 2; the odd-k last element after all pairs.
+        const int64_t at = e < pairs * 2 ? (e / 2) * 2 * r + 2 * j + e % 2 : pairs * 2 * r + j;
+        if (to_panels) {
+          panel[at] = scratch[j * k + e];
+        } else {
+          panel[j * k + e] = scratch[at];
+        }
       }
-    }
-    if (k % 2 != 0) {
-      uint16_t* dst = panel + pairs * 2 * r;
-      for (int64_t j = 0; j < r; ++j) dst[j] = scratch[j * k + k - 1];
     }
   }
 }
 
+}  // namespace
+
+void RepackBf16PairPanels(uint16_t* w, int64_t n, int64_t k, int64_t panel_begin, int64_t panel_end,
+                          uint16_t* scratch) {
+  PermutePanels(w, n, k, panel_begin, panel_end, scratch, /*to_panels=*/true);
+}
+
 void UnpackBf16PairPanels(uint16_t* w, int64_t n, int64_t k, int64_t panel_begin, int64_t panel_end,
                           uint16_t* scratch) {
-  const int64_t pairs = k / 2;
-  for (int64_t p = panel_begin; p < panel_end; ++p) {
-    const int64_t c0 = p * kPairPanelCols;
-    const int64_t r = n - c0 < kPairPanelCols ? n - c0 : kPairPanelCols;
-    uint16_t* panel = w + c0 * k;
-    std::memcpy(scratch, panel, static_cast<size_t>(r * k) * 2);
-    for (int64_t q = 0; q < pairs; ++q) {
-      const uint16_t* src = scratch + q * 2 * r;
-      for (int64_t j = 0; j < r; ++j) {
-        panel[j * k + 2 * q] = src[2 * j];
-        panel[j * k + 2 * q + 1] = src[2 * j + 1];
-      }
-    }
-    if (k % 2 != 0) {
-      for (int64_t j = 0; j < r; ++j) panel[j * k + k - 1] = scratch[pairs * 2 * r + j];
-    }
-  }
+  PermutePanels(w, n, k, panel_begin, panel_end, scratch, /*to_panels=*/false);
 }
 
 void PackXPairsBlock(const uint16_t* xb, int64_t m, int64_t k, int64_t block, uint16_t* out) {
