@@ -42,7 +42,6 @@ constexpr int64_t kXChunkBytes = 2 << 20;  // packed x of the groups that share 
 // ran fastest with the hardware prefetcher alone.
 constexpr int64_t kPrefetchBytes = 8192;
 
-
 // Panels per tile for T tokens: enough independent accumulators (T * P >= 12) to cover vdpbf16ps latency at
 // two per cycle, within 32 zmm registers (T * P accumulators + P weights + a broadcast). Decode (T <= 3)
 // is memory-bound: 4 panel streams kept it at the bandwidth, 12 were slower (more streams to follow).
