@@ -4,7 +4,7 @@
 // peak and % of the roofline, so a regression on one ISA shows when another machine runs the suite.
 //   kernels-bench [--isa=all|amx|avx512|avx2|scalar] [--threads=N] [--dtypes=f32,bf16,f16] [--m=1,16,512]
 //                 [--shapes=5120x5120,...] [--min_time=0.3] [--json=FILE] [--probe_only] [--rotate_gib=1]
-//                 [--cpu_time]
+//                 [--cpu_time] [--pack_weights=false]
 #include <immintrin.h>
 #include <sys/mman.h>
 
@@ -43,6 +43,9 @@ ABSL_FLAG(bool, probe_only, false, "only measure read bandwidth and compute peak
 ABSL_FLAG(bool, cpu_time, false,
           "time with the CPU clock of the thread doing the work instead of the wall clock (only with --threads=1): "
           "on a machine shared with other jobs this leaves out the time the bench was not running");
+ABSL_FLAG(bool, pack_weights, true,
+          "let the backend repack weights at load as a model does (Backend::PackMatmulWeight); false times "
+          "the row-major kernels");
 ABSL_FLAG(double, rotate_gib, 1.0,
           "keep copies of each weight totalling at least this many GiB (up to 64 copies) and use the next one on "
           "every call, so a weight smaller than the last-level cache is still read from memory (0 = one copy)");
@@ -378,18 +381,18 @@ int Main() {
         // again would sit in a large L3 (hundreds of MiB on some servers) and report more than memory can give.
         const double rotate = absl::GetFlag(FLAGS_rotate_gib) * double(1 << 30);
         const int copies = static_cast<int>(std::min<double>(64, std::max<double>(1, std::ceil(rotate / wbytes))));
-        std::vector<void*> wmem(copies);
-        for (void*& p : wmem) {
-          p = be->Alloc(wbytes);
+        // Each copy in the layout the backend's Matmul reads, as a model loads it (PackMatmulWeight).
+        std::vector<WeightView> wmem(copies);
+        for (WeightView& v : wmem) {
+          void* p = be->Alloc(wbytes);
           be->Upload(p, w.data(), wbytes);
+          v = WeightView{p, dt, n, k};
+          if (dt == DType::kI8) v.scales = scales.data();
+          if (absl::GetFlag(FLAGS_pack_weights)) be->PackMatmulWeight(&v);
         }
         std::vector<uint8_t>().swap(w);
         int next = 0;
-        auto view = [&] {
-          WeightView v{wmem[next++ % copies], dt, n, k};
-          if (dt == DType::kI8) v.scales = scales.data();
-          return v;
-        };
+        auto view = [&] { return wmem[next++ % copies]; };
         std::vector<float> x(max_m * k), y(max_m * n);
         for (size_t i = 0; i < x.size(); ++i) x[i] = float(int(i % 17) - 8) / 8.0f;
         for (int64_t m : ms) {
@@ -432,7 +435,7 @@ int Main() {
                                        {"peak_gflops", peak}, {"peak_fraction", peak > 0 ? gflops / peak : 0.0},
                                        {"peak_kind", peak_name}, {"roofline_fraction", floor_s / t}});
         }
-        for (void* p : wmem) be->Free(p);
+        for (const WeightView& v : wmem) be->Free(const_cast<void*>(v.data));
       }
     }
   }

@@ -22,6 +22,13 @@
 
 namespace tpserve::kernels {
 
+// How a matmul weight's elements sit in memory. kRowMajor is [rows, cols]; a backend may rearrange a
+// weight once at load (Backend::PackMatmulWeight) into a layout only its own Matmul reads.
+enum class WeightLayout {
+  kRowMajor,
+  kBf16PairPanels,  // CPU avx512-bf16: kernels/cpu/bf16_pair_panels.h (same bytes, in place)
+};
+
 // A weight matrix [rows, cols] in backend memory. A 1-D weight (norm) has rows = 1.
 struct WeightView {
   const void* data = nullptr;
@@ -30,6 +37,7 @@ struct WeightView {
   int64_t cols = 0;  // input features
   // kI8 only: [rows] float32 in backend memory; w[r, c] = scales[r] * data[r, c] (symmetric, per output row).
   const float* scales = nullptr;
+  WeightLayout layout = WeightLayout::kRowMajor;
 };
 
 struct KvCacheSpec {
@@ -87,6 +95,15 @@ class Backend {
   virtual void Synchronize() = 0;
   // Free device memory a KV cache could use after weights are loaded (host backends: 0 = unknown).
   virtual size_t FreeMemoryBytes() { return 0; }
+
+  // Once at load, for a weight only Matmul will read: rearranges it in place (same bytes) into a layout this
+  // backend's Matmul reads faster and updates w->layout; false (and w unchanged) when the backend keeps
+  // row-major. Every op result stays the one the backend's contract gives for row-major weights, within
+  // its tolerance, and batch-invariant (each element keeps one fixed operation order for every m).
+  virtual bool PackMatmulWeight(WeightView* w) {
+    (void)w;
+    return false;
+  }
 
   // ---- ops ----
   // y[m, w.rows] = x[m, w.cols] · wᵀ.  kI8: y[:, r] = scales[r] * (x · data[r, :]ᵀ), the scale applied once

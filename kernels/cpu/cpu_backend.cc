@@ -18,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
 #include "kernels/backend.h"
+#include "kernels/cpu/bf16_pair_panels.h"
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/cpu/matmul_int8.h"
 #include "kernels/cpu/thread_pool.h"
@@ -140,9 +141,30 @@ class CpuBackend : public Backend {
   }
   void Synchronize() override {}
 
+  // avx512-bf16 only: BF16 weights into pair panels (kernels/cpu/bf16_pair_panels.h has the layout, and
+  // matmul_avx512_bf16_pairs.cc why). In place, panel by panel, one 16-row scratch per thread.
+  bool PackMatmulWeight(WeightView* w) override {
+    if (k_.matmul_pairs == nullptr || w->dtype != DType::kBF16 || w->layout != WeightLayout::kRowMajor ||
+        w->rows <= 0 || w->cols <= 0) {
+      return false;
+    }
+    uint16_t* data = static_cast<uint16_t*>(const_cast<void*>(w->data));
+    const int64_t panels = (w->rows + cpu::kPairPanelCols - 1) / cpu::kPairPanelCols;
+    pool_.ParallelFor(panels, 2, [&](int64_t b, int64_t e) {
+      std::vector<uint16_t> scratch(static_cast<size_t>(cpu::kPairPanelCols * w->cols));
+      cpu::RepackBf16PairPanels(data, w->rows, w->cols, b, e, scratch.data());
+    });
+    w->layout = WeightLayout::kBf16PairPanels;
+    return true;
+  }
+
   void Matmul(const float* x, int64_t m, const WeightView& w, float* y) override {
     if (m <= 0 || w.rows <= 0) return;
     if (w.dtype == DType::kI8) return MatmulInt8(x, m, w, y);
+    // Pair-panel weights (PackMatmulWeight) take their own kernel and x packing (bf16_pair_panels.h).
+    const bool pairs = w.layout == WeightLayout::kBf16PairPanels;
+    TP_CHECK(!pairs || (k_.matmul_pairs != nullptr && w.dtype == DType::kBF16))
+        << "a pair-panel weight reached the " << k_.name << " kernels, which cannot read it";
     MatmulJob job;
     job.x = x;
     job.m = m;
@@ -151,13 +173,13 @@ class CpuBackend : public Backend {
     job.wdt = w.dtype;
     job.n = w.rows;
     job.y = y;
-    if (k_.bf16_dot(w.dtype)) {
+    if (pairs || k_.bf16_dot(w.dtype)) {
       const int64_t total = m * w.cols;
       uint16_t* xb = CacheLineAligned(xb_, total);
       pool_.ParallelFor(total, 1 << 16, [&](int64_t b, int64_t e) { k_.round_to_bf16(x + b, e - b, xb + b); });
       job.xb = xb;
     }
-    if (k_.split_x(w.dtype)) {
+    if (!pairs && k_.split_x(w.dtype)) {
       const int64_t kp = cpu::SplitXCols(w.cols);
       if (static_cast<int64_t>(xs_.size()) < m * kp) xs_.resize(m * kp);
       float* xs = xs_.data();
@@ -166,24 +188,28 @@ class CpuBackend : public Backend {
       });
       job.xs = xs;
     }
-    if (job.xb != nullptr && k_.pack_x(w.dtype, w.cols)) {
+    if (pairs || (job.xb != nullptr && k_.pack_x(w.dtype, w.cols))) {
+      const auto pack = pairs ? &cpu::PackXPairsBlock : k_.pack_x_block;
       const int64_t blocks = (m + 15) / 16;
       const int64_t block_elems = 16 * cpu::PackXCols(w.cols);
       uint16_t* xp = CacheLineAligned(xp_, blocks * block_elems);
       pool_.ParallelFor(blocks, 1, [&](int64_t b, int64_t e) {
-        for (int64_t blk = b; blk < e; ++blk) k_.pack_x_block(job.xb, m, w.cols, blk, xp);
+        for (int64_t blk = b; blk < e; ++blk) pack(job.xb, m, w.cols, blk, xp);
       });
       job.xp = xp;
     }
     // Columns in chunks of 16-feature units, about 8 per thread, taken by whichever thread is free; the
     // value of each element is independent of the split (cpu_kernels.h), only the load balance changes.
     // Chunks are multiples of 6 units (96 rows): even, so the AMX kernel keeps its 32-row groups whole, and
-    // whole 6-row tiles of the vdpbf16ps kernel (no partial tile at every chunk's end).
+    // whole 6-row tiles of the vdpbf16ps kernel (no partial tile at every chunk's end). Pair panels (one a
+    // unit) take multiples of 12: whole 4-panel decode tiles and 3-panel prefill tiles.
     const int64_t units = (w.rows + 15) / 16;
     const int64_t flops = 2 * m * w.rows * w.cols;
-    const int64_t chunk = std::max<int64_t>(6, units / (8 * pool_.size()) / 6 * 6);
+    const int64_t step = pairs ? 12 : 6;
+    const int64_t chunk = std::max<int64_t>(step, units / (8 * pool_.size()) / step * step);
+    const auto kernel = pairs ? k_.matmul_pairs : k_.matmul;
     pool_.ParallelForChunks(units, chunk, flops > (1 << 18) ? 2 : units + 1, [&](int64_t b, int64_t e) {
-      k_.matmul(job, b * 16, std::min(w.rows, e * 16));
+      kernel(job, b * 16, std::min(w.rows, e * 16));
     });
   }
 

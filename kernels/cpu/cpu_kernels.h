@@ -82,6 +82,9 @@ struct CpuKernels {
   // elements at out + block * 16 * PackXCols(k), in the layout this table's matmul reads (AMX: [k / 2][16
   // tokens][2 bf16], the B-tile layout of tdpbf16ps; avx512-bf16: see PackXAvx512Bf16Block).
   void (*pack_x_block)(const uint16_t* xb, int64_t m, int64_t k, int64_t block, uint16_t* out);
+  // BF16 weights repacked into pair panels (bf16_pair_panels.h), x packed by PackXPairsBlock into job.xp;
+  // nullptr where the table keeps row-major weights (only avx512-bf16 repacks).
+  void (*matmul_pairs)(const MatmulJob& job, int64_t n_begin, int64_t n_end);
 };
 
 inline int64_t SplitXCols(int64_t k) { return (k + 15) / 16 * 16; }
@@ -105,5 +108,8 @@ void PackXAmxBlock(const uint16_t* xb, int64_t m, int64_t k, int64_t block, uint
 constexpr int kBf16StripTokens = 4;
 void MatmulAvx512Bf16Packed(const MatmulJob& job, int64_t n_begin, int64_t n_end);
 void PackXAvx512Bf16Block(const uint16_t* xb, int64_t m, int64_t k, int64_t block, uint16_t* out);
+
+// matmul_avx512_bf16_pairs.cc: the weight-stationary vdpbf16ps matmul over pair-panel weights.
+void MatmulAvx512Bf16Pairs(const MatmulJob& job, int64_t n_begin, int64_t n_end);
 
 }  // namespace tpserve::kernels::cpu

@@ -204,7 +204,7 @@ const CpuKernels& Avx2Kernels() {
       "avx2",            &NoBf16Dot,         &MatmulAvx2,           &RoundToBf16,
       &ConvertRow<V256>, &RmsNormRow<V256>,  &AddRmsNormRow<V256>,  &AddRange<V256>,
       &SiluMul<V256>,    &Rope<V256>,        &Attention<V256>,      &SplitForBf16,
-      &SplitXRow,        &NoPackX,           nullptr};
+      &SplitXRow,        &NoPackX,           nullptr,               nullptr};
   return table;
 }
 

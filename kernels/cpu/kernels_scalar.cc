@@ -94,7 +94,7 @@ const CpuKernels& ScalarKernels() {
       "scalar",             &NoBf16Dot,            &MatmulScalar,           &RoundToBf16,
       &ConvertRow<VScalar>, &RmsNormRow<VScalar>,  &AddRmsNormRow<VScalar>, &AddRange<VScalar>,
       &SiluMul<VScalar>,    &Rope<VScalar>,        &Attention<VScalar>,      &NoSplitX,
-      nullptr,              &NoPackX,              nullptr};
+      nullptr,              &NoPackX,              nullptr,                 nullptr};
   return table;
 }
 

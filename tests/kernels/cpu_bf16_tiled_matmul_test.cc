@@ -12,18 +12,16 @@
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/cpu_kernels.h"
+#include "tests/util/random.h"
 
 namespace tpserve::kernels::cpu {
 namespace {
 
 std::vector<uint16_t> RandomBf16(size_t n, uint32_t seed) {
-  uint64_t state = 0x9e3779b97f4a7c15ull * (seed + 1);
+  testing::SplitMix64 rng(seed);
   std::vector<uint16_t> v(n);
   for (auto& e : v) {
-    uint64_t z = (state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    z ^= z >> 31;
+    const uint64_t z = rng.Next();
     // Mixed signs and magnitudes 2^-6 .. 2^1, so rounding order shows in the low bits.
     const float f = (static_cast<float>(z >> 40) / 16777216.0f - 0.5f) * std::ldexp(1.0f, int(z & 7) - 5);
     e = F32ToBF16(f);

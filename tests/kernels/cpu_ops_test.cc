@@ -12,22 +12,14 @@
 
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
+#include "tests/util/random.h"
 
 namespace tpserve::kernels {
 namespace {
 
-// Uniform in [lo, hi) from a splitmix64 stream: real-size weights (70M elements) need a fast generator.
+// Uniform in [lo, hi) (tests/util/random.h): real-size weights (70M elements) need a fast generator.
 std::vector<float> RandomVec(size_t n, uint32_t seed, float lo = -1.0f, float hi = 1.0f) {
-  uint64_t state = 0x9e3779b97f4a7c15ull * (seed + 1);
-  std::vector<float> v(n);
-  for (auto& x : v) {
-    uint64_t z = (state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    z ^= z >> 31;
-    x = lo + (hi - lo) * static_cast<float>(z >> 40) * (1.0f / 16777216.0f);
-  }
-  return v;
+  return testing::RandomFloats(n, seed, lo, hi);
 }
 
 // A weight stored in `dt`, made from float values (which it rounds).
@@ -99,6 +91,14 @@ void CheckMatmul(Backend& cpu, Backend& ref, DType dt, int64_t m, int64_t n, int
   const bool rounds_x = dt == DType::kBF16 && cpu.name().find("bf16") != std::string::npos;
   const double sk = std::sqrt(double(k));
   ExpectNear(got, want, rounds_x ? 4e-3 * sk : 2e-5 * sk, rounds_x ? 1e-2 : 1e-5, what);
+  // The layout the backend repacks the weight into at load, where it has one (avx512-bf16: pair panels).
+  HostWeight packed = w;
+  WeightView pv = packed.view();
+  if (cpu.PackMatmulWeight(&pv)) {
+    std::fill(got.begin(), got.end(), NAN);
+    cpu.Matmul(x.data(), m, pv, got.data());
+    ExpectNear(got, want, rounds_x ? 4e-3 * sk : 2e-5 * sk, rounds_x ? 1e-2 : 1e-5, what + " repacked");
+  }
 }
 
 TEST_P(CpuOpsTest, MatmulMatchesReferenceOddShapes) {
@@ -133,12 +133,20 @@ TEST(CpuMatmul, RealSizesEveryIsa) {
       std::vector<float> want(s.n), got(s.n);
       ref->Matmul(x.data(), 1, w.view(), want.data());
       for (auto& cpu : cpus) {
-        std::fill(got.begin(), got.end(), NAN);
-        cpu->Matmul(x.data(), 1, w.view(), got.data());
-        const bool rounds_x = dt == DType::kBF16 && cpu->name().find("bf16") != std::string::npos;
-        const double sk = std::sqrt(double(s.k));
-        ExpectNear(got, want, rounds_x ? 4e-3 * sk : 2e-5 * sk, rounds_x ? 1e-2 : 1e-5,
-                   cpu->name() + " " + DTypeName(dt) + " " + std::to_string(s.n) + "x" + std::to_string(s.k));
+        // Row-major, then (where the backend has one) the layout it repacks weights into at load.
+        HostWeight packed = w;
+        WeightView pv = packed.view();
+        const bool repacked = cpu->PackMatmulWeight(&pv);
+        for (int pass = 0; pass < (repacked ? 2 : 1); ++pass) {
+          const WeightView v = pass == 0 ? w.view() : pv;
+          std::fill(got.begin(), got.end(), NAN);
+          cpu->Matmul(x.data(), 1, v, got.data());
+          const bool rounds_x = dt == DType::kBF16 && cpu->name().find("bf16") != std::string::npos;
+          const double sk = std::sqrt(double(s.k));
+          ExpectNear(got, want, rounds_x ? 4e-3 * sk : 2e-5 * sk, rounds_x ? 1e-2 : 1e-5,
+                     cpu->name() + " " + DTypeName(dt) + " " + std::to_string(s.n) + "x" + std::to_string(s.k) +
+                         (pass == 0 ? "" : " repacked"));
+        }
       }
     }
   }
@@ -152,23 +160,28 @@ TEST_P(CpuOpsTest, MatmulIsBatchInvariant) {
   const int64_t n = 301, m = 64;
   for (const auto& [k, dt] : {std::pair{int64_t{1029}, DType::kF32}, std::pair{int64_t{1029}, DType::kBF16},
                               std::pair{int64_t{1029}, DType::kF16}, std::pair{int64_t{1024}, DType::kBF16}}) {
-    SCOPED_TRACE(std::string(DTypeName(dt)) + " k=" + std::to_string(k));
-    HostWeight w = MakeWeight(dt, n, k, 42);
-    auto x = RandomVec(m * k, 43);
-    std::vector<float> full(m * n), full1(m * n);
-    cpu_->Matmul(x.data(), m, w.view(), full.data());
-    (*one_thread)->Matmul(x.data(), m, w.view(), full1.data());
-    ExpectBitwise(full.data(), full1.data(), full.size(), "64 rows, 2 threads vs 1 thread");
-    for (int64_t r : {0, 5, 33, 63}) {
-      std::vector<float> alone(n);
-      cpu_->Matmul(x.data() + r * k, 1, w.view(), alone.data());
-      ExpectBitwise(alone.data(), full.data() + r * n, n, "row " + std::to_string(r) + " alone vs in 64");
-      // Row r at position 4 of a batch of 7 other rows.
-      std::vector<float> batch = RandomVec(7 * k, uint32_t(100 + r));
-      std::memcpy(batch.data() + 4 * k, x.data() + r * k, k * sizeof(float));
-      std::vector<float> y7(7 * n);
-      (*one_thread)->Matmul(batch.data(), 7, w.view(), y7.data());
-      ExpectBitwise(y7.data() + 4 * n, full.data() + r * n, n, "row " + std::to_string(r) + " in batch of 7");
+    for (bool pack : {false, true}) {
+      SCOPED_TRACE(std::string(DTypeName(dt)) + " k=" + std::to_string(k) + (pack ? " repacked" : ""));
+      HostWeight hw = MakeWeight(dt, n, k, 42);
+      WeightView w = hw.view();
+      // The layout the backend repacks weights into at load (where it has one) must be as batch-invariant.
+      if (pack && !cpu_->PackMatmulWeight(&w)) continue;
+      auto x = RandomVec(m * k, 43);
+      std::vector<float> full(m * n), full1(m * n);
+      cpu_->Matmul(x.data(), m, w, full.data());
+      (*one_thread)->Matmul(x.data(), m, w, full1.data());
+      ExpectBitwise(full.data(), full1.data(), full.size(), "64 rows, 2 threads vs 1 thread");
+      for (int64_t r : {0, 5, 33, 63}) {
+        std::vector<float> alone(n);
+        cpu_->Matmul(x.data() + r * k, 1, w, alone.data());
+        ExpectBitwise(alone.data(), full.data() + r * n, n, "row " + std::to_string(r) + " alone vs in 64");
+        // Row r at position 4 of a batch of 7 other rows.
+        std::vector<float> batch = RandomVec(7 * k, uint32_t(100 + r));
+        std::memcpy(batch.data() + 4 * k, x.data() + r * k, k * sizeof(float));
+        std::vector<float> y7(7 * n);
+        (*one_thread)->Matmul(batch.data(), 7, w, y7.data());
+        ExpectBitwise(y7.data() + 4 * n, full.data() + r * n, n, "row " + std::to_string(r) + " in batch of 7");
+      }
     }
   }
 }

@@ -22,6 +22,13 @@ bool IsProjection(LocalWeight k) {
   return k == LocalWeight::kQkv || k == LocalWeight::kOProj || k == LocalWeight::kGateUp || k == LocalWeight::kDown;
 }
 
+// Weights that only Matmul reads (the embedding is also read row by row, so it stays row-major, and so
+// does a tied lm_head, which is the same buffer).
+bool MatmulOnly(LocalWeight k) {
+  return k == LocalWeight::kQkv || k == LocalWeight::kOProj || k == LocalWeight::kGateUp ||
+         k == LocalWeight::kDown || k == LocalWeight::kLmHead;
+}
+
 uint64_t SplitMix64(uint64_t x) {
   x += 0x9e3779b97f4a7c15ull;
   x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
@@ -85,6 +92,10 @@ void LlamaWeights::Allocate(const std::vector<DType>& dtypes) {
       views_[i].scales = scales_[i];
     }
   }
+  BindViews();
+}
+
+void LlamaWeights::BindViews() {
   const ModelConfig& c = spec_.config();
   layers_.resize(c.num_layers);
   for (int l = 0; l < c.num_layers; ++l) {
@@ -100,6 +111,14 @@ void LlamaWeights::Allocate(const std::vector<DType>& dtypes) {
   final_norm_ = views_[spec_.BufferIndex(LocalWeight::kFinalNorm)];
   const int lm = spec_.BufferIndex(LocalWeight::kLmHead);
   lm_head_ = lm >= 0 ? views_[lm] : embed_;  // tied embeddings share the vocab slice
+}
+
+void LlamaWeights::PackForMatmul() {
+  const std::vector<LocalBuffer>& bufs = spec_.buffers();
+  for (size_t i = 0; i < bufs.size(); ++i) {
+    if (MatmulOnly(bufs[i].kind)) backend_->PackMatmulWeight(&views_[i]);
+  }
+  BindViews();
 }
 
 void LlamaWeights::Write(int index, size_t offset, const void* host, size_t bytes) {
@@ -208,6 +227,7 @@ absl::StatusOr<std::unique_ptr<LlamaWeights>> LlamaWeights::Load(const checkpoin
     }
   }
   weights->ZeroPadding();
+  weights->PackForMatmul();
   backend->Synchronize();
   return weights;
 }
@@ -274,6 +294,7 @@ absl::StatusOr<std::unique_ptr<LlamaWeights>> LlamaWeights::Random(const ShardSp
     }
   }
   weights->ZeroPadding();
+  weights->PackForMatmul();
   backend->Synchronize();
   return weights;
 }

@@ -72,6 +72,11 @@ class LlamaWeights {
   LlamaWeights(const ShardSpec& spec, kernels::Backend* backend) : spec_(spec), backend_(backend) {}
   // Allocates every buffer in the chosen dtypes and binds the named views.
   void Allocate(const std::vector<DType>& dtypes);
+  // (Re)binds the named views (layers_, embed_, lm_head_, final_norm_) to views_.
+  void BindViews();
+  // Once every buffer is written: lets the backend rearrange the matmul-only weights in place into the
+  // layout its Matmul reads (Backend::PackMatmulWeight); no buffer is written after this.
+  void PackForMatmul();
   // Writes `bytes` of host data at byte `offset` of buffer `index`.
   void Write(int index, size_t offset, const void* host, size_t bytes);
   // Reads slice `w` from the checkpoint into int8 buffer w.buffer, quantizing rows chunk by chunk.

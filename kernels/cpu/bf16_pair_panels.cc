@@ -1,0 +1,65 @@
+// The bf16 pair-panel layout's repack and x packing (layout in bf16_pair_panels.h).
+#include "kernels/cpu/bf16_pair_panels.h"
+
+#include <cstring>
+
+#include "kernels/cpu/cpu_kernels.h"
+
+namespace tpserve::kernels::cpu {
+
+namespace {
+
+// Moves panels [panel_begin, panel_end) between row-major (row j of a panel at j * k) and the pair-panel
+// layout, in place through scratch: to_panels picks the direction.
+void PermutePanels(uint16_t* w, int64_t n, int64_t k, int64_t panel_begin, int64_t panel_end, uint16_t* scratch,
+                   bool to_panels) {
+  const int64_t pairs = k / 2;
+  for (int64_t p = panel_begin; p < panel_end; ++p) {
+    const int64_t c0 = p * kPairPanelCols;
+    const int64_t r = n - c0 < kPairPanelCols ? n - c0 : kPairPanelCols;
+    uint16_t* panel = w + c0 * k;
+    std::memcpy(scratch, panel, static_cast<size_t>(r * k) * 2);
+    for (int64_t j = 0; j < r; ++j) {
+      for (int64_t e = 0; e < k; ++e) {
+        // Element e of column j: pair e / 2, half e % 2; the odd-k last element after all pairs.
+        const int64_t at = e < pairs * 2 ? (e / 2) * 2 * r + 2 * j + e % 2 : pairs * 2 * r + j;
+        if (to_panels) {
+          panel[at] = scratch[j * k + e];
+        } else {
+          panel[j * k + e] = scratch[at];
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void RepackBf16PairPanels(uint16_t* w, int64_t n, int64_t k, int64_t panel_begin, int64_t panel_end,
+                          uint16_t* scratch) {
+  PermutePanels(w, n, k, panel_begin, panel_end, scratch, /*to_panels=*/true);
+}
+
+void UnpackBf16PairPanels(uint16_t* w, int64_t n, int64_t k, int64_t panel_begin, int64_t panel_end,
+                          uint16_t* scratch) {
+  PermutePanels(w, n, k, panel_begin, panel_end, scratch, /*to_panels=*/false);
+}
+
+void PackXPairsBlock(const uint16_t* xb, int64_t m, int64_t k, int64_t block, uint16_t* out) {
+  const int64_t pairs = PairCount(k);
+  uint32_t* dst = reinterpret_cast<uint32_t*>(out + block * 16 * PackXCols(k));
+  for (int64_t i = 0; i < 16; ++i) {
+    const int64_t t = block * 16 + i;
+    if (t >= m) {
+      for (int64_t q = 0; q < pairs; ++q) dst[q * 16 + i] = 0;
+      continue;
+    }
+    const uint16_t* row = xb + t * k;
+    for (int64_t q = 0; q < k / 2; ++q) {
+      dst[q * 16 + i] = static_cast<uint32_t>(row[2 * q]) | static_cast<uint32_t>(row[2 * q + 1]) << 16;
+    }
+    if (k % 2 != 0) dst[(pairs - 1) * 16 + i] = row[k - 1];
+  }
+}
+
+}  // namespace tpserve::kernels::cpu

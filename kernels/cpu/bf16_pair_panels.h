@@ -1,0 +1,37 @@
+// The bf16 "pair panel" weight layout that the avx512-bf16 backend repacks matmul weights into once at load
+// (Backend::PackMatmulWeight), and the matching x packing. Portable code: the layout is plain data.
+//
+// A weight [n, k] (row-major, Hugging Face [out, in]) becomes ceil(n / 16) panels of 16 output columns.
+// Panel p holds columns c0 = 16 p .. c0 + r - 1 (r = min(16, n - c0): only the last panel may be narrower)
+// and starts at element c0 * k, i.e. exactly where its rows started before, so the repack is in place and
+// the buffer keeps its size (no resident memory is added). Inside a panel:
+//   pair q < k / 2:  elements [q * 2r, q * 2r + 2r): column j's (W[c0 + j, 2q], W[c0 + j, 2q + 1]) at 2j
+//   k odd:           elements [(k / 2) * 2r, + r):   column j's W[c0 + j, k - 1] at j
+// so one 64-byte load of pair q is the vdpbf16ps operand for 16 output columns: no horizontal sums.
+//
+// x for that kernel: groups of 16 tokens, each [PairCount(k)][16 tokens][2 bf16] (as uint32 pairs: one
+// 32-bit broadcast per token and pair), the odd-k tail pair (x[k - 1], 0), tokens past m zero. Group g
+// starts at out + g * 16 * PackXCols(k) (the slot size of CpuKernels::pack_x_block).
+#pragma once
+
+#include <cstdint>
+
+namespace tpserve::kernels::cpu {
+
+constexpr int kPairPanelCols = 16;
+
+inline int64_t PairCount(int64_t k) { return (k + 1) / 2; }
+
+// Repacks panels [panel_begin, panel_end) of the row-major bf16 weight w [n, k] in place.
+// scratch: >= kPairPanelCols * k elements, this caller's own.
+void RepackBf16PairPanels(uint16_t* w, int64_t n, int64_t k, int64_t panel_begin, int64_t panel_end,
+                          uint16_t* scratch);
+
+// The inverse (tests, debugging): panel layout back to row-major, in place.
+void UnpackBf16PairPanels(uint16_t* w, int64_t n, int64_t k, int64_t panel_begin, int64_t panel_end,
+                          uint16_t* scratch);
+
+// Token group `block` (rows [16 block, 16 block + 16) of xb [m, k]) into its slot of out (layout above).
+void PackXPairsBlock(const uint16_t* xb, int64_t m, int64_t k, int64_t block, uint16_t* out);
+
+}  // namespace tpserve::kernels::cpu

@@ -1,0 +1,179 @@
+// The avx512-bf16 backend's pair-panel weight layout (kernels/cpu/bf16_pair_panels.h) and the matmul over
+// it (matmul_avx512_bf16_pairs.cc): the repack is a permutation of the same bytes (k tails, odd n), the
+// results match the plain reference, every token of m = 1 .. 33 gets the bits it gets alone (batch
+// invariance), thread count does not matter, and tensor-parallel slices repacked on their own agree with
+// the whole weight. Layout tests run everywhere; matmul tests skip where the backend keeps row-major.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/backend.h"
+#include "kernels/cpu/bf16_pair_panels.h"
+#include "tests/util/random.h"
+
+namespace tpserve::kernels {
+namespace {
+
+std::vector<uint16_t> RandomBf16(size_t n, uint32_t seed) {
+  std::vector<float> f = testing::RandomFloats(n, seed);
+  std::vector<uint16_t> v(n);
+  for (size_t i = 0; i < n; ++i) v[i] = F32ToBF16(f[i]);
+  return v;
+}
+
+TEST(Bf16PairPanels, RepackPlacesEveryElementAndRoundTrips) {
+  for (const auto& [n, k] : {std::pair<int64_t, int64_t>{16, 2}, {37, 1}, {37, 33}, {5, 1029}, {48, 64}}) {
+    SCOPED_TRACE(std::to_string(n) + "x" + std::to_string(k));
+    const std::vector<uint16_t> w = RandomBf16(n * k, uint32_t(n * 31 + k));
+    std::vector<uint16_t> p = w, scratch(cpu::kPairPanelCols * k);
+    const int64_t panels = (n + 15) / 16;
+    cpu::RepackBf16PairPanels(p.data(), n, k, 0, panels, scratch.data());
+    // Independent statement of the layout (bf16_pair_panels.h).
+    for (int64_t o = 0; o < n; ++o) {
+      const int64_t c0 = o / 16 * 16, j = o - c0, r = std::min<int64_t>(16, n - c0);
+      for (int64_t e = 0; e < k; ++e) {
+        const int64_t at = e < k / 2 * 2 ? c0 * k + (e / 2) * 2 * r + 2 * j + e % 2 : c0 * k + (k / 2) * 2 * r + j;
+        ASSERT_EQ(p[at], w[o * k + e]) << "column " << o << " k " << e;
+      }
+    }
+    cpu::UnpackBf16PairPanels(p.data(), n, k, 0, panels, scratch.data());
+    EXPECT_EQ(p, w);
+  }
+}
+
+class PairPanelMatmulTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto be = CreateCpuBackend(CpuBackendOptions{2, CpuIsa::kAvx512});
+    if (!be.ok()) GTEST_SKIP() << "needs AVX-512: " << be.status();
+    cpu_ = std::move(*be);
+    auto one = CreateCpuBackend(CpuBackendOptions{1, CpuIsa::kAvx512});
+    ASSERT_TRUE(one.ok());
+    one_thread_ = std::move(*one);
+    ref_ = CreateReferenceBackend();
+    std::vector<uint16_t> probe(16 * 2);
+    WeightView v{probe.data(), DType::kBF16, 16, 2};
+    if (!cpu_->PackMatmulWeight(&v)) GTEST_SKIP() << cpu_->name() << " keeps row-major weights";
+  }
+
+  // The weight's bytes repacked by the backend, kept alive with its view.
+  struct Packed {
+    std::vector<uint16_t> data;
+    WeightView view;
+  };
+  Packed Pack(const std::vector<uint16_t>& w, int64_t n, int64_t k) {
+    Packed p{w, {}};
+    p.view = WeightView{p.data.data(), DType::kBF16, n, k};
+    EXPECT_TRUE(cpu_->PackMatmulWeight(&p.view));
+    EXPECT_EQ(p.view.layout, WeightLayout::kBf16PairPanels);
+    return p;
+  }
+
+  std::unique_ptr<Backend> cpu_, one_thread_, ref_;
+};
+
+void ExpectBitwise(const float* a, const float* b, int64_t count, const std::string& what) {
+  for (int64_t i = 0; i < count; ++i) {
+    ASSERT_EQ(std::memcmp(&a[i], &b[i], 4), 0) << what << " at " << i << ": " << a[i] << " vs " << b[i];
+  }
+}
+
+void ExpectClose(const std::vector<float>& got, const std::vector<float>& want, int64_t k, const std::string& what) {
+  // bf16-rounded x: ~2^-9 relative per term; |y| ~ sqrt(k) / 3 (tolerance of cpu_ops_test's bf16 dot path).
+  const double abs_tol = 4e-3 * std::sqrt(double(k));
+  for (size_t i = 0; i < got.size(); ++i) {
+    ASSERT_LE(std::fabs(double(got[i]) - want[i]), abs_tol + 1e-2 * std::fabs(want[i]))
+        << what << " [" << i << "]: got " << got[i] << " want " << want[i];
+  }
+}
+
+// Every m from 1 to 33 (full and partial 16-token groups), odd n (narrow last panel), k with tails: each
+// row matches the reference and has exactly the bits it has alone, on 1 or 2 threads.
+TEST_F(PairPanelMatmulTest, MatchesReferenceAndIsBatchInvariantForEveryM) {
+  for (const auto& [n, k] : {std::pair<int64_t, int64_t>{37, 33}, {16, 2048}, {101, 1029}, {7, 1}, {300, 64}}) {
+    SCOPED_TRACE(std::to_string(n) + "x" + std::to_string(k));
+    const std::vector<uint16_t> w = RandomBf16(n * k, uint32_t(n + 7 * k));
+    const Packed p = Pack(w, n, k);
+    const WeightView plain{w.data(), DType::kBF16, n, k};
+    const int64_t max_m = 33;
+    const std::vector<float> x = testing::RandomFloats(max_m * k, uint32_t(k + 1));
+    std::vector<float> want(max_m * n);
+    ref_->Matmul(x.data(), max_m, plain, want.data());
+    // Each token alone (decode), the reference for every batch below.
+    std::vector<float> alone(max_m * n, NAN);
+    for (int64_t t = 0; t < max_m; ++t) cpu_->Matmul(x.data() + t * k, 1, p.view, alone.data() + t * n);
+    ExpectClose(alone, want, k, "tokens alone vs reference");
+    for (int64_t m = 1; m <= max_m; ++m) {
+      for (Backend* be : {cpu_.get(), one_thread_.get()}) {
+        std::vector<float> y(m * n, NAN);
+        be->Matmul(x.data(), m, p.view, y.data());
+        ExpectBitwise(y.data(), alone.data(), m * n,
+                      "m=" + std::to_string(m) + " threads " + (be == cpu_.get() ? "2" : "1") + " vs alone");
+      }
+    }
+  }
+}
+
+// A token's bits do not depend on its neighbours' values or its place in the batch.
+TEST_F(PairPanelMatmulTest, TokenBitsDoNotDependOnItsNeighbours) {
+  const int64_t n = 77, k = 515;
+  const std::vector<uint16_t> w = RandomBf16(n * k, 5);
+  const Packed p = Pack(w, n, k);
+  const std::vector<float> x = testing::RandomFloats(k, 6);
+  std::vector<float> alone(n);
+  cpu_->Matmul(x.data(), 1, p.view, alone.data());
+  for (int64_t pos : {0, 15, 16, 20}) {
+    std::vector<float> batch = testing::RandomFloats(21 * k, uint32_t(100 + pos), -4.0f, 4.0f);
+    std::memcpy(batch.data() + pos * k, x.data(), k * sizeof(float));
+    std::vector<float> y(21 * n);
+    cpu_->Matmul(batch.data(), 21, p.view, y.data());
+    ExpectBitwise(y.data() + pos * n, alone.data(), n, "token at " + std::to_string(pos) + " of 21");
+  }
+}
+
+// Tensor parallelism: a column split (rows of W) repacked per rank gives exactly the whole weight's columns
+// (each element keeps its order, wherever the panel boundaries fall); a row split (k halves) sums to the
+// whole within tolerance.
+TEST_F(PairPanelMatmulTest, TensorParallelSlicesAgreeWithTheWholeWeight) {
+  const int64_t n = 100, k = 2051, m = 19;
+  const std::vector<uint16_t> w = RandomBf16(n * k, 11);
+  const Packed whole = Pack(w, n, k);
+  const std::vector<float> x = testing::RandomFloats(m * k, 12);
+  std::vector<float> full(m * n);
+  cpu_->Matmul(x.data(), m, whole.view, full.data());
+  for (const auto& [a, b] : {std::pair<int64_t, int64_t>{0, 50}, {50, 100}, {7, 61}}) {
+    SCOPED_TRACE("columns " + std::to_string(a) + ".." + std::to_string(b));
+    const std::vector<uint16_t> slice(w.begin() + a * k, w.begin() + b * k);
+    const Packed part = Pack(slice, b - a, k);
+    std::vector<float> y(m * (b - a));
+    cpu_->Matmul(x.data(), m, part.view, y.data());
+    for (int64_t t = 0; t < m; ++t) {
+      ExpectBitwise(y.data() + t * (b - a), full.data() + t * n + a, b - a, "token " + std::to_string(t));
+    }
+  }
+  // Row split: ranks hold k columns [0, h) and [h, k) of W and the matching part of x.
+  const int64_t h = 1025;
+  std::vector<float> sum(m * n, 0.0f);
+  for (const auto& [c0, c1] : {std::pair<int64_t, int64_t>{0, h}, {h, k}}) {
+    const int64_t kc = c1 - c0;
+    std::vector<uint16_t> wpart(n * kc);
+    for (int64_t o = 0; o < n; ++o) std::copy(w.begin() + o * k + c0, w.begin() + o * k + c1, wpart.begin() + o * kc);
+    std::vector<float> xpart(m * kc);
+    for (int64_t t = 0; t < m; ++t) std::copy(x.begin() + t * k + c0, x.begin() + t * k + c1, xpart.begin() + t * kc);
+    const Packed part = Pack(wpart, n, kc);
+    std::vector<float> y(m * n);
+    cpu_->Matmul(xpart.data(), m, part.view, y.data());
+    for (size_t i = 0; i < y.size(); ++i) sum[i] += y[i];
+  }
+  std::vector<float> want(m * n);
+  ref_->Matmul(x.data(), m, WeightView{w.data(), DType::kBF16, n, k}, want.data());
+  ExpectClose(sum, want, k, "row-split sum vs reference");
+}
+
+}  // namespace
+}  // namespace tpserve::kernels
