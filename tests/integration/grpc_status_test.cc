@@ -119,10 +119,17 @@ TEST(GrpcStatusTest, DrainTimeoutEndsStreamsUnavailableAfterTheirLastMessage) {
   auto stub = server.NewStub();
   grpc::ClientContext ctx;
   auto reader = stub->GenerateStream(&ctx, Greedy("Once upon a time", 450));
+  std::vector<v1::GenerateStreamResponse> msgs(1);
+  ASSERT_TRUE(reader->Read(&msgs[0]));  // the first request runs (the only slot: --max_num_seqs=1)
+  // Only then the second, which must wait in the queue: started together, the two streams may reach the
+  // server in either order, and the one admitted first could finish before the drain (seen under ASan).
   grpc::ClientContext ctx2;
   auto waiting = stub->GenerateStream(&ctx2, Greedy("Lily and Tom", 450));
-  std::vector<v1::GenerateStreamResponse> msgs(1);
-  ASSERT_TRUE(reader->Read(&msgs[0]));
+  ASSERT_TRUE(server.WaitUntil(
+      [&] {
+        return MetricValue(server.HttpGet("/metrics"), "tpserve:num_requests_waiting{model_name=\"stories260K\"}") == 1;
+      },
+      "the second request waiting in the queue", absl::Seconds(60)));
   server.Signal(SIGTERM);
   v1::GenerateStreamResponse msg;
   while (reader->Read(&msg)) msgs.push_back(msg);
