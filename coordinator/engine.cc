@@ -89,6 +89,10 @@ void Engine::DrainInbox() {
     if (!s.ok()) {
       --queued_;
       --in_flight_;
+      // The scheduler's own queue limit can refuse a request that passed Submit's check (requests submitted
+      // between two steps): the client gets the same QUEUE_FULL reason either way. Issue 15 item 2 leaves
+      // one queue limit; until then both answer alike.
+      if (absl::IsResourceExhausted(s)) s = WithReason(std::move(s), reason::kQueueFull);
       r->sink().OnError(s, nullptr);
       continue;
     }
