@@ -215,8 +215,10 @@ TEST(OpenAiBenchTest, CompletionsSendTokenIdsAndReportWhatTheServerStreamed) {
   EXPECT_EQ(s["stream_output_tokens"].get<int64_t>(), output);
   // Inter-token gaps: one per content chunk after the first, per request.
   EXPECT_EQ(run.report["itl_ms"]["count"].get<int64_t>(), output - 6);
-  // Two in flight at most: two workers, each reusing its keep-alive connection for the next request.
-  EXPECT_LE(fake.connections(), 2u);
+  // Two in flight at most: two workers, each reusing its keep-alive connection for the next request (six
+  // requests without reuse would open six). The startup GET /v1/models may hold a third: whether a worker
+  // picks that connection up depends on timing (seen under a loaded machine).
+  EXPECT_LE(fake.connections(), 3u);
 }
 
 TEST(OpenAiBenchTest, ChatDatasetWithApiKey) {
