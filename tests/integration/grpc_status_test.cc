@@ -50,14 +50,7 @@ int ExitAfterDrain(ServerProcess& server) {
   return server.PollExit();
 }
 
-v1::GenerateRequest Greedy(const std::string& prompt, int n) {
-  v1::GenerateRequest r;
-  r.set_prompt(prompt);
-  r.mutable_sampling()->set_temperature(0);
-  r.mutable_stopping()->set_max_new_tokens(n);
-  r.mutable_stopping()->set_ignore_eos(true);
-  return r;
-}
+v1::GenerateRequest Greedy(const std::string& prompt, int n) { return GreedyRequest(prompt, n); }
 
 TEST(GrpcStatusTest, InvalidArgumentNamesTheFieldAndTokenizeNeedsInput) {
   TP_REQUIRE_SHARED(model_dir, "models/stories260K");

@@ -73,11 +73,7 @@ TEST(QuantizationServeTest, Int8Tp2ReportsItsFormatAndMatchesInProcessTp1) {
 
   size_t i = 0;
   for (const auto& rc : ref["cases"]) {
-    v1::GenerateRequest req;
-    req.set_prompt(rc["prompt"].get<std::string>());
-    req.mutable_sampling()->set_temperature(0);
-    req.mutable_stopping()->set_max_new_tokens(kNew);
-    req.mutable_stopping()->set_ignore_eos(true);
+    v1::GenerateRequest req = GreedyRequest(rc["prompt"].get<std::string>(), kNew);
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
     v1::GenerateResponse resp;
