@@ -7,6 +7,6 @@
 
 namespace tpserve {
 
-inline constexpr uint32_t kWorkerProtocolVersion = 1;
+inline constexpr uint32_t kWorkerProtocolVersion = 2;  // 2: Load/AllocateKv answers echo the generation
 
 }  // namespace tpserve

@@ -58,6 +58,7 @@ bool GroupMembership::MaybeStartLoad() {
     if (!r.status.connected) return false;
   }
   ++generation_;
+  retry_at_ = absl::InfiniteFuture();
   group_loading_ = true;
   ready_ = false;
   for (auto& r : ranks_) r.load_sent = true;
@@ -84,25 +85,24 @@ void GroupMembership::Disconnect(int rank) {
 
 void GroupMembership::Seen(int rank, absl::Time now) { ranks_[rank].status.last_seen = now; }
 
-GroupMembership::Effects GroupMembership::Loaded(int rank, bool ok, const std::string& error, int64_t weight_bytes,
-                                                 int64_t max_kv_blocks, int64_t kv_bytes_per_block) {
+GroupMembership::Effects GroupMembership::Loaded(int rank, int generation, const LoadReport& report,
+                                                 absl::Time now) {
   Effects fx;
-  if (!ok) {
-    load_error_ = absl::FailedPreconditionError(absl::StrCat("worker rank ", rank, " failed to load: ", error));
-    TP_LOG(ERROR) << load_error_.message();
-    group_loading_ = false;
+  if (generation != generation_ || !group_loading_) return fx;  // an abandoned attempt's late answer
+  if (!report.ok) {
+    Fail(absl::FailedPreconditionError(absl::StrCat("worker rank ", rank, " failed to load: ", report.error)), now);
     return fx;
   }
   Rank& r = ranks_[rank];
   r.status.loaded = true;
-  r.status.weight_bytes = weight_bytes;
-  r.max_kv_blocks = max_kv_blocks;
-  r.kv_bytes_per_block = kv_bytes_per_block;
-  fx.allocate_kv_blocks = MaybeAllocateKv();
+  r.status.weight_bytes = report.weight_bytes;
+  r.max_kv_blocks = report.max_kv_blocks;
+  r.kv_bytes_per_block = report.kv_bytes_per_block;
+  fx.allocate_kv_blocks = MaybeAllocateKv(now);
   return fx;
 }
 
-int GroupMembership::MaybeAllocateKv() {
+int GroupMembership::MaybeAllocateKv(absl::Time now) {
   if (kv_allocating_) return 0;
   int64_t blocks = std::numeric_limits<int64_t>::max();
   int64_t bytes_per_block = 0;
@@ -114,9 +114,9 @@ int GroupMembership::MaybeAllocateKv() {
   if (options_.max_kv_blocks > 0) blocks = std::min<int64_t>(blocks, options_.max_kv_blocks);
   blocks = std::min<int64_t>(blocks, std::numeric_limits<int32_t>::max());
   if (blocks <= 0) {
-    load_error_ = absl::ResourceExhaustedError(
-        "no KV cache blocks fit in the KV memory budget: raise --kv-cache-memory (or free device memory)");
-    TP_LOG(ERROR) << load_error_.message();
+    Fail(absl::ResourceExhaustedError(
+             "no KV cache blocks fit in the KV memory budget: raise --kv-cache-memory (or free device memory)"),
+         now);
     return 0;
   }
   kv_allocating_ = true;
@@ -125,11 +125,11 @@ int GroupMembership::MaybeAllocateKv() {
   return num_kv_blocks_;
 }
 
-void GroupMembership::KvReady(int rank, bool ok, const std::string& error) {
+void GroupMembership::KvReady(int rank, int generation, bool ok, const std::string& error, absl::Time now) {
+  if (generation != generation_ || !kv_allocating_) return;  // an abandoned attempt's late answer
   if (!ok) {
-    load_error_ = absl::ResourceExhaustedError(
-        absl::StrCat("worker rank ", rank, " could not allocate its KV cache: ", error));
-    TP_LOG(ERROR) << load_error_.message();
+    Fail(absl::ResourceExhaustedError(absl::StrCat("worker rank ", rank, " could not allocate its KV cache: ", error)),
+         now);
     return;
   }
   ranks_[rank].kv_ready = true;
@@ -137,10 +137,38 @@ void GroupMembership::KvReady(int rank, bool ok, const std::string& error) {
     kv_allocating_ = false;
     group_loading_ = false;
     ready_ = true;
-    load_error_ = absl::OkStatus();
+    formed_once_ = true;
+    retry_backoff_ = absl::Seconds(1);
     TP_LOG(INFO) << "tensor-parallel group of " << options_.world_size << " ready (generation " << generation_
                  << ")";
   }
+}
+
+void GroupMembership::Fail(absl::Status error, absl::Time now) {
+  group_loading_ = false;
+  kv_allocating_ = false;
+  for (auto& r : ranks_) {
+    r.load_sent = false;
+    r.kv_ready = false;
+    r.status.loaded = false;
+  }
+  if (!formed_once_) {
+    load_error_ = std::move(error);
+    TP_LOG(ERROR) << load_error_.message();
+    return;
+  }
+  retry_at_ = now + retry_backoff_;
+  TP_LOG(WARNING) << "re-forming the group (generation " << generation_ << ") failed: " << error.message()
+                  << "; trying again in " << absl::FormatDuration(retry_backoff_);
+  retry_backoff_ = std::min(2 * retry_backoff_, absl::Seconds(16));
+}
+
+GroupMembership::Effects GroupMembership::Tick(absl::Time now) {
+  Effects fx;
+  if (retry_at_ == absl::InfiniteFuture() || now < retry_at_) return fx;
+  retry_at_ = absl::InfiniteFuture();  // a rank still away: its return starts the load
+  fx.send_load = MaybeStartLoad();
+  return fx;
 }
 
 void GroupMembership::RecordStep(int rank, double step_seconds, double allreduce_seconds) {

@@ -3,6 +3,11 @@
 // AllocateKv (all loaded: the smallest block count any rank affords, capped); and readiness (all KV-ready and
 // heard from within the heartbeat timeout). A lost rank makes the group not ready at once and sends the
 // survivors through load again when it returns, since their communicator must be rebuilt with it.
+// Failures: before the group first forms, a load or KV error is final (load_error(): the server does not
+// start). Once it has served, a failed re-formation (a rendezvous timed out because a survivor was still busy,
+// a peer's address went stale) is retried under a new generation after a backoff of 1 s doubling to 16 s,
+// until the engine's --recovery-timeout gives up on its requests; answers to an abandoned generation are
+// ignored. Before, one failed re-formation left the group unformed for good.
 // No gRPC and no clock of its own: WorkerPool (coordinator/worker_pool.h) feeds it events under its lock and
 // sends the messages it asks for; tests/coordinator/group_membership_test.cc drives it with tables, the way
 // the scheduler is tested. Not thread-safe.
@@ -55,11 +60,19 @@ class GroupMembership {
   void Disconnect(int rank);
   // Any message from a registered rank (heartbeat answers included).
   void Seen(int rank, absl::Time now);
-  // LoadResult from a registered rank: ok, or its error.
-  Effects Loaded(int rank, bool ok, const std::string& error, int64_t weight_bytes, int64_t max_kv_blocks,
-                 int64_t kv_bytes_per_block);
-  // KvReady from a registered rank.
-  void KvReady(int rank, bool ok, const std::string& error);
+  // LoadResult from a registered rank for `generation` (answers to another generation are ignored).
+  struct LoadReport {
+    bool ok = false;
+    std::string error;
+    int64_t weight_bytes = 0;
+    int64_t max_kv_blocks = 0;
+    int64_t kv_bytes_per_block = 0;
+  };
+  Effects Loaded(int rank, int generation, const LoadReport& report, absl::Time now);
+  // KvReady from a registered rank for `generation`: ok, or its error.
+  void KvReady(int rank, int generation, bool ok, const std::string& error, absl::Time now);
+  // The clock: starts a re-formation whose retry is due (called every heartbeat interval).
+  Effects Tick(absl::Time now);
   // A step's timings from a registered rank (for Status()).
   void RecordStep(int rank, double step_seconds, double allreduce_seconds);
   // A step did not complete in time: the group is not ready until it is re-formed.
@@ -73,7 +86,8 @@ class GroupMembership {
   bool formed() const { return ready_; }  // formed and not lost since (ignores heartbeats)
   bool shut_down() const { return shutdown_; }
   int generation() const { return generation_; }
-  const absl::Status& load_error() const { return load_error_; }
+  const absl::Status& load_error() const { return load_error_; }  // final: set only before the first formation
+  bool retry_pending() const { return retry_at_ != absl::InfiniteFuture(); }
   int num_kv_blocks() const { return num_kv_blocks_; }
   int64_t kv_bytes_per_block() const { return kv_bytes_per_block_; }
   std::vector<WorkerStatus> Status() const;
@@ -87,7 +101,10 @@ class GroupMembership {
     int64_t kv_bytes_per_block = 0;
   };
   bool MaybeStartLoad();
-  int MaybeAllocateKv();
+  int MaybeAllocateKv(absl::Time now);
+  // A load or KV allocation of the current generation failed: final before the group first formed, else
+  // retried after the backoff.
+  void Fail(absl::Status error, absl::Time now);
 
   const GroupMembershipOptions options_;
   std::vector<Rank> ranks_;
@@ -96,6 +113,9 @@ class GroupMembership {
   bool kv_allocating_ = false;
   bool ready_ = false;
   bool shutdown_ = false;
+  bool formed_once_ = false;
+  absl::Time retry_at_ = absl::InfiniteFuture();
+  absl::Duration retry_backoff_ = absl::Seconds(1);
   absl::Status load_error_;
   int num_kv_blocks_ = 0;
   int64_t kv_bytes_per_block_ = 0;

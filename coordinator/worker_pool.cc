@@ -92,12 +92,14 @@ void WorkerPool::ApplyLocked(const GroupMembership::Effects& fx) {
       load->set_store_prefix(prefix);
       load->set_threads(options_.threads);
       load->set_step_timeout_ms(absl::ToInt64Milliseconds(options_.step_timeout));
+      load->set_generation(membership_.generation());
       slots_[rank].conn->Send(m);
     }
   }
   if (fx.allocate_kv_blocks > 0) {
     wv1::CoordinatorMessage m;
     m.mutable_allocate_kv()->set_num_blocks(fx.allocate_kv_blocks);
+    m.mutable_allocate_kv()->set_generation(membership_.generation());
     for (auto& s : slots_) s.conn->Send(m);
   }
 }
@@ -156,10 +158,12 @@ void WorkerPool::OnMessage(WorkerConnection* conn, const wv1::WorkerMessage& msg
         TP_LOG(INFO) << "worker rank " << rank << " loaded " << r.weight_bytes() << " weight bytes on "
                      << r.device_name() << " in " << r.load_seconds() << " s";
       }
-      ApplyLocked(membership_.Loaded(rank, r.ok(), r.error(), r.weight_bytes(), r.max_kv_blocks(),
-                                     r.kv_bytes_per_block()));
+      ApplyLocked(membership_.Loaded(
+          rank, r.generation(),
+          {r.ok(), r.error(), r.weight_bytes(), r.max_kv_blocks(), r.kv_bytes_per_block()}, absl::Now()));
     } else if (msg.has_kv_ready()) {
-      membership_.KvReady(rank, msg.kv_ready().ok(), msg.kv_ready().error());
+      const auto& k = msg.kv_ready();
+      membership_.KvReady(rank, k.generation(), k.ok(), k.error(), absl::Now());
     } else if (msg.has_step_result()) {
       const auto& r = msg.step_result();
       if (step_in_flight_ && r.step_id() == step_id_) {
@@ -319,6 +323,7 @@ void WorkerPool::HeartbeatLoop() {
       auto stop = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return membership_.shut_down(); };
       mu_.AwaitWithTimeout(absl::Condition(&stop), options_.heartbeat_interval);
       if (membership_.shut_down()) return;
+      ApplyLocked(membership_.Tick(absl::Now()));  // a failed re-formation whose retry is due
       if (!step_in_flight_) {
         wv1::CoordinatorMessage m;
         m.mutable_ping()->set_nonce(++ping_nonce_);

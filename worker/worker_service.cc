@@ -364,6 +364,7 @@ absl::Status Worker::Session(const std::shared_ptr<wv1::WorkerControl::Stub>& st
       case wv1::CoordinatorMessage::kLoad: {
         auto* r = reply.mutable_load_result();
         absl::Status s = Load(msg.load(), store, r);
+        r->set_generation(msg.load().generation());
         if (!s.ok()) {
           TP_LOG(ERROR) << "load failed: " << s;
           r->set_ok(false);
@@ -374,6 +375,7 @@ absl::Status Worker::Session(const std::shared_ptr<wv1::WorkerControl::Stub>& st
       case wv1::CoordinatorMessage::kAllocateKv: {
         absl::Status s = AllocateKv(msg.allocate_kv().num_blocks());
         reply.mutable_kv_ready()->set_ok(s.ok());
+        reply.mutable_kv_ready()->set_generation(msg.allocate_kv().generation());
         if (!s.ok()) reply.mutable_kv_ready()->set_error(std::string(s.message()));
         break;
       }

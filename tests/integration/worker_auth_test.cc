@@ -232,7 +232,9 @@ TEST_P(WorkerAuthTest, RoguesAreRefusedWhileARankIsFreeAndTheRealWorkerRejoinsWi
   clients.join();
   for (int i = 0; i < kRequests; ++i) {
     ASSERT_TRUE(faulty[i].status.ok()) << "request " << i << ": " << faulty[i].status.error_message() << "\n"
-                                       << server.ReadLog();
+                                       << server.ReadLog() << "\n--- rank 0 (restarted):\n"
+                                       << ReadFileOrDie(dir.path + "/worker0.log") << "\n--- rank 1:\n"
+                                       << ReadFileOrDie(dir.path + "/worker1.log");
     EXPECT_EQ(faulty[i].ids, clean[i].ids) << "request " << i;
   }
   EXPECT_EQ(Count(server.ReadLog(), "worker rank 0 registered"), 2);
