@@ -254,6 +254,8 @@ void Worker::Step(const wv1::StepPlan& plan, wv1::StepResult* result) {
   }
   auto out = model_->Forward(in);
   if (!out.ok()) {
+    TP_LOG(WARNING) << "step " << plan.step_id() << " failed after "
+                    << absl::FormatDuration(absl::Now() - start) << ": " << out.status();
     result->set_error(std::string(out.status().message()));
     return;
   }
