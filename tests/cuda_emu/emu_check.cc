@@ -1,6 +1,6 @@
 // Runs the CUDA kernels under CPU emulation (emu.h) against the reference backend on small shapes
 // that still cross every tile/split/vector-path boundary. A development check for machines without a
-// GPU: bash kernels/cuda/emu/run_emu_check.sh (not part of the CMake build).
+// GPU: bash tests/cuda_emu/run_emu_check.sh (not part of the CMake build).
 #include <cmath>
 #include <cstdio>
 #include <numeric>

@@ -3,7 +3,7 @@
 # compares every kernel with the reference backend. For machines without a GPU; takes ~1-2 minutes.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
-ROOT=$(cd "$HERE/../../.." && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
 WORK=$(mktemp -d /tmp/tpserve-emu.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 srcs=()
