@@ -62,6 +62,7 @@ struct DecodeOptions {
   int block_size = 16;
   int num_blocks = 256;
   int num_new = 8;      // tokens to generate per sequence
+  int top_k = 0;        // > 0: steps ask for top candidates (StepInput::top_k); logits then hold those k logits
 };
 
 struct DecodeResult {
@@ -112,6 +113,7 @@ inline DecodeResult GreedyDecode(LlamaModel& model, const std::vector<std::vecto
       who.push_back(i);
     }
     if (in.seqs.empty()) return res;
+    in.top_k = o.top_k;
     absl::StatusOr<StepOutput> out = model.Forward(in);
     if (!out.ok()) {
       res.status = out.status();
@@ -120,6 +122,13 @@ inline DecodeResult GreedyDecode(LlamaModel& model, const std::vector<std::vecto
     int row = 0;
     for (size_t k = 0; k < in.seqs.size(); ++k) {
       if (!in.seqs[k].sample) continue;
+      if (o.top_k > 0 && !out->top_ids.empty()) {
+        const size_t at = static_cast<size_t>(row) * o.top_k;
+        res.logits.emplace_back(out->top_logits.begin() + at, out->top_logits.begin() + at + o.top_k);
+        res.generated[who[k]].push_back(out->top_ids[at]);
+        ++row;
+        continue;
+      }
       if (out->logits.empty()) {  // a rank without logits
         res.status = absl::FailedPreconditionError("no logits on this rank");
         return res;
