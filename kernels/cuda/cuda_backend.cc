@@ -179,8 +179,8 @@ class CudaBackend : public Backend {
   void Upload(void* dst, const void* host_src, size_t bytes) override {
     if (bytes == 0) return;
     Bind();
-    if (bytes > kMaxStagedBytes) {
-      // Pageable sources are staged before cudaMemcpyAsync returns, so the caller may reuse them.
+    if (bytes > kMaxStagedUploadBytes) {
+      // Weights at load time. Pageable sources are staged before cudaMemcpyAsync returns, so the caller may reuse them.
       TP_CUDA_CHECK(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, stream_));
       return;
     }
@@ -508,6 +508,7 @@ class CudaBackend : public Backend {
   std::map<int64_t, cudaGraphExec_t> graphs_;
   int64_t next_graph_ = 1;
   static constexpr size_t kMaxStagedBytes = size_t{256} << 20;  // larger downloads go direct
+  static constexpr size_t kMaxStagedUploadBytes = size_t{16} << 20;  // step inputs; weights go direct
 };
 
 }  // namespace
