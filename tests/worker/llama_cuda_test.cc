@@ -23,18 +23,6 @@
 namespace tpserve::model {
 namespace {
 
-// The checkpoint in `dir` loaded whole (TP = 1) onto `backend`.
-absl::StatusOr<std::unique_ptr<LlamaModel>> LoadTp1(const std::string& dir, kernels::Backend* backend,
-                                                    comm::Communicator* comm, const LlamaModelOptions& options) {
-  auto config = LoadModelConfig(dir);
-  if (!config.ok()) return config.status();
-  auto spec = ShardSpec::Create(*config, 0, 1);
-  if (!spec.ok()) return spec.status();
-  auto ckpt = checkpoint::Checkpoint::Open(dir);
-  if (!ckpt.ok()) return ckpt.status();
-  return LlamaModel::Load(**ckpt, *spec, backend, comm, options);
-}
-
 struct GpuCase {
   const char* model;
   const char* reference;
@@ -51,7 +39,7 @@ TEST_P(LlamaCudaTest, GreedyIdsMatchTheReferenceOnGpu) {
   auto backend = kernels::CreateCudaBackend(0);
   ASSERT_TRUE(backend.ok()) << backend.status();
   auto comm = comm::CreateLocalCommunicator();
-  auto model = LoadTp1(dir, backend->get(), comm.get(), {});
+  auto model = testing::LoadWholeCheckpoint(dir, backend->get(), comm.get(), {});
   ASSERT_TRUE(model.ok()) << model.status();
   const auto cases = testing::LoadRefCases(ref);
   std::vector<std::vector<int32_t>> prompts;
@@ -150,8 +138,8 @@ TEST(LlamaCudaGraphs, GraphStepsAndGpuTopKMatchDirectSteps) {
   auto comm = comm::CreateLocalCommunicator();
   LlamaModelOptions direct_options;
   direct_options.step_graphs = false;
-  auto graphs = LoadTp1(dir, backend->get(), comm.get(), {});
-  auto direct = LoadTp1(dir, backend->get(), comm.get(), direct_options);
+  auto graphs = testing::LoadWholeCheckpoint(dir, backend->get(), comm.get(), {});
+  auto direct = testing::LoadWholeCheckpoint(dir, backend->get(), comm.get(), direct_options);
   ASSERT_TRUE(graphs.ok()) << graphs.status();
   ASSERT_TRUE(direct.ok()) << direct.status();
   const auto cases = testing::LoadRefCases(ref);

@@ -147,17 +147,6 @@ class RecordingBackend : public kernels::Backend {
   int replay_calls_ = 0;
 };
 
-absl::StatusOr<std::unique_ptr<LlamaModel>> Load(const std::string& dir, kernels::Backend* backend,
-                                                 comm::Communicator* comm, const LlamaModelOptions& options) {
-  auto config = LoadModelConfig(dir);
-  if (!config.ok()) return config.status();
-  auto spec = ShardSpec::Create(*config, 0, 1);
-  if (!spec.ok()) return spec.status();
-  auto ckpt = checkpoint::Checkpoint::Open(dir);
-  if (!ckpt.ok()) return ckpt.status();
-  return LlamaModel::Load(**ckpt, *spec, backend, comm, options);
-}
-
 TEST(LlamaGraphTest, GraphStepsEqualOpByOpStepsBitwise) {
   TP_REQUIRE_SHARED(dir, "models/stories260K");
   TP_REQUIRE_SHARED(ref, "reference/stories260K.json");
@@ -165,8 +154,8 @@ TEST(LlamaGraphTest, GraphStepsEqualOpByOpStepsBitwise) {
   auto comm = comm::CreateLocalCommunicator();
   auto plain = testing::MakeBackend(testing::BackendKind::kCpu);
   RecordingBackend rec(testing::MakeBackend(testing::BackendKind::kCpu));
-  auto direct = Load(dir, plain.get(), comm.get(), {});
-  auto graphs = Load(dir, &rec, comm.get(), {});
+  auto direct = testing::LoadWholeCheckpoint(dir, plain.get(), comm.get(), {});
+  auto graphs = testing::LoadWholeCheckpoint(dir, &rec, comm.get(), {});
   ASSERT_TRUE(direct.ok()) << direct.status();
   ASSERT_TRUE(graphs.ok()) << graphs.status();
   // 1, 3 (bucket 4: one padding row) and 5 (bucket 8) sequences; prefill in chunks so that steps mix.

@@ -10,8 +10,11 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "common/model_config.h"
 #include "kernels/backend.h"
 #include "nlohmann/json.hpp"
+#include "worker/checkpoint/checkpoint.h"
+#include "worker/comm/communicator.h"
 #include "worker/model/llama_model.h"
 
 namespace tpserve::model::testing {
@@ -47,6 +50,20 @@ inline std::unique_ptr<kernels::Backend> MakeBackend(BackendKind kind, int threa
   auto b = kernels::CreateCpuBackend(o);
   EXPECT_TRUE(b.ok()) << b.status();
   return b.ok() ? std::move(*b) : nullptr;
+}
+
+// The checkpoint in `dir` loaded whole (TP = 1) onto `backend`.
+inline absl::StatusOr<std::unique_ptr<LlamaModel>> LoadWholeCheckpoint(const std::string& dir,
+                                                                      kernels::Backend* backend,
+                                                                      comm::Communicator* comm,
+                                                                      const LlamaModelOptions& options) {
+  auto config = LoadModelConfig(dir);
+  if (!config.ok()) return config.status();
+  auto spec = ShardSpec::Create(*config, 0, 1);
+  if (!spec.ok()) return spec.status();
+  auto ckpt = checkpoint::Checkpoint::Open(dir);
+  if (!ckpt.ok()) return ckpt.status();
+  return LlamaModel::Load(**ckpt, *spec, backend, comm, options);
 }
 
 inline int32_t ArgMax(const float* x, int64_t n) {
