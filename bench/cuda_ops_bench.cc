@@ -217,6 +217,23 @@ int Run() {
                            [&] { be.Rope(x, x2, dpos, m, kHeads, kHeads, kHeadDim, 10000.0f); });
     if (m == 1) layer_us += 2 * a + b + c + d;  // input + post norm (one of them fused with the residual add)
   }
+  // Greedy argmax / top-21 (20 logprobs + the token) over 32000-logit rows: the row is read twice (candidates,
+  // then the log-sum-exp); only ids, logits and the lse leave the GPU.
+  constexpr int64_t kVocab = 32000;
+  float* logits = RandomF32(be, 64 * kVocab, 7);
+  int32_t* top_ids = DevInts(be, std::vector<int32_t>(64 * 32));
+  float* top_vals = static_cast<float*>(be.Alloc(sizeof(float) * 64 * 32));
+  float* top_lse = static_cast<float*>(be.Alloc(sizeof(float) * 64));
+  for (int64_t m : {1, 64}) {
+    for (int k : {1, 21}) {
+      const double us = TimeUs(be, iters, [&](int) {
+        be.TopK(logits, m, 1, kVocab, kVocab, k, top_ids, top_vals, top_lse);
+      });
+      t.Row(k == 1 ? "argmax" : "top-k", "m=" + std::to_string(m) + " k=" + std::to_string(k) + " vocab 32000", us,
+            2.0 * 4 * kVocab * m, 0);
+      if (m == 1 && k == 1) lm_us += us;  // part of every greedy step
+    }
+  }
 
   // Paged KV (bf16, block 16): 64 sequences x 4096 positions, each in its own blocks.
   const int block_size = 16, max_ctx = 4096, max_seqs = 64, blocks_per_seq = max_ctx / block_size;

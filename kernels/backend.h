@@ -19,6 +19,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/dtype.h"
+#include "kernels/host_top_k.h"
 
 namespace tpserve::kernels {
 
@@ -149,6 +150,33 @@ class Backend {
   // head h reads KV head h / (nq / nk). out: [num_tokens, nq * head_dim]. scale = 1/sqrt(head_dim).
   virtual void Attention(const KvCache& cache, int layer, const float* q, const AttentionBatch& batch,
                          int nq, float scale, float* out) = 0;
+
+  // ---- step graphs (CUDA graphs for decode steps) ----
+  // A backend that supports graphs records the ops issued between BeginGraph and EndGraph instead of running
+  // them (no Upload / Download / Synchronize / Alloc in between), and ReplayGraph runs the recording again
+  // with whatever the recorded buffers hold then: the caller keeps per-step inputs in fixed buffers. The
+  // defaults say "not supported", so callers run ops directly.
+  virtual bool supports_graphs() const { return false; }
+  virtual absl::Status BeginGraph() { return absl::UnimplementedError(name() + " does not record graphs"); }
+  // The recorded graph's handle (> 0). FAILED_PRECONDITION when an op could not be recorded faithfully
+  // (e.g. it needed more scratch than an earlier direct run had grown); nothing is kept then.
+  virtual absl::StatusOr<int64_t> EndGraph() { return absl::UnimplementedError(name() + " does not record graphs"); }
+  // NOT_FOUND when the backend dropped the graph (it moved a scratch buffer the graph reads): record again.
+  virtual absl::Status ReplayGraph(int64_t handle) {
+    (void)handle;
+    return absl::UnimplementedError(name() + " does not record graphs");
+  }
+  virtual void ReleaseGraph(int64_t handle) { (void)handle; }
+
+  // ---- sampling support ----
+  // The k most likely ids of each logits row, so a step can bring back ids, their logits and each row's
+  // log-sum-exp instead of whole rows (HostTopK in kernels/host_top_k.h has the layout and rules).
+  // All pointers in backend memory; 1 <= k <= 32 (kernels/cuda: kMaxTopK). Host backends use HostTopK;
+  // the CUDA backend a kernel (its lse summed in float32, in a fixed order).
+  virtual void TopK(const float* logits, int64_t rows, int parts, int64_t part_len, int64_t vocab, int k,
+                    int32_t* ids, float* values, float* lse) {
+    HostTopK(logits, rows, parts, part_len, vocab, k, ids, values, lse);
+  }
 };
 
 // ---- factories ----

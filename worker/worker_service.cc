@@ -252,6 +252,22 @@ void Worker::Step(const wv1::StepPlan& plan, wv1::StepResult* result) {
     q.sample = s.sample();
     in.seqs.push_back(std::move(q));
   }
+  // On a GPU, a step whose sampled sequences are all plain greedy brings back only their top candidates
+  // (argmax and requested logprobs, computed on the device) instead of whole logits rows. Host backends and
+  // logits dumps keep the whole rows (the host sampler's float64 logprobs stay the reference there).
+  if (samples && !backend_->is_host() && options_.dump_dir.empty()) {
+    int top_k = 0;
+    for (const auto& s : plan.seqs()) {
+      if (!s.sample()) continue;
+      const int need = sampler_->TopCandidatesNeeded(s.seq_id());
+      if (need == 0) {
+        top_k = 0;
+        break;
+      }
+      top_k = std::max(top_k, need);
+    }
+    in.top_k = top_k;
+  }
   auto out = model_->Forward(in);
   if (!out.ok()) {
     TP_LOG(WARNING) << "step " << plan.step_id() << " failed after "
@@ -265,10 +281,17 @@ void Worker::Step(const wv1::StepPlan& plan, wv1::StepResult* result) {
     int row = 0;
     for (const auto& s : plan.seqs()) {
       if (!s.sample()) continue;
-      const float* logits = out->logits.data() + static_cast<int64_t>(row) * vocab;
+      absl::StatusOr<sampler::SampleResult> r;
+      if (out->top_k > 0) {
+        const size_t at = static_cast<size_t>(row) * out->top_k;
+        r = sampler_->SampleTop(s.seq_id(), absl::MakeConstSpan(out->top_ids.data() + at, out->top_k),
+                                absl::MakeConstSpan(out->top_logits.data() + at, out->top_k), out->lse[row]);
+      } else {
+        const float* logits = out->logits.data() + static_cast<int64_t>(row) * vocab;
+        if (!options_.dump_dir.empty()) DumpLogits(plan.step_id(), s.seq_id(), logits, vocab);
+        r = sampler_->Sample(s.seq_id(), absl::MakeConstSpan(logits, vocab));
+      }
       ++row;
-      if (!options_.dump_dir.empty()) DumpLogits(plan.step_id(), s.seq_id(), logits, vocab);
-      auto r = sampler_->Sample(s.seq_id(), absl::MakeConstSpan(logits, vocab));
       if (!r.ok()) {
         result->set_error(absl::StrCat("sampling seq ", s.seq_id(), ": ", r.status().message()));
         return;

@@ -16,6 +16,8 @@
 #include <algorithm>
 #include <climits>
 #include <cstring>
+#include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <utility>
@@ -70,14 +72,24 @@ class CudaKvCache : public KvCache {
 // backend's stream): kernels still reading the old buffer finish before it is reused, and nothing
 // synchronizes the device. A cudaFree / cudaMalloc here could wait on a peer GPU's NCCL kernel that waits
 // for this rank, a deadlock when several ranks share a process (engine-bench, tests).
+//
+// Graphs (CudaBackend::BeginGraph) bake the buffer's address in: while recording, a request that would grow
+// it marks the recording broken instead (the graph is never kept, so the short buffer is never used), and a
+// growth outside recording calls `on_move` so that the backend drops the graphs that read the old buffer.
 class Scratch {
  public:
-  explicit Scratch(cudaStream_t* stream) : stream_(stream) {}
+  Scratch(cudaStream_t* stream, const bool* recording, bool* broken, std::function<void()> on_move)
+      : stream_(stream), recording_(recording), broken_(broken), on_move_(std::move(on_move)) {}
   ~Scratch() {
     if (ptr_ != nullptr) cudaFreeAsync(ptr_, *stream_);
   }
   void* Get(size_t bytes) {
     if (bytes <= capacity_ && ptr_ != nullptr) return ptr_;
+    if (*recording_) {
+      *broken_ = true;
+      return ptr_;
+    }
+    on_move_();
     const size_t want = std::max(bytes, capacity_ * 2);
     if (ptr_ != nullptr) {
       TP_CUDA_CHECK(cudaFreeAsync(ptr_, *stream_));
@@ -91,6 +103,9 @@ class Scratch {
 
  private:
   cudaStream_t* stream_;  // the backend's, created after this object
+  const bool* recording_;
+  bool* broken_;
+  std::function<void()> on_move_;
   void* ptr_ = nullptr;
   size_t capacity_ = 0;
 };
@@ -133,6 +148,8 @@ class CudaBackend : public Backend {
   ~CudaBackend() override {
     cudaSetDevice(device_);
     if (stream_ != nullptr) cudaStreamSynchronize(stream_);
+    DropGraphs();
+    if (upload_done_ != nullptr) cudaEventDestroy(upload_done_);
     if (cublas_ != nullptr) cublasDestroy(cublas_);
     if (workspace_ != nullptr) cudaFree(workspace_);
     x16_.reset();
@@ -162,8 +179,20 @@ class CudaBackend : public Backend {
   void Upload(void* dst, const void* host_src, size_t bytes) override {
     if (bytes == 0) return;
     Bind();
-    // Pageable sources are staged before cudaMemcpyAsync returns, so the caller may reuse them.
-    TP_CUDA_CHECK(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, stream_));
+    if (bytes > kMaxStagedUploadBytes) {
+      // Weights at load time. Pageable sources are staged before cudaMemcpyAsync returns, so the caller may reuse them.
+      TP_CUDA_CHECK(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, stream_));
+      return;
+    }
+    // Step inputs (ids, positions, block tables): copied into pinned memory and sent as one DMA, so the
+    // caller returns at once and the copy never waits on a pageable staging buffer. The pinned buffer is
+    // reused once the previous upload from it has finished (an event, usually long done).
+    TP_CUDA_CHECK(cudaEventSynchronize(upload_done_));
+    if (bytes > upload_staging_.capacity()) TP_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    void* staged = upload_staging_.Get(bytes);
+    std::memcpy(staged, host_src, bytes);
+    TP_CUDA_CHECK(cudaMemcpyAsync(dst, staged, bytes, cudaMemcpyHostToDevice, stream_));
+    TP_CUDA_CHECK(cudaEventRecord(upload_done_, stream_));
   }
   void Download(void* host_dst, const void* src, size_t bytes) override {
     Bind();
@@ -271,6 +300,69 @@ class CudaBackend : public Backend {
     cuda::LaunchGatherRows(x, rows, n, dim, out, stream_);
   }
 
+  bool supports_graphs() const override { return true; }
+
+  absl::Status BeginGraph() override {
+    if (recording_) return absl::FailedPreconditionError("BeginGraph while a graph is being recorded");
+    Bind();
+    // Thread-local mode: other threads' (other ranks') CUDA calls are not captured and not refused.
+    TP_CUDA_RETURN_IF_ERROR(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+    recording_ = true;
+    recording_broken_ = false;
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<int64_t> EndGraph() override {
+    if (!recording_) return absl::FailedPreconditionError("EndGraph without BeginGraph");
+    Bind();
+    recording_ = false;
+    cudaGraph_t graph = nullptr;
+    cudaError_t e = cudaStreamEndCapture(stream_, &graph);
+    if (e != cudaSuccess || graph == nullptr) {
+      cudaGetLastError();
+      return CudaStatus("cudaStreamEndCapture", e);
+    }
+    if (recording_broken_) {
+      cudaGraphDestroy(graph);
+      return absl::FailedPreconditionError(
+          "a recorded op needed a larger scratch buffer than the direct run before it had grown");
+    }
+    cudaGraphExec_t exec = nullptr;
+    e = cudaGraphInstantiate(&exec, graph, 0);
+    cudaGraphDestroy(graph);
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      return CudaStatus("cudaGraphInstantiate", e);
+    }
+    const int64_t handle = next_graph_++;
+    graphs_.emplace(handle, exec);
+    return handle;
+  }
+
+  absl::Status ReplayGraph(int64_t handle) override {
+    auto it = graphs_.find(handle);
+    if (it == graphs_.end()) {
+      return absl::NotFoundError(absl::StrCat("graph ", handle, " was dropped (a scratch buffer it reads moved)"));
+    }
+    Bind();
+    TP_CUDA_RETURN_IF_ERROR(cudaGraphLaunch(it->second, stream_));
+    return absl::OkStatus();
+  }
+
+  void ReleaseGraph(int64_t handle) override {
+    auto it = graphs_.find(handle);
+    if (it == graphs_.end()) return;
+    Bind();
+    cudaGraphExecDestroy(it->second);
+    graphs_.erase(it);
+  }
+
+  void TopK(const float* logits, int64_t rows, int parts, int64_t part_len, int64_t vocab, int k, int32_t* ids,
+            float* values, float* lse) override {
+    Bind();
+    cuda::LaunchTopK(logits, rows, parts, part_len, vocab, k, ids, values, lse, stream_);
+  }
+
   absl::StatusOr<std::unique_ptr<KvCache>> CreateKvCache(const KvCacheSpec& spec) override {
     TP_RETURN_IF_ERROR(ValidateSpec(spec));
     Bind();
@@ -340,7 +432,16 @@ class CudaBackend : public Backend {
 
  private:
   explicit CudaBackend(int device)
-      : device_(device), x16_(std::make_unique<Scratch>(&stream_)), attn_scratch_(std::make_unique<Scratch>(&stream_)) {}
+      : device_(device),
+        x16_(std::make_unique<Scratch>(&stream_, &recording_, &recording_broken_, [this] { DropGraphs(); })),
+        attn_scratch_(std::make_unique<Scratch>(&stream_, &recording_, &recording_broken_, [this] { DropGraphs(); })) {}
+
+  // Graphs that read a scratch buffer about to move: every graph (they all may). Their owners see NOT_FOUND on
+  // the next ReplayGraph and record again.
+  void DropGraphs() {
+    for (auto& [handle, exec] : graphs_) cudaGraphExecDestroy(exec);
+    graphs_.clear();
+  }
 
   absl::Status Init() {
     TP_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
@@ -352,6 +453,7 @@ class CudaBackend : public Backend {
                                                  "; the CUDA backend needs 8.0+ (bf16)"));
     }
     TP_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    TP_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&upload_done_, cudaEventDisableTiming));
     cublasStatus_t st = cublasCreate(&cublas_);
     if (st != CUBLAS_STATUS_SUCCESS) {
       cublas_ = nullptr;
@@ -399,7 +501,14 @@ class CudaBackend : public Backend {
   std::unique_ptr<Scratch> x16_;           // x rounded to 16 bits for cuBLAS, [m, k]
   std::unique_ptr<Scratch> attn_scratch_;  // decode split-K partials
   PinnedStaging staging_;                  // Download's landing buffer
+  PinnedStaging upload_staging_;           // Upload's source buffer
+  cudaEvent_t upload_done_ = nullptr;      // after the latest copy out of upload_staging_
+  bool recording_ = false;                 // between BeginGraph and EndGraph
+  bool recording_broken_ = false;          // a scratch buffer wanted to grow while recording
+  std::map<int64_t, cudaGraphExec_t> graphs_;
+  int64_t next_graph_ = 1;
   static constexpr size_t kMaxStagedBytes = size_t{256} << 20;  // larger downloads go direct
+  static constexpr size_t kMaxStagedUploadBytes = size_t{16} << 20;  // step inputs; weights go direct
 };
 
 }  // namespace

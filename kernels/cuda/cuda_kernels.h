@@ -51,6 +51,16 @@ void LaunchGemv16(const float* x, int64_t m, const void* w, int dtype, int64_t n
 void LaunchGemvInt8(const float* x, int64_t m, const int8_t* w, const float* scales, int64_t n, int64_t k,
                     float* y, cudaStream_t stream);
 
+// ---- topk_kernels.cu ----
+// Most candidates a TopK call returns: the sampler's top logprobs (kMaxLogprobs = 20) plus the chosen token.
+constexpr int kMaxTopK = 32;
+// For each row r of logits laid out as `parts` x [rows, part_len] (the TP all-gather layout; parts = 1 for
+// one rank) with ids >= vocab as padding: ids/values [rows, k] the k largest logits, descending, ties ->
+// lower id, NaN as -inf; lse [rows] = log(sum(exp(logits[r, :]))) (-inf when no entry is finite).
+// 1 <= k <= min(kMaxTopK, vocab). k = 1 is greedy argmax.
+void LaunchTopK(const float* logits, int64_t rows, int parts, int64_t part_len, int64_t vocab, int k,
+                int32_t* ids, float* values, float* lse, cudaStream_t stream);
+
 // ---- kv_cache_kernels.cu ----
 // k, v: [num_tokens, nk * head_dim] fp32 -> k_cache, v_cache: [num_blocks, block_size, nk, head_dim]
 // in `kv_dtype` (kF32 stored as is, kBF16 rounded to nearest even) at slot_mapping[t] (flat

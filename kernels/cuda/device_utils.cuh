@@ -78,7 +78,7 @@ __device__ __forceinline__ int4 LoadStreaming(const int4* p) {
       : "l"(p));
   return r;
 #else
-  return __ldg(p);  // host pass / CPU emulation (kernels/cuda/emu)
+  return __ldg(p);  // host pass / CPU emulation (tests/cuda_emu)
 #endif
 }
 

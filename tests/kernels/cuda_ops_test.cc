@@ -292,6 +292,37 @@ TEST_F(CudaOpsTest, Rope) {
   }
 }
 
+// GPU top-k / argmax against the host implementation at the 13B vocab (32000; TP=2's all-gather layout of two
+// 16000-id halves) and an odd padded one: ids and logits exact, log-sum-exp to float32 summation order.
+TEST_F(CudaOpsTest, TopKAndArgmax) {
+  struct Case {
+    int64_t rows;
+    int parts;
+    int64_t part_len, vocab;
+    int k;
+  };
+  for (Case c : {Case{1, 1, 32000, 32000, 1}, Case{8, 1, 32000, 32000, 21}, Case{5, 2, 16000, 32000, 32},
+                 Case{3, 4, 1283, 5125, 1}, Case{2, 4, 1283, 5125, 20}}) {
+    SCOPED_TRACE(testing::Message() << "rows=" << c.rows << " parts=" << c.parts << " vocab=" << c.vocab
+                                    << " k=" << c.k);
+    auto l = RandomVec(c.rows * c.parts * c.part_len, 95 + c.k, -8.0f, 8.0f);
+    for (size_t i = 0; i < l.size(); i += 97) l[i] = 8.5f;  // exact ties at the top
+    l[1] = std::nanf("");
+    std::vector<int32_t> wi(c.rows * c.k);
+    std::vector<float> wv(c.rows * c.k), wl(c.rows);
+    HostTopK(l.data(), c.rows, c.parts, c.part_len, c.vocab, c.k, wi.data(), wv.data(), wl.data());
+    int32_t* gi = Dev(std::vector<int32_t>(c.rows * c.k, -1));
+    float* gv = DevZeros(c.rows * c.k);
+    float* gl = DevZeros(c.rows);
+    gpu_->TopK(Dev(l), c.rows, c.parts, c.part_len, c.vocab, c.k, gi, gv, gl);
+    std::vector<int32_t> ids(wi.size());
+    gpu_->Download(ids.data(), gi, ids.size() * sizeof(int32_t));
+    EXPECT_EQ(ids, wi);
+    EXPECT_EQ(Host(gv, wv.size()), wv);
+    ExpectClose(Host(gl, wl.size()), wl, 1e-5, 1e-5, "lse");
+  }
+}
+
 TEST_F(CudaOpsTest, KvCacheSpecValidationAndBlockBytes) {
   KvCacheSpec spec{40, 4, 16, 40, 128};
   spec.dtype = DType::kF32;  // float32 models keep a float32 cache

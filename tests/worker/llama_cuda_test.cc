@@ -4,6 +4,7 @@
 // (scripts/gpu-check.sh runs it on one).
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <random>
 #include <string>
 #include <thread>
@@ -38,13 +39,7 @@ TEST_P(LlamaCudaTest, GreedyIdsMatchTheReferenceOnGpu) {
   auto backend = kernels::CreateCudaBackend(0);
   ASSERT_TRUE(backend.ok()) << backend.status();
   auto comm = comm::CreateLocalCommunicator();
-  auto config = LoadModelConfig(dir);
-  ASSERT_TRUE(config.ok()) << config.status();
-  auto spec = ShardSpec::Create(*config, 0, 1);
-  ASSERT_TRUE(spec.ok()) << spec.status();
-  auto ckpt = checkpoint::Checkpoint::Open(dir);
-  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
-  auto model = LlamaModel::Load(**ckpt, *spec, backend->get(), comm.get(), {});
+  auto model = testing::LoadWholeCheckpoint(dir, backend->get(), comm.get(), {});
   ASSERT_TRUE(model.ok()) << model.status();
   const auto cases = testing::LoadRefCases(ref);
   std::vector<std::vector<int32_t>> prompts;
@@ -130,6 +125,65 @@ std::vector<std::vector<float>> Run13BSteps(kernels::Backend* backend, absl::Sta
 // The GPU's logits are finite and within tolerance of the CPU backend's: both keep bf16 weights and a bf16
 // KV cache; cuBLAS rounds prefill activations to bf16 and sums in another order, so rows differ by ~1e-3
 // of the logit scale, while a wrong layout, missing head or NaN gives errors of order 1.
+// Decode steps replayed from CUDA graphs (batch buckets with padding rows, per-step inputs in fixed buffers)
+// against the same model stepping op by op, and GPU top-k / argmax against whole logits rows: the same ids,
+// logits within cuBLAS's batch-size dependence (float32 weights: cuBLAS at every m), and the graphs are used.
+TEST(LlamaCudaGraphs, GraphStepsAndGpuTopKMatchDirectSteps) {
+  if (kernels::CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device (or built without CUDA)";
+  TP_REQUIRE_SHARED(dir, "models/stories260K");
+  TP_REQUIRE_SHARED(ref, "reference/stories260K.json");
+  auto backend = kernels::CreateCudaBackend(0);
+  ASSERT_TRUE(backend.ok()) << backend.status();
+  ASSERT_TRUE((*backend)->supports_graphs());
+  auto comm = comm::CreateLocalCommunicator();
+  LlamaModelOptions direct_options;
+  direct_options.step_graphs = false;
+  auto graphs = testing::LoadWholeCheckpoint(dir, backend->get(), comm.get(), {});
+  auto direct = testing::LoadWholeCheckpoint(dir, backend->get(), comm.get(), direct_options);
+  ASSERT_TRUE(graphs.ok()) << graphs.status();
+  ASSERT_TRUE(direct.ok()) << direct.status();
+  const auto cases = testing::LoadRefCases(ref);
+  std::vector<std::vector<int32_t>> prompts;
+  for (int i = 0; i < 3; ++i) {  // 3 sequences: the bucket of 4, one padding row
+    for (const auto& rc : cases) prompts.push_back(rc.prompt);
+  }
+  prompts.resize(std::min<size_t>(prompts.size(), 3));
+  testing::DecodeOptions o;
+  o.num_new = 40;
+  o.num_blocks = 64;
+  testing::DecodeResult want = testing::GreedyDecode(**direct, prompts, o);
+  ASSERT_TRUE(want.status.ok()) << want.status;
+  EXPECT_EQ((*direct)->graph_replays(), 0);
+  testing::DecodeResult got = testing::GreedyDecode(**graphs, prompts, o);
+  ASSERT_TRUE(got.status.ok()) << got.status;
+  EXPECT_GT((*graphs)->graph_replays(), 0) << "decode steps never replayed a graph";
+  EXPECT_EQ(got.generated, want.generated);
+  ASSERT_EQ(got.logits.size(), want.logits.size());
+  for (size_t e = 0; e < want.logits.size(); ++e) {
+    for (size_t v = 0; v < want.logits[e].size(); ++v) {
+      ASSERT_NEAR(got.logits[e][v], want.logits[e][v], 1e-4 * (1 + std::fabs(want.logits[e][v])))
+          << "sampling event " << e << " id " << v;
+    }
+  }
+  // GPU argmax (k = 1) and top-5 candidates, through graphs and directly: the same ids as whole rows give.
+  for (int k : {1, 5}) {
+    for (LlamaModel* m : {graphs->get(), direct->get()}) {
+      testing::DecodeOptions ok = o;
+      ok.top_k = k;
+      testing::DecodeResult top = testing::GreedyDecode(*m, prompts, ok);
+      ASSERT_TRUE(top.status.ok()) << top.status;
+      EXPECT_EQ(top.generated, want.generated) << "top_k " << k;
+      for (size_t e = 0; e < want.logits.size(); ++e) {
+        std::vector<float> sorted = want.logits[e];
+        std::sort(sorted.begin(), sorted.end(), std::greater<float>());
+        for (int j = 0; j < k; ++j) {
+          EXPECT_NEAR(top.logits[e][j], sorted[j], 1e-4 * (1 + std::fabs(sorted[j]))) << "event " << e;
+        }
+      }
+    }
+  }
+}
+
 TEST(LlamaCuda13B, TwoLayerLogitsAreFiniteAndMatchTheCpuBackend) {
   if (kernels::CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device (or built without CUDA)";
   auto gpu = kernels::CreateCudaBackend(0);

@@ -3,7 +3,9 @@
 // reference and CPU backends, with whole-prompt and chunked prefill over paged caches of block size 16 and 4.
 #include <cmath>
 #include <filesystem>
+#include <algorithm>
 #include <fstream>
+#include <numeric>
 #include <string>
 #include <vector>
 
@@ -134,6 +136,51 @@ TEST(LlamaModelTest, LogitsDoNotDependOnTheBatch) {
     for (int k = 0; k < o.num_new; ++k) {
       ASSERT_EQ(alone.logits[k], both.logits[2 * k + 1]) << "step " << k;
     }
+  }
+}
+
+// StepInput::top_k brings back each sampled row's top candidates and log-sum-exp instead of the row: the
+// same ids and logits as the whole row sorted (ties -> lower id), and its log-sum-exp.
+TEST(LlamaModelTest, TopKCandidatesAreTheWholeRowsBest) {
+  TP_REQUIRE_SHARED(dir, "models/stories260K");
+  for (BackendKind kind : {BackendKind::kReference, BackendKind::kCpu}) {
+    Loaded l = LoadTp1(dir, kind);
+    ASSERT_NE(l.model, nullptr);
+    ASSERT_TRUE(l.model->AllocateKv(8, 16).ok());
+    StepInput in;
+    for (int i = 0; i < 2; ++i) {
+      SeqInput s;
+      s.seq_id = i;
+      s.token_ids = {1, 403 + 7 * i, 29};
+      s.block_table = {i};
+      s.sample = true;
+      in.seqs.push_back(s);
+    }
+    absl::StatusOr<StepOutput> whole = l.model->Forward(in);
+    ASSERT_TRUE(whole.ok()) << whole.status();
+    in.top_k = 5;
+    absl::StatusOr<StepOutput> top = l.model->Forward(in);  // rewrites the same K/V
+    ASSERT_TRUE(top.ok()) << top.status();
+    EXPECT_TRUE(top->logits.empty());
+    ASSERT_EQ(top->top_k, 5);
+    const int V = whole->vocab_size;
+    for (int r = 0; r < 2; ++r) {
+      const float* row = whole->logits.data() + r * V;
+      std::vector<int32_t> idx(V);
+      std::iota(idx.begin(), idx.end(), 0);
+      std::stable_sort(idx.begin(), idx.end(), [&](int32_t a, int32_t b) { return row[a] > row[b]; });
+      double mx = row[idx[0]], sum = 0;
+      for (int j = 0; j < V; ++j) sum += std::exp(row[j] - mx);
+      for (int j = 0; j < 5; ++j) {
+        EXPECT_EQ(top->top_ids[r * 5 + j], idx[j]) << "row " << r << " rank " << j;
+        EXPECT_EQ(top->top_logits[r * 5 + j], row[idx[j]]) << "row " << r << " rank " << j;
+      }
+      EXPECT_NEAR(top->lse[r], mx + std::log(sum), 1e-5);
+    }
+    in.top_k = kMaxStepTopK + 1;
+    absl::Status st = l.model->Forward(in).status();
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_TRUE(absl::StrContains(st.message(), "top_k")) << st;
   }
 }
 

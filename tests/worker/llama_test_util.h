@@ -10,8 +10,11 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "common/model_config.h"
 #include "kernels/backend.h"
 #include "nlohmann/json.hpp"
+#include "worker/checkpoint/checkpoint.h"
+#include "worker/comm/communicator.h"
 #include "worker/model/llama_model.h"
 
 namespace tpserve::model::testing {
@@ -49,6 +52,20 @@ inline std::unique_ptr<kernels::Backend> MakeBackend(BackendKind kind, int threa
   return b.ok() ? std::move(*b) : nullptr;
 }
 
+// The checkpoint in `dir` loaded whole (TP = 1) onto `backend`.
+inline absl::StatusOr<std::unique_ptr<LlamaModel>> LoadWholeCheckpoint(const std::string& dir,
+                                                                      kernels::Backend* backend,
+                                                                      comm::Communicator* comm,
+                                                                      const LlamaModelOptions& options) {
+  auto config = LoadModelConfig(dir);
+  if (!config.ok()) return config.status();
+  auto spec = ShardSpec::Create(*config, 0, 1);
+  if (!spec.ok()) return spec.status();
+  auto ckpt = checkpoint::Checkpoint::Open(dir);
+  if (!ckpt.ok()) return ckpt.status();
+  return LlamaModel::Load(**ckpt, *spec, backend, comm, options);
+}
+
 inline int32_t ArgMax(const float* x, int64_t n) {
   int32_t best = 0;
   for (int32_t i = 1; i < n; ++i) {
@@ -62,6 +79,7 @@ struct DecodeOptions {
   int block_size = 16;
   int num_blocks = 256;
   int num_new = 8;      // tokens to generate per sequence
+  int top_k = 0;        // > 0: steps ask for top candidates (StepInput::top_k); logits then hold those k logits
 };
 
 struct DecodeResult {
@@ -112,6 +130,7 @@ inline DecodeResult GreedyDecode(LlamaModel& model, const std::vector<std::vecto
       who.push_back(i);
     }
     if (in.seqs.empty()) return res;
+    in.top_k = o.top_k;
     absl::StatusOr<StepOutput> out = model.Forward(in);
     if (!out.ok()) {
       res.status = out.status();
@@ -120,6 +139,13 @@ inline DecodeResult GreedyDecode(LlamaModel& model, const std::vector<std::vecto
     int row = 0;
     for (size_t k = 0; k < in.seqs.size(); ++k) {
       if (!in.seqs[k].sample) continue;
+      if (o.top_k > 0 && !out->top_ids.empty()) {
+        const size_t at = static_cast<size_t>(row) * o.top_k;
+        res.logits.emplace_back(out->top_logits.begin() + at, out->top_logits.begin() + at + o.top_k);
+        res.generated[who[k]].push_back(out->top_ids[at]);
+        ++row;
+        continue;
+      }
       if (out->logits.empty()) {  // a rank without logits
         res.status = absl::FailedPreconditionError("no logits on this rank");
         return res;

@@ -1,12 +1,14 @@
 // Sampler: every transform against hand-computed distributions, greedy tie-breaks, raw logprobs, and the
 // counter-based draw's determinism (same tokens whatever else is in the batch, and after replay).
 #include <cmath>
+#include <limits>
 #include <map>
 #include <random>
 #include <vector>
 
 #include "gtest/gtest.h"
 #include "worker.pb.h"
+#include "kernels/host_top_k.h"
 #include "worker/sampler/sampler.h"
 
 namespace tpserve::sampler {
@@ -251,6 +253,59 @@ TEST(SamplerTest, SeededDrawsIgnoreTheBatchAndSurviveReplay) {
     ASSERT_TRUE(r.ok());
     EXPECT_EQ(r->token, solo[k]) << "step " << k;
   }
+}
+
+// The GPU's top-candidate path (Backend::TopK -> SampleTop) gives what Sample gives on the whole row, and the
+// sequence's state moves on the same way; it is offered only where the candidates suffice.
+TEST(SamplerTest, SampleTopMatchesSampleForPlainGreedy) {
+  const int vocab = 300;
+  std::mt19937 rng(3);
+  std::uniform_real_distribution<float> d(-5, 5);
+  SamplingParams p;
+  p.logprobs = 4;
+  Sampler whole(vocab), top(vocab);
+  ASSERT_TRUE(whole.Start(1, p, {1, 2}, 2, 0).ok());
+  ASSERT_TRUE(top.Start(1, p, {1, 2}, 2, 0).ok());
+  ASSERT_EQ(top.TopCandidatesNeeded(1), 4);
+  for (int step = 0; step < 5; ++step) {
+    std::vector<float> logits(vocab);
+    for (float& x : logits) x = d(rng);
+    logits[7] = logits[200] = 6.0f;  // a tie at the top: the lower id wins
+    logits[9] = NAN;
+    const int k = top.TopCandidatesNeeded(1);
+    std::vector<int32_t> ids(k);
+    std::vector<float> vals(k);
+    float lse = 0;
+    kernels::HostTopK(logits.data(), 1, 1, vocab, vocab, k, ids.data(), vals.data(), &lse);
+    absl::StatusOr<SampleResult> a = whole.Sample(1, logits);
+    absl::StatusOr<SampleResult> b = top.SampleTop(1, ids, vals, lse);
+    ASSERT_TRUE(a.ok() && b.ok()) << a.status() << b.status();
+    EXPECT_EQ(b->token, 7);
+    EXPECT_EQ(b->token, a->token);
+    EXPECT_NEAR(b->logprob, a->logprob, 1e-5);
+    EXPECT_EQ(b->top_ids, a->top_ids);
+    ASSERT_EQ(b->top_logprobs.size(), a->top_logprobs.size());
+    for (size_t i = 0; i < a->top_logprobs.size(); ++i) EXPECT_NEAR(b->top_logprobs[i], a->top_logprobs[i], 1e-5);
+  }
+  // Sampling and penalties need whole rows; unknown sequences have no candidates to use.
+  SamplingParams sampled;
+  sampled.temperature = 0.7f;
+  SamplingParams penalised;
+  penalised.repetition_penalty = 1.2f;
+  ASSERT_TRUE(top.Start(2, sampled, {1}, 1, 0).ok());
+  ASSERT_TRUE(top.Start(3, penalised, {1}, 1, 0).ok());
+  EXPECT_EQ(top.TopCandidatesNeeded(2), 0);
+  EXPECT_EQ(top.TopCandidatesNeeded(3), 0);
+  EXPECT_EQ(top.TopCandidatesNeeded(99), 0);
+  const std::vector<int32_t> ids = {0};
+  const std::vector<float> vals = {1.0f};
+  EXPECT_EQ(top.SampleTop(2, ids, vals, 1.0f).status().code(), absl::StatusCode::kFailedPrecondition);
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  SamplingParams greedy;
+  ASSERT_TRUE(top.Start(4, greedy, {1}, 1, 0).ok());
+  absl::StatusOr<SampleResult> none = top.SampleTop(4, ids, std::vector<float>{neg_inf}, neg_inf);
+  EXPECT_EQ(none.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(none.status().message().find("no finite entry"), std::string::npos) << none.status();
 }
 
 TEST(SamplerTest, RejectsBadInputWithUsefulErrors) {

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
@@ -39,9 +40,10 @@ LlamaModel::LlamaModel(const ShardSpec& spec, kernels::Backend* backend, comm::C
     : spec_(spec), backend_(backend), comm_(comm), options_(options), dumper_(options.dump_dir, spec.rank()) {}
 
 LlamaModel::~LlamaModel() {
+  ReleaseGraphs();
   kv_.reset();
   for (Buffer* b : {&residual_, &normed_, &qkv_, &qkv_split_, &attn_, &partial_, &gate_up_, &act_, &sampled_,
-                    &logits_local_, &logits_all_, &ints_}) {
+                    &logits_local_, &logits_all_, &ints_, &top_}) {
     if (b->ptr != nullptr) backend_->Free(b->ptr);
   }
   weights_.reset();  // frees through backend_, which outlives us
@@ -115,6 +117,7 @@ absl::Status LlamaModel::AllocateKv(int num_blocks, int block_size) {
   if (block_size <= 0) {
     return absl::InvalidArgumentError(absl::StrCat("AllocateKv: block_size must be > 0, got ", block_size));
   }
+  ReleaseGraphs();  // they read the old cache
   kv_.reset();  // free the old cache before asking for the new one
   kernels::KvCacheSpec s;
   s.num_layers = config().num_layers;
@@ -131,6 +134,7 @@ absl::Status LlamaModel::AllocateKv(int num_blocks, int block_size) {
 
 void LlamaModel::Grow(Buffer& b, size_t bytes) {
   if (bytes <= b.bytes) return;
+  ReleaseGraphs();  // they read the old buffer
   if (b.ptr != nullptr) backend_->Free(b.ptr);
   b.ptr = backend_->Alloc(bytes);
   b.bytes = bytes;
@@ -157,11 +161,12 @@ void LlamaModel::EnsureScratch(int64_t tokens, int64_t sampled, size_t int_words
     Grow(sampled_, s * c.hidden_size * f);
     Grow(logits_local_, s * spec_.local_vocab() * f);
     Grow(logits_all_, s * spec_.padded_vocab() * f);
+    Grow(top_, s * (2 * kMaxStepTopK + 1) * sizeof(int32_t));
   }
   Grow(ints_, std::max<size_t>(int_words * sizeof(int32_t), 4096));
 }
 
-absl::Status LlamaModel::BuildArrays(const StepInput& input, StepPlanArrays& a) const {
+absl::Status LlamaModel::BuildArrays(const StepInput& input, StepPlanArrays& a, int graph_context) const {
   const ModelConfig& c = config();
   a.num_seqs = static_cast<int>(input.seqs.size());
   a.num_tokens = 0;
@@ -199,6 +204,8 @@ absl::Status LlamaModel::BuildArrays(const StepInput& input, StepPlanArrays& a) 
     a.num_tokens += static_cast<int64_t>(s.token_ids.size());
     a.max_blocks = std::max<int>(a.max_blocks, static_cast<int>(need));
   }
+  // A graph bakes the block-table stride in: every step it replays uses the one its context bound gives.
+  if (graph_context > 0) a.max_blocks = std::max(a.max_blocks, (graph_context + block_size_ - 1) / block_size_);
   const int64_t T = a.num_tokens;
   const int S = a.num_seqs;
   const int nq = spec_.local_heads(), nk = spec_.local_kv_heads();
@@ -246,6 +253,8 @@ absl::Status LlamaModel::BuildArrays(const StepInput& input, StepPlanArrays& a) 
     ints[a.query_start + i + 1] = static_cast<int32_t>(t);
     if (s.sample) ints[a.sample_rows + sampled++] = static_cast<int32_t>(t - 1);
   }
+  // The attention kernels' grid (decode splits) follows max_context_len; a graph's is its context bound.
+  a.max_context_len = std::max(a.max_context_len, graph_context);
   // The fused qkv output [T, (nq + 2 nk) * head_dim] viewed as [T * (nq + 2 nk), head_dim] rows; gathering
   // rows in this order de-interleaves it into q [T, nq * hd] | k [T, nk * hd] | v [T, nk * hd].
   int32_t* split = ints + a.split;
@@ -277,16 +286,47 @@ absl::Status LlamaModel::Dump(int layer, const char* name, const float* data, in
   return dumper_.Dump(*backend_, layer, name, data, rows, cols);
 }
 
-absl::StatusOr<StepOutput> LlamaModel::Forward(const StepInput& input) {
-  const auto t_start = std::chrono::steady_clock::now();
-  if (kv_ == nullptr) return absl::FailedPreconditionError("Forward before AllocateKv: no KV cache");
-  StepPlanArrays a;
-  TP_RETURN_IF_ERROR(BuildArrays(input, a));
-  StepOutput out;
-  out.vocab_size = config().vocab_size;
-  out.num_sampled = a.num_sampled;
-  if (a.num_tokens == 0) return out;
+namespace {
 
+// Decode batch sizes recorded as graphs (vLLM-style buckets): a step of S sequences replays the smallest
+// bucket >= S, padded with sequences that write no KV and whose rows are dropped.
+constexpr int kGraphBatches[] = {1, 2, 4, 8, 16, 24, 32, 48, 64};
+// Candidates a graph's TopK computes: 1 for plain argmax, else the most any step may ask (then sliced).
+int GraphTopK(int top_k, int vocab) { return top_k <= 1 ? top_k : std::min(kMaxStepTopK, vocab); }
+
+}  // namespace
+
+LlamaModel::GraphShape LlamaModel::GraphShapeFor(const StepPlanArrays& a, int top_k) const {
+  GraphShape g;
+  if (!options_.step_graphs || !backend_->supports_graphs() || spec_.world_size() != 1 || dumper_.enabled()) {
+    return g;
+  }
+  // Decode steps only (one token per sequence), every sequence sampled.
+  if (a.num_tokens != a.num_seqs || a.num_sampled != a.num_seqs) return g;
+  for (int b : kGraphBatches) {
+    if (b >= a.num_seqs) {
+      g.batch = b;
+      break;
+    }
+  }
+  if (g.batch == 0) return g;
+  // The attention grid follows max_context_len: a power of two >= 512 keeps the number of graphs small.
+  const int max_pos = config().max_position_embeddings;
+  g.context = 512;
+  while (g.context < a.max_context_len) g.context *= 2;
+  g.context = std::max(a.max_context_len, std::min(g.context, max_pos));
+  g.top_k = GraphTopK(top_k, config().vocab_size);
+  return g;
+}
+
+void LlamaModel::ReleaseGraphs() {
+  for (const auto& [key, handle] : graphs_) {
+    if (handle > 0) backend_->ReleaseGraph(handle);
+  }
+  graphs_.clear();
+}
+
+absl::Status LlamaModel::RunStep(const StepPlanArrays& a, int top_k) {
   const ModelConfig& c = config();
   const int64_t T = a.num_tokens;
   const int64_t H = c.hidden_size;
@@ -295,10 +335,7 @@ absl::StatusOr<StepOutput> LlamaModel::Forward(const StepInput& input) {
   const int64_t inter = spec_.local_intermediate();
   const float eps = c.rms_norm_eps;
   kernels::Backend& be = *backend_;
-  step_collective_seconds_ = 0;
 
-  EnsureScratch(T, a.num_sampled, a.ints.size());
-  be.Upload(ints_.ptr, a.ints.data(), a.ints.size() * sizeof(int32_t));
   const int32_t* dev = static_cast<const int32_t*>(ints_.ptr);
   kernels::AttentionBatch batch;
   batch.num_seqs = a.num_seqs;
@@ -325,7 +362,6 @@ absl::StatusOr<StepOutput> LlamaModel::Forward(const StepInput& input) {
   const int64_t qkv_cols = spec_.local_qkv_size();
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
 
-  TP_RETURN_IF_ERROR(dumper_.BeginStep(step_));
   be.Embedding(dev + a.ids, T, weights_->embed(), spec_.vocab_begin(), x);
   TP_RETURN_IF_ERROR(Complete("embed", x, T * H));
   TP_RETURN_IF_ERROR(Dump(-1, "embed", x, T, H));
@@ -364,43 +400,151 @@ absl::StatusOr<StepOutput> LlamaModel::Forward(const StepInput& input) {
   TP_RETURN_IF_ERROR(Dump(-1, "final_norm", h, T, H));
 
   const int64_t ns = a.num_sampled;
-  if (ns > 0) {
-    const int64_t lv = spec_.local_vocab();
-    float* sampled = static_cast<float*>(sampled_.ptr);
-    float* logits_local = static_cast<float*>(logits_local_.ptr);
-    be.GatherRows(h, dev + a.sample_rows, ns, H, sampled);
-    TP_RETURN_IF_ERROR(Dump(-1, "sampled", sampled, ns, H));
-    be.Matmul(sampled, ns, weights_->lm_head(), logits_local);
-    TP_RETURN_IF_ERROR(Dump(-1, "logits_local", logits_local, ns, lv));
-    const float* gathered = logits_local;  // [tp, ns, lv]
-    if (spec_.world_size() > 1) {
-      if (!comm_->stream_ordered()) be.Synchronize();
-      const auto t0 = std::chrono::steady_clock::now();
-      absl::Status s = comm_->AllGather(logits_local, static_cast<size_t>(ns * lv),
-                                        static_cast<float*>(logits_all_.ptr));
-      step_collective_seconds_ += SecondsSince(t0);
-      if (!s.ok()) return absl::Status(s.code(), absl::StrCat("all-gather of logits: ", s.message()));
-      gathered = static_cast<const float*>(logits_all_.ptr);
+  gathered_ = nullptr;
+  if (ns == 0) return absl::OkStatus();
+  const int64_t lv = spec_.local_vocab();
+  float* sampled = static_cast<float*>(sampled_.ptr);
+  float* logits_local = static_cast<float*>(logits_local_.ptr);
+  be.GatherRows(h, dev + a.sample_rows, ns, H, sampled);
+  TP_RETURN_IF_ERROR(Dump(-1, "sampled", sampled, ns, H));
+  be.Matmul(sampled, ns, weights_->lm_head(), logits_local);
+  TP_RETURN_IF_ERROR(Dump(-1, "logits_local", logits_local, ns, lv));
+  gathered_ = logits_local;  // [tp, ns, lv]
+  if (spec_.world_size() > 1) {
+    if (!comm_->stream_ordered()) be.Synchronize();
+    const auto t0 = std::chrono::steady_clock::now();
+    absl::Status s = comm_->AllGather(logits_local, static_cast<size_t>(ns * lv), static_cast<float*>(logits_all_.ptr));
+    step_collective_seconds_ += SecondsSince(t0);
+    if (!s.ok()) return absl::Status(s.code(), absl::StrCat("all-gather of logits: ", s.message()));
+    gathered_ = static_cast<const float*>(logits_all_.ptr);
+  }
+  if (top_k > 0 && (spec_.rank() == 0 || options_.logits_on_every_rank)) {
+    int32_t* top_ids = static_cast<int32_t*>(top_.ptr);
+    float* top_logits = reinterpret_cast<float*>(top_ids + ns * top_k);
+    be.TopK(gathered_, ns, spec_.world_size(), lv, c.vocab_size, top_k, top_ids, top_logits, top_logits + ns * top_k);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status LlamaModel::CollectOutput(int64_t rows, int64_t ns, int computed_top_k, int top_k, StepOutput& out) {
+  if (ns == 0 || !(spec_.rank() == 0 || options_.logits_on_every_rank)) return absl::OkStatus();
+  kernels::Backend& be = *backend_;
+  if (top_k > 0) {
+    // Only the candidates come back: [rows, kc] ids | [rows, kc] logits | [rows] lse, one download; the
+    // first ns rows and top_k columns are this step's.
+    const int kc = computed_top_k;
+    std::vector<int32_t> host(static_cast<size_t>(rows * (2 * kc + 1)));
+    be.Download(host.data(), top_.ptr, host.size() * sizeof(int32_t));
+    const float* vals = reinterpret_cast<const float*>(host.data() + rows * kc);
+    out.top_k = top_k;
+    out.top_ids.resize(static_cast<size_t>(ns * top_k));
+    out.top_logits.resize(static_cast<size_t>(ns * top_k));
+    out.lse.assign(vals + rows * kc, vals + rows * kc + ns);
+    for (int64_t r = 0; r < ns; ++r) {
+      std::copy_n(host.data() + r * kc, top_k, out.top_ids.data() + r * top_k);
+      std::copy_n(vals + r * kc, top_k, out.top_logits.data() + r * top_k);
     }
-    if (spec_.rank() == 0 || options_.logits_on_every_rank) {
-      const int tp = spec_.world_size();
-      const int64_t V = c.vocab_size;
-      host_logits_.resize(static_cast<size_t>(tp * ns * lv));
-      be.Download(host_logits_.data(), gathered, host_logits_.size() * sizeof(float));
-      // [tp, ns, lv] -> [ns, V]: rank r's slice holds ids [r * lv, r * lv + lv); ids >= V are padding.
-      out.logits.resize(static_cast<size_t>(ns * V));
-      for (int r = 0; r < tp; ++r) {
-        const int64_t begin = r * lv;
-        const int64_t n = std::min<int64_t>(lv, V - begin);
-        if (n <= 0) continue;
-        for (int64_t s = 0; s < ns; ++s) {
-          std::copy_n(host_logits_.data() + (r * ns + s) * lv, n, out.logits.data() + s * V + begin);
-        }
-      }
-      TP_RETURN_IF_ERROR(dumper_.DumpHost(-1, "logits", out.logits.data(), ns, V));
+    return absl::OkStatus();
+  }
+  const int tp = spec_.world_size();
+  const int64_t lv = spec_.local_vocab();
+  const int64_t V = config().vocab_size;
+  // [tp, rows, lv]; at tp = 1 only the first ns rows are read.
+  host_logits_.resize(static_cast<size_t>(tp == 1 ? ns * lv : tp * rows * lv));
+  be.Download(host_logits_.data(), gathered_, host_logits_.size() * sizeof(float));
+  // [tp, rows, lv] -> [ns, V]: rank r's slice holds ids [r * lv, r * lv + lv); ids >= V are padding.
+  out.logits.resize(static_cast<size_t>(ns * V));
+  for (int r = 0; r < tp; ++r) {
+    const int64_t begin = r * lv;
+    const int64_t n = std::min<int64_t>(lv, V - begin);
+    if (n <= 0) continue;
+    for (int64_t s = 0; s < ns; ++s) {
+      std::copy_n(host_logits_.data() + (r * rows + s) * lv, n, out.logits.data() + s * V + begin);
     }
   }
+  return dumper_.DumpHost(-1, "logits", out.logits.data(), ns, V);
+}
+
+absl::Status LlamaModel::ForwardGraph(const StepInput& input, const GraphShape& g, StepOutput& out) {
+  kernels::Backend& be = *backend_;
+  const int S = static_cast<int>(input.seqs.size());
+  // Padding sequences: token 0 at position 0 of block 0, no KV write (slot -1), rows dropped.
+  StepInput padded;
+  padded.seqs = input.seqs;
+  for (int i = S; i < g.batch; ++i) {
+    SeqInput pad;
+    pad.token_ids = {0};
+    pad.block_table = {0};
+    pad.sample = true;
+    padded.seqs.push_back(std::move(pad));
+  }
+  StepPlanArrays a;
+  TP_RETURN_IF_ERROR(BuildArrays(padded, a, g.context));
+  for (int t = S; t < g.batch; ++t) a.ints[a.slot_mapping + t] = -1;
+  EnsureScratch(g.batch, g.batch, a.ints.size());  // releases the graphs when a buffer moves
+  be.Upload(ints_.ptr, a.ints.data(), a.ints.size() * sizeof(int32_t));
+
+  const auto key = std::make_tuple(g.batch, g.context, g.top_k);
+  auto it = graphs_.find(key);
+  const bool tried = it != graphs_.end();
+  if (tried && it->second > 0) {
+    absl::Status st = be.ReplayGraph(it->second);
+    if (st.ok()) {
+      gathered_ = static_cast<const float*>(logits_local_.ptr);
+      ++graph_replays_;
+      return CollectOutput(g.batch, S, g.top_k, input.top_k, out);
+    }
+    if (st.code() != absl::StatusCode::kNotFound) return st;
+    graphs_.erase(it);  // the backend moved a scratch buffer: record again below
+  }
+  // Run directly (this step's result, and every scratch buffer grown to this shape), then record once.
+  TP_RETURN_IF_ERROR(RunStep(a, g.top_k));
+  TP_RETURN_IF_ERROR(CollectOutput(g.batch, S, g.top_k, input.top_k, out));
+  if (tried && graphs_.count(key) > 0) return absl::OkStatus();  // known not to record
   be.Synchronize();
+  int64_t handle = 0;
+  if (absl::Status b = be.BeginGraph(); b.ok()) {
+    absl::Status run = RunStep(a, g.top_k);
+    absl::StatusOr<int64_t> h = be.EndGraph();
+    if (!run.ok()) return run;
+    if (h.ok()) {
+      handle = *h;
+    } else {
+      TP_LOG(WARNING) << "decode steps of " << g.batch << " sequences run without a graph: " << h.status();
+    }
+  } else {
+    TP_LOG(WARNING) << "decode steps of " << g.batch << " sequences run without a graph: " << b;
+  }
+  graphs_[key] = handle;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<StepOutput> LlamaModel::Forward(const StepInput& input) {
+  const auto t_start = std::chrono::steady_clock::now();
+  if (kv_ == nullptr) return absl::FailedPreconditionError("Forward before AllocateKv: no KV cache");
+  if (input.top_k < 0 || input.top_k > std::min(kMaxStepTopK, config().vocab_size)) {
+    return absl::InvalidArgumentError(absl::StrCat("top_k ", input.top_k, " is outside [0, ",
+                                                   std::min(kMaxStepTopK, config().vocab_size), "]"));
+  }
+  StepPlanArrays a;
+  TP_RETURN_IF_ERROR(BuildArrays(input, a));
+  StepOutput out;
+  out.vocab_size = config().vocab_size;
+  out.num_sampled = a.num_sampled;
+  if (a.num_tokens == 0) return out;
+  step_collective_seconds_ = 0;
+  TP_RETURN_IF_ERROR(dumper_.BeginStep(step_));
+
+  const GraphShape g = GraphShapeFor(a, input.top_k);
+  if (g.batch > 0) {
+    TP_RETURN_IF_ERROR(ForwardGraph(input, g, out));
+  } else {
+    EnsureScratch(a.num_tokens, a.num_sampled, a.ints.size());
+    backend_->Upload(ints_.ptr, a.ints.data(), a.ints.size() * sizeof(int32_t));
+    TP_RETURN_IF_ERROR(RunStep(a, input.top_k));
+    TP_RETURN_IF_ERROR(CollectOutput(a.num_sampled, a.num_sampled, input.top_k, input.top_k, out));
+  }
+  backend_->Synchronize();
   // A stream-ordered collective that a watchdog aborted (lost peer, deadline) left garbage behind.
   TP_RETURN_IF_ERROR(comm_->AsyncError());
   ++step_;

@@ -10,9 +10,11 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -35,6 +37,10 @@ struct LlamaModelOptions {
   std::string dump_dir;
   // Download logits on every rank (tests); by default only rank 0, the one that samples, does.
   bool logits_on_every_rank = false;
+  // Record decode steps (one token per sequence, all sampled) as backend graphs, one per batch-size bucket,
+  // context bound and top-k, and replay them (CUDA graphs: one launch instead of ~500). Only where the
+  // backend supports_graphs() and at TP = 1; off for activation dumps. Tests turn it off to compare.
+  bool step_graphs = true;
 };
 
 // One sequence's work in a step; mirrors worker.proto's SeqStep.
@@ -46,8 +52,15 @@ struct SeqInput {
   bool sample = false;               // produce logits after the last of token_ids
 };
 
+// Most top candidates a step may ask for (Backend::TopK's limit).
+inline constexpr int kMaxStepTopK = 32;
+
 struct StepInput {
   std::vector<SeqInput> seqs;
+  // > 0: instead of whole logits rows, rank 0 returns each sampled row's `top_k` most likely ids, their
+  // logits and the row's log-sum-exp (computed where the logits are: on a GPU only these cross the bus).
+  // 0: whole rows in StepOutput::logits. At most min(kMaxStepTopK, vocab_size).
+  int top_k = 0;
 };
 
 struct StepOutput {
@@ -55,6 +68,12 @@ struct StepOutput {
   int vocab_size = 0;                // the real vocab: padded ids are dropped, never sampled
   std::vector<float> logits;         // [num_sampled, vocab_size], in StepInput order of sample = true
                                      // seqs; empty on ranks > 0 unless logits_on_every_rank
+  // StepInput::top_k > 0: [num_sampled, top_k] ids (descending logit, ties -> lower id, NaN as -inf), their
+  // logits, and [num_sampled] log-sum-exps; `logits` stays empty.
+  int top_k = 0;
+  std::vector<int32_t> top_ids;
+  std::vector<float> top_logits;
+  std::vector<float> lse;
   double allreduce_seconds = 0;      // wall time inside collectives this step (NCCL: enqueue time only)
   double forward_seconds = 0;
 };
@@ -104,6 +123,8 @@ class LlamaModel {
   absl::StatusOr<StepOutput> Forward(const StepInput& input);
 
   double total_allreduce_seconds() const { return total_collective_seconds_; }
+  // Decode steps that replayed a recorded graph (tests and benchmarks check the graphs are used).
+  int64_t graph_replays() const { return graph_replays_; }
   int64_t steps() const { return step_; }
 
  private:
@@ -113,7 +134,23 @@ class LlamaModel {
 
   // Host-side tables of one step (uploaded once as one int32 array).
   struct StepPlanArrays;
-  absl::Status BuildArrays(const StepInput& input, StepPlanArrays& a) const;
+  // graph_context > 0: a graph's bounds (block-table stride and max_context_len fixed by that context).
+  absl::Status BuildArrays(const StepInput& input, StepPlanArrays& a, int graph_context = 0) const;
+  // The ops of one step after its arrays are uploaded: embedding .. lm_head (.. all-gather, and TopK of
+  // top_k candidates into top_ when top_k > 0). Issues no host synchronisation on a stream-ordered backend.
+  absl::Status RunStep(const StepPlanArrays& a, int top_k);
+  // Downloads the step's result: the first ns of `rows` computed rows, top_k of computed_top_k candidates
+  // (or whole logits when top_k == 0).
+  absl::Status CollectOutput(int64_t rows, int64_t ns, int computed_top_k, int top_k, StepOutput& out);
+  // A decode step's graph bucket (batch 0: run directly).
+  struct GraphShape {
+    int batch = 0;
+    int context = 0;
+    int top_k = 0;
+  };
+  GraphShape GraphShapeFor(const StepPlanArrays& a, int top_k) const;
+  absl::Status ForwardGraph(const StepInput& input, const GraphShape& g, StepOutput& out);
+  void ReleaseGraphs();
   // Grows the scratch buffers to hold `tokens` tokens and `sampled` sampled rows.
   void EnsureScratch(int64_t tokens, int64_t sampled, size_t int_words);
   // All-reduces `data` when the spec says activation `name` is partial. Times it.
@@ -137,9 +174,14 @@ class LlamaModel {
   void Grow(Buffer& b, size_t bytes);
   Buffer residual_, normed_, qkv_, qkv_split_, attn_, partial_, gate_up_, act_;
   Buffer sampled_, logits_local_, logits_all_, ints_;
+  Buffer top_;  // [sampled, kMaxStepTopK] ids | [sampled, kMaxStepTopK] logits | [sampled] lse
   int64_t token_capacity_ = 0;
   int64_t sampled_capacity_ = 0;
   std::vector<float> host_logits_;  // [tp, sampled, local_vocab] before unpadding
+  const float* gathered_ = nullptr;  // the latest RunStep's logits, [tp, sampled, local_vocab]
+  // (batch, context, top_k) -> the backend's graph handle, or 0 when that shape could not be recorded.
+  std::map<std::tuple<int, int, int>, int64_t> graphs_;
+  int64_t graph_replays_ = 0;
 
   ActivationDumper dumper_;
   double step_collective_seconds_ = 0;

@@ -294,4 +294,41 @@ absl::StatusOr<SampleResult> Sampler::Sample(uint64_t seq_id, absl::Span<const f
   return r;
 }
 
+int Sampler::TopCandidatesNeeded(uint64_t seq_id) const {
+  auto it = seqs_.find(seq_id);
+  if (it == seqs_.end()) return 0;
+  const SamplingParams& p = it->second.params;
+  const bool plain_greedy = p.temperature == 0.0f && !RepetitionActive(p) && p.presence_penalty == 0.0f &&
+                            p.frequency_penalty == 0.0f;
+  return plain_greedy ? std::max(1, p.logprobs) : 0;
+}
+
+absl::StatusOr<SampleResult> Sampler::SampleTop(uint64_t seq_id, absl::Span<const int32_t> ids,
+                                                absl::Span<const float> logits, float lse) {
+  const int need = TopCandidatesNeeded(seq_id);
+  if (need == 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "sequence ", seq_id, " is unknown or needs whole logits rows (sampling or penalties), not top candidates"));
+  }
+  if (static_cast<int>(ids.size()) < need || logits.size() != ids.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("sequence ", seq_id, ": ", ids.size(), " ids and ", logits.size(),
+                                                   " logits for ", need, " top candidates"));
+  }
+  if (!(logits[0] > -std::numeric_limits<float>::infinity()) || std::isnan(lse)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("sequence ", seq_id, ": logits have no finite entry (all -inf or NaN)"));
+  }
+  SeqState& st = seqs_.find(seq_id)->second;
+  SampleResult r;
+  r.token = ids[0];
+  r.logprob = logits[0] - lse;
+  for (int i = 0; i < st.params.logprobs; ++i) {
+    r.top_ids.push_back(ids[i]);
+    r.top_logprobs.push_back(logits[i] - lse);
+  }
+  st.history.push_back(r.token);
+  ++st.num_generated;
+  return r;
+}
+
 }  // namespace tpserve::sampler

@@ -76,6 +76,17 @@ class Sampler {
   // INVALID_ARGUMENT for a wrong length or logits with no finite entry.
   absl::StatusOr<SampleResult> Sample(uint64_t seq_id, absl::Span<const float> logits);
 
+  // How many of the most likely raw candidates the next token of `seq_id` needs, when they are all it needs:
+  // max(1, logprobs) for greedy decoding without penalties (the argmax and the top logprobs), 0 when it needs
+  // the whole logits row (sampling, penalties) or the sequence is unknown. Lets the worker ask the model for
+  // top candidates computed on the GPU instead of whole rows (LlamaModel StepInput::top_k).
+  int TopCandidatesNeeded(uint64_t seq_id) const;
+  // Sample() for a sequence with TopCandidatesNeeded() > 0, from Backend::TopK's output for its row: ids and
+  // their raw logits, descending (ties -> lower id), at least TopCandidatesNeeded() of them, and the row's
+  // log-sum-exp. Same result and state change as Sample() on the full row (logprobs to float rounding).
+  absl::StatusOr<SampleResult> SampleTop(uint64_t seq_id, absl::Span<const int32_t> ids,
+                                         absl::Span<const float> logits, float lse);
+
   // The pure transform, for tests and tools: chooses a token without touching any state.
   // `uniform` is the draw in [0, 1) (unused when greedy).
   struct History {

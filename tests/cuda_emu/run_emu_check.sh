@@ -3,18 +3,24 @@
 # compares every kernel with the reference backend. For machines without a GPU; takes ~1-2 minutes.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
-ROOT=$(cd "$HERE/../../.." && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
 WORK=$(mktemp -d /tmp/tpserve-emu.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
+# Kernel<<<grid, block, smem, stream>>>(args) -> ::emu::Launch(Kernel, grid, block, smem, stream)(args)
+to_cc() {
+  perl -0pe 's/([A-Za-z_][A-Za-z_0-9]*(?:<[A-Za-z_0-9:, ]*>)?)\s*<<<(.*?)>>>\s*\(/::emu::Launch($1, $2)(/gs;
+             s/extern __shared__ float (\w+)\[\];/float* $1 = ::emu::DynamicSmem();/g' "$1" >"$2"
+}
 srcs=()
 for f in "$ROOT"/kernels/cuda/*.cu; do
   out="$WORK/$(basename "$f" .cu).cc"
-  # Kernel<<<grid, block, smem, stream>>>(args) -> ::emu::Launch(Kernel, grid, block, smem, stream)(args)
-  perl -0pe 's/([A-Za-z_][A-Za-z_0-9]*(?:<[A-Za-z_0-9:, ]*>)?)\s*<<<(.*?)>>>\s*\(/::emu::Launch($1, $2)(/gs;
-             s/extern __shared__ float (\w+)\[\];/float* $1 = ::emu::DynamicSmem();/g' "$f" >"$out"
+  to_cc "$f" "$out"
   srcs+=("$out")
 done
-CXXFLAGS=(-std=c++17 -O1 -g -pthread -I"$HERE/include" -I"$ROOT" -include "$HERE/emu.h" -w)
+# Headers with launches (gemv_warp_rows.cuh) are rewritten too, into a folder searched before the source tree.
+mkdir -p "$WORK/inc/kernels/cuda"
+for f in "$ROOT"/kernels/cuda/*.cuh; do to_cc "$f" "$WORK/inc/kernels/cuda/$(basename "$f")"; done
+CXXFLAGS=(-std=c++17 -O1 -g -pthread -I"$HERE/include" -I"$WORK/inc" -I"$ROOT" -include "$HERE/emu.h" -w)
 g++ "${CXXFLAGS[@]}" "${srcs[@]}" "$HERE/emu_check.cc" "$ROOT/kernels/reference/reference_backend.cc" \
   "$ROOT/common/dtype.cc" "$ROOT/common/log.cc" -o "$WORK/emu_check" \
   -labsl_status -labsl_statusor -labsl_strings -labsl_str_format_internal -labsl_cord -labsl_int128 \

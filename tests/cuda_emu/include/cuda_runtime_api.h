@@ -1,4 +1,4 @@
-// CPU-emulation stand-in for the CUDA runtime header (kernels/cuda/emu): just what the kernels use.
+// CPU-emulation stand-in for the CUDA runtime header (tests/cuda_emu): just what the kernels use.
 #pragma once
 #include <cmath>
 #include <cstdint>

@@ -119,8 +119,17 @@ inline float Shfl(float v, int src) {
 inline void __syncthreads() { ::emu::g_block.block.Wait(); }
 inline float __shfl_xor_sync(unsigned, float v, int mask) { return ::emu::Shfl(v, ::emu::Lane() ^ mask); }
 inline float __shfl_sync(unsigned, float v, int src) { return ::emu::Shfl(v, src); }
+inline int __shfl_xor_sync(unsigned, int v, int mask) {  // through the float slots, bit for bit
+  float f;
+  std::memcpy(&f, &v, 4);
+  f = ::emu::Shfl(f, ::emu::Lane() ^ mask);
+  int r;
+  std::memcpy(&r, &f, 4);
+  return r;
+}
 template <typename T>
 inline T __ldg(const T* p) { return *p; }
 inline float __uint_as_float(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
+using std::isnan;
 using std::max;
 using std::min;

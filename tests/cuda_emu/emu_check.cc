@@ -1,6 +1,6 @@
 // Runs the CUDA kernels under CPU emulation (emu.h) against the reference backend on small shapes
 // that still cross every tile/split/vector-path boundary. A development check for machines without a
-// GPU: bash kernels/cuda/emu/run_emu_check.sh (not part of the CMake build).
+// GPU: bash tests/cuda_emu/run_emu_check.sh (not part of the CMake build).
 #include <cmath>
 #include <cstdio>
 #include <numeric>
@@ -10,6 +10,7 @@
 
 #include "kernels/backend.h"
 #include "kernels/cuda/cuda_kernels.h"
+#include "kernels/host_top_k.h"
 
 namespace tpserve::kernels {
 namespace {
@@ -154,6 +155,41 @@ void CheckElementwise(Backend& ref) {
   }
 }
 
+// Top-k / argmax against the host implementation (kernels/host_top_k.h): ties, NaN, -inf rows, the TP
+// all-gather layout with vocab padding, k = 1 and k = kMaxTopK.
+void CheckTopK() {
+  struct Case { int64_t rows; int parts; int64_t part_len, vocab; int k; };
+  for (const Case c : {Case{3, 1, 1000, 1000, 1}, Case{3, 1, 1000, 1000, 20}, Case{2, 2, 517, 1030, 5},
+                       Case{2, 3, 300, 899, 32}, Case{1, 1, 40, 33, 1}}) {
+    auto l = Rand(size_t(c.parts) * c.rows * c.part_len, 21 + c.k, -4, 2);
+    for (size_t i = 0; i < l.size(); i += 7) l[i] = 2.5f;  // many exact ties at the top
+    l[3] = NAN;
+    l[10] = INFINITY * -1;
+    if (c.rows > 1 && c.parts == 1) {  // a row with no finite entry
+      for (int64_t j = 0; j < c.part_len; ++j) l[c.part_len + j] = j % 2 ? NAN : -INFINITY;
+    }
+    std::vector<int32_t> wi(c.rows * c.k), gi(c.rows * c.k, -7);
+    std::vector<float> wv(c.rows * c.k), gv(c.rows * c.k, NAN), wl(c.rows), gl(c.rows, NAN);
+    HostTopK(l.data(), c.rows, c.parts, c.part_len, c.vocab, c.k, wi.data(), wv.data(), wl.data());
+    cuda::LaunchTopK(l.data(), c.rows, c.parts, c.part_len, c.vocab, c.k, gi.data(), gv.data(), gl.data(), nullptr);
+    const std::string what = "topk parts=" + std::to_string(c.parts) + " vocab=" + std::to_string(c.vocab) +
+                             " k=" + std::to_string(c.k);
+    Check(std::vector<float>(gi.begin(), gi.end()), std::vector<float>(wi.begin(), wi.end()), 0, 0, what + " ids");
+    auto finite = [](std::vector<float> v) {  // -inf == -inf for the comparison (an all -inf row)
+      for (float& x : v) x = std::isinf(x) ? (x > 0 ? 1e30f : -1e30f) : x;
+      return v;
+    };
+    Check(finite(gv), finite(wv), 0, 0, what + " values");
+    for (int64_t r = 0; r < c.rows; ++r) {  // -inf rows must be -inf on both sides
+      if (std::isinf(wl[r]) || std::isinf(gl[r])) {
+        if (wl[r] != gl[r]) ++g_failures, std::printf("%s lse row %lld: %g vs %g FAIL\n", what.c_str(), (long long)r, gl[r], wl[r]);
+        wl[r] = gl[r] = 0;
+      }
+    }
+    Check(gl, wl, 1e-5, 1e-5, what + " lse");
+  }
+}
+
 struct Seq {
   int history, query;
 };
@@ -256,6 +292,7 @@ int main() {
   CheckElementwise(*ref);
   CheckGemv(*ref);
   CheckGemvInt8(*ref);
+  CheckTopK();
   const std::vector<Seq> mixed = {{0, 37}, {40, 5}, {600, 1}, {5, 1}, {0, 2}, {1100, 1}};
   CheckAttention(*ref, 4, 2, 40, 16, mixed, 7);
   CheckAttention(*ref, 2, 1, 128, 8, mixed, 8);
