@@ -262,7 +262,7 @@ class EngineTest : public ::testing::Test {
     options_.scheduler.max_num_seqs = 8;
     options_.scheduler.max_num_batched_tokens = 64;
     options_.scheduler.max_model_len = 128;
-    options_.scheduler.max_queued_requests = 16;
+    options_.max_queued_requests = 16;
     options_.log_requests = false;
   }
   void TearDown() override {
@@ -399,14 +399,16 @@ TEST_F(EngineTest, FullServerReplaysEveryRequestExactly) {
   // The reproduction: max_num_seqs running + max_queued_requests waiting, then the group is lost.
   // Replay re-queues all four past the queue limit (they were admitted once) and each completes exactly.
   options_.scheduler.max_num_seqs = 2;
-  options_.scheduler.max_queued_requests = 2;
+  options_.max_queued_requests = 2;
   executor_.PauseAtStep(2);
   executor_.LoseAtStep(4, /*reform_after_waits=*/2);
+  executor_.SetReady(false);  // the first two are admitted together by step 1, however the threads interleave
   StartEngine();
   std::vector<std::shared_ptr<RecordingSink>> sinks;
   for (int i = 0; i < 4; ++i) sinks.push_back(std::make_shared<RecordingSink>());
   Submit(Spec(Prompt(10, 5), 9), sinks[0]);
   Submit(Spec(Prompt(11, 5), 9), sinks[1]);
+  executor_.SetReady(true);
   ASSERT_TRUE(executor_.WaitPaused());  // both running: the next two wait in the queue
   Submit(Spec(Prompt(12, 5), 9), sinks[2]);
   Submit(Spec(Prompt(13, 5), 9), sinks[3]);
@@ -435,7 +437,7 @@ TEST_F(EngineTest, WithoutRecoveryRequestsEndUnavailableNamingTheFlag) {
 }
 
 TEST_F(EngineTest, FullQueueAnswersResourceExhaustedAtOnceNamingTheLimit) {
-  options_.scheduler.max_queued_requests = 3;
+  options_.max_queued_requests = 3;
   executor_.SetReady(false);  // nothing runs: every submitted request stays queued
   StartEngine();
   std::vector<std::shared_ptr<RecordingSink>> sinks;
@@ -464,11 +466,13 @@ TEST_F(EngineTest, KvExhaustionPreemptsByRecomputeAndLosesNothing) {
   // their whole context at once, so the junior one is preempted and later recomputed from its history.
   options_.scheduler.num_blocks = 8;
   options_.scheduler.enable_prefix_caching = false;
+  executor_.SetReady(false);  // both are queued before the first step, however the threads interleave
   StartEngine();
   auto a = std::make_shared<RecordingSink>();
   auto b = std::make_shared<RecordingSink>();
   Submit(Spec(Prompt(40, 6), 14), a);
   const uint64_t junior = Submit(Spec(Prompt(41, 6), 14), b);
+  executor_.SetReady(true);
   ASSERT_TRUE(a->WaitDone());
   ASSERT_TRUE(b->WaitDone());
   EXPECT_EQ(a->ids(), ReferenceIds(Prompt(40, 6), 14));
