@@ -34,7 +34,7 @@
 #include "worker/comm/communicator.h"
 #include "worker/comm/memory_store.h"
 #include "worker/model/llama_model.h"
-#include "worker/model/synthetic_model.h"
+#include "tools/model/synthetic_model.h"
 
 ABSL_FLAG(std::string, model, "", "checkpoint directory (config.json + safetensors/bin); else --random-weights");
 ABSL_FLAG(bool, random_weights, false, "seeded random weights of --preset's shape (no checkpoint)");

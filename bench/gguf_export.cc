@@ -12,7 +12,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/usage.h"
 #include "bench/dashed_flags.h"
-#include "worker/checkpoint/gguf_writer.h"
+#include "tools/checkpoint/gguf_writer.h"
 
 ABSL_FLAG(std::string, model, "", "checkpoint directory (config.json + safetensors or PyTorch shards)");
 ABSL_FLAG(std::string, tokenizer, "", "SentencePiece tokenizer.model (default: MODEL/tokenizer.model)");

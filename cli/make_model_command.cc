@@ -9,8 +9,8 @@
 #include "absl/strings/str_cat.h"
 #include "cli/commands.h"
 #include "cli/shared_flags.h"
-#include "coordinator/tokenizer/train_tokenizer.h"
-#include "worker/model/synthetic_model.h"
+#include "tools/tokenizer/train_tokenizer.h"
+#include "tools/model/synthetic_model.h"
 
 ABSL_FLAG(std::string, out, "", "output directory");
 ABSL_FLAG(std::string, preset, "tiny", "tiny, bench-0.9b (bench/compare-llamacpp's 0.94B shape) or llama-2-13b");

@@ -141,16 +141,19 @@ absl::StatusOr<coordinator::CoordinatorOptions> CoordinatorOptionsFromFlags() {
   g.max_kv_blocks = absl::GetFlag(FLAGS_max_kv_blocks);
   g.block_size = absl::GetFlag(FLAGS_block_size);
   if (g.block_size < 1 || g.block_size > 1024) return absl::InvalidArgumentError("--block-size must be in [1, 1024]");
-  g.max_num_seqs = absl::GetFlag(FLAGS_max_num_seqs);
-  if (g.max_num_seqs < 1) return absl::InvalidArgumentError("--max-num-seqs must be >= 1");
-  g.max_num_batched_tokens = absl::GetFlag(FLAGS_max_num_batched_tokens);
-  if (g.max_num_batched_tokens < 1) return absl::InvalidArgumentError("--max-num-batched-tokens must be >= 1");
+  // Batch shape is the scheduler's alone: the workers size nothing from it.
+  o.engine.scheduler.max_num_seqs = absl::GetFlag(FLAGS_max_num_seqs);
+  if (o.engine.scheduler.max_num_seqs < 1) return absl::InvalidArgumentError("--max-num-seqs must be >= 1");
+  o.engine.scheduler.max_num_batched_tokens = absl::GetFlag(FLAGS_max_num_batched_tokens);
+  if (o.engine.scheduler.max_num_batched_tokens < 1) {
+    return absl::InvalidArgumentError("--max-num-batched-tokens must be >= 1");
+  }
   g.comm_backend = absl::GetFlag(FLAGS_comm_backend);
   if (g.comm_backend != "auto" && g.comm_backend != "gloo" && g.comm_backend != "nccl") {
     return absl::InvalidArgumentError("--comm-backend must be auto, gloo or nccl");
   }
-  o.engine.scheduler.max_queued_requests = absl::GetFlag(FLAGS_max_queued_requests);
-  if (o.engine.scheduler.max_queued_requests < 1) return absl::InvalidArgumentError("--max-queued-requests must be >= 1");
+  o.engine.max_queued_requests = absl::GetFlag(FLAGS_max_queued_requests);
+  if (o.engine.max_queued_requests < 1) return absl::InvalidArgumentError("--max-queued-requests must be >= 1");
   o.engine.scheduler.enable_prefix_caching = absl::GetFlag(FLAGS_enable_prefix_caching);
   o.engine.recovery_timeout = absl::Seconds(absl::GetFlag(FLAGS_recovery_timeout));
   o.engine.step_timeout = absl::Seconds(absl::GetFlag(FLAGS_step_timeout));

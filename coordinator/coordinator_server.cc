@@ -73,8 +73,6 @@ absl::Status CoordinatorServer::Start() {
   options_.limits.max_model_len = max_len;
   options_.engine.scheduler.max_model_len = max_len;
   options_.engine.scheduler.block_size = options_.group.block_size;
-  options_.engine.scheduler.max_num_seqs = options_.group.max_num_seqs;
-  options_.engine.scheduler.max_num_batched_tokens = options_.group.max_num_batched_tokens;
   options_.group.model_path = options_.model_dir;
 
   metrics_ = std::make_unique<Metrics>(options_.model_name, options_.group.world_size);

@@ -49,12 +49,16 @@ absl::StatusOr<uint64_t> Engine::Submit(RequestSpec spec, std::shared_ptr<Reques
         absl::UnavailableError("server is draining (shutting down) and accepts no new requests; retry on another replica"),
         reason::kDraining);
   }
-  if (queued_.load() >= options_.scheduler.max_queued_requests) {
-    return WithReason(absl::ResourceExhaustedError(absl::StrCat("request queue is full (",
-                                                                options_.scheduler.max_queued_requests,
-                                                                " waiting, --max-queued-requests); retry later")),
-                      reason::kQueueFull);
-  }
+  // Takes a queue slot only while one is free, so concurrent submissions never overshoot the limit.
+  int queued = queued_.load();
+  do {
+    if (queued >= options_.max_queued_requests) {
+      return WithReason(absl::ResourceExhaustedError(absl::StrCat("request queue is full (",
+                                                                  options_.max_queued_requests,
+                                                                  " waiting, --max-queued-requests); retry later")),
+                        reason::kQueueFull);
+    }
+  } while (!queued_.compare_exchange_weak(queued, queued + 1));
   uint64_t id = next_id_++;
   if (spec.request_id.empty()) spec.request_id = absl::StrCat("req-", id);
   if (options_.log_prompts && !spec.internal) {
@@ -65,7 +69,6 @@ absl::StatusOr<uint64_t> Engine::Submit(RequestSpec spec, std::shared_ptr<Reques
   }
   auto state = std::make_unique<RequestState>(id, std::move(spec), std::move(sink), *tokenizer_,
                                               options_.scheduler.max_model_len);
-  ++queued_;
   ++in_flight_;
   absl::MutexLock lock(&inbox_mu_);
   inbox_.submitted.push_back(std::move(state));
@@ -89,10 +92,6 @@ void Engine::DrainInbox() {
     if (!s.ok()) {
       --queued_;
       --in_flight_;
-      // The scheduler's own queue limit can refuse a request that passed Submit's check (requests submitted
-      // between two steps): the client gets the same QUEUE_FULL reason either way. Issue 15 item 2 leaves
-      // one queue limit; until then both answer alike.
-      if (absl::IsResourceExhausted(s)) s = WithReason(std::move(s), reason::kQueueFull);
       r->sink().OnError(s, nullptr);
       continue;
     }
@@ -274,8 +273,7 @@ void Engine::RequeueAll() {
   for (uint64_t id : ids) {
     RequestState& r = *requests_.at(id);
     const int remaining = r.spec().max_new_tokens - r.num_generated();
-    absl::Status s = scheduler_->AddSequence(id, r.all_tokens(), std::max(1, remaining), r.spec().priority,
-                                             Scheduler::Admission::kReadmit);
+    absl::Status s = scheduler_->AddSequence(id, r.all_tokens(), std::max(1, remaining), r.spec().priority);
     if (!s.ok()) {
       FailRequest(id, WithReason(absl::UnavailableError(absl::StrCat("could not replay after worker loss: ", s.message())),
                                  reason::kWorkerGroupLost));

@@ -28,6 +28,10 @@ namespace tpserve::coordinator {
 
 struct EngineOptions {
   SchedulerConfig scheduler;
+  // --max-queued-requests: the one queue limit. Counts requests submitted and never scheduled yet; beyond it
+  // Submit answers RESOURCE_EXHAUSTED (ErrorInfo QUEUE_FULL) at once. A preempted request, or one replayed
+  // after a worker loss, was admitted already and is never counted or refused.
+  int max_queued_requests = 1024;
   absl::Duration step_timeout = absl::Seconds(600);
   absl::Duration recovery_timeout = absl::Seconds(60);
   bool log_prompts = false;  // --log-prompts: one INFO line per request with its prompt text (never otherwise)
@@ -53,7 +57,6 @@ class Engine {
   void StopAccepting();
   bool accepting() const { return accepting_.load(); }
   int num_in_flight() const { return in_flight_.load(); }
-  int max_model_len() const { return options_.scheduler.max_model_len; }
   // Snapshot for metrics/tests.
   int num_free_blocks() const { return free_blocks_.load(); }
   int num_total_blocks() const { return options_.scheduler.num_blocks; }
@@ -84,7 +87,7 @@ class Engine {
   bool stop_ ABSL_GUARDED_BY(inbox_mu_) = false;
   std::atomic<bool> accepting_{true};
   std::atomic<int> in_flight_{0};
-  std::atomic<int> queued_{0};  // submitted, not yet running
+  std::atomic<int> queued_{0};  // submitted, never scheduled yet: what max_queued_requests limits
   std::atomic<int> free_blocks_{0};
   std::atomic<uint64_t> next_id_{1};
 

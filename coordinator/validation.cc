@@ -159,8 +159,8 @@ absl::StatusOr<RequestSpec> ValidateGenerateRequest(const v1::GenerateRequest& r
   sc.set_frequency_penalty(sp.frequency_penalty());
   sc.set_seed(sp.has_seed() ? sp.seed() : RandomSeed());
 
-  if (request.logprobs() < 0 || request.logprobs() > limits.max_logprobs) {
-    return Invalid(absl::StrCat("logprobs: must be in [0, ", limits.max_logprobs, "] (got ", request.logprobs(), ")"));
+  if (request.logprobs() < 0 || request.logprobs() > kMaxLogprobs) {
+    return Invalid(absl::StrCat("logprobs: must be in [0, ", kMaxLogprobs, "] (got ", request.logprobs(), ")"));
   }
   spec.logprobs = request.logprobs();
   sc.set_logprobs(request.logprobs());

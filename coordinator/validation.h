@@ -16,7 +16,7 @@ struct ValidationLimits {
   int max_new_tokens = 0;          // 0 = no server-side cap beyond the context
   int max_stop_strings = 16;
   int max_stop_string_bytes = 256;
-  int max_logprobs = kMaxLogprobs;  // common/sampling_limits.h: the sampler's cap
+  // The logprobs cap is not a limit an operator sets: it is kMaxLogprobs (common/sampling_limits.h).
 };
 
 absl::StatusOr<RequestSpec> ValidateGenerateRequest(const tpserve::v1::GenerateRequest& request,

@@ -86,8 +86,6 @@ void WorkerPool::ApplyLocked(const GroupMembership::Effects& fx) {
       load->set_kv_cache_bytes(options_.kv_cache_bytes);
       load->set_kv_memory_fraction(options_.kv_memory_fraction);
       load->set_block_size(options_.block_size);
-      load->set_max_num_seqs(options_.max_num_seqs);
-      load->set_max_num_batched_tokens(options_.max_num_batched_tokens);
       load->set_comm_backend(options_.comm_backend);
       load->set_store_prefix(prefix);
       load->set_threads(options_.threads);

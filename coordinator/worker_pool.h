@@ -38,8 +38,6 @@ struct WorkerGroupOptions {
   float kv_memory_fraction = 0.9f;
   int max_kv_blocks = 0;           // cap (0 = none)
   int block_size = 16;
-  int max_num_seqs = 256;
-  int max_num_batched_tokens = 2048;
   std::string comm_backend = "auto";  // "gloo", "nccl" or "auto" (nccl when the worker is on a GPU)
   int threads = 0;
   absl::Duration step_timeout = absl::Seconds(600);  // sent to workers: their NCCL watchdog's deadline

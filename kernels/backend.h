@@ -123,9 +123,6 @@ class Backend {
   virtual void AddRmsNorm(float* residual, const float* x, int64_t rows, const WeightView& w, float eps,
                           float* out) = 0;
 
-  // y += x, n elements.
-  virtual void Add(float* y, const float* x, int64_t n) = 0;
-
   // RoPE in rotate_half order (HF Llama), in place. q: [n, nq * head_dim], k: [n, nk * head_dim].
   // inv_freq[i] = theta^(-2i/head_dim); angle = position * inv_freq[i]; pairs (i, i + head_dim/2).
   virtual void Rope(float* q, float* k, const int32_t* positions, int64_t n, int nq, int nk,

@@ -20,7 +20,7 @@ export CCACHE_BASEDIR="${CCACHE_BASEDIR:-${ROOT}}"
 
 cmake -S "${ROOT}" -B "${BUILD_DIR}" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTPSERVE_SANITIZE=ON \
   -DTPSERVE_BUILD_BENCH=OFF >/dev/null
-ninja -C "${BUILD_DIR}" -j"${JOBS}" tpserve common_tests kernels_tests worker_tests coordinator_tests integration_tests
+ninja -C "${BUILD_DIR}" -j"${JOBS}" tpserve common_tests kernels_tests worker_tests coordinator_tests tools_tests integration_tests
 
 # Child processes (the servers integration tests start) inherit these.
 export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:strict_string_checks=1:detect_stack_use_after_return=1"

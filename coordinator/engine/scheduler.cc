@@ -20,7 +20,6 @@ absl::Status ValidateSchedulerConfig(const SchedulerConfig& c) {
     return bad("max_num_batched_tokens", c.max_num_batched_tokens, "must be > 0");
   }
   if (c.max_model_len <= 0) return bad("max_model_len", c.max_model_len, "must be > 0");
-  if (c.max_queued_requests < 0) return bad("max_queued_requests", c.max_queued_requests, "must be >= 0");
   return absl::OkStatus();
 }
 
@@ -38,7 +37,7 @@ absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(const SchedulerConf
 }
 
 absl::Status Scheduler::AddSequence(uint64_t seq_id, std::vector<int32_t> prompt_ids, int max_new_tokens,
-                                    int priority, Admission admission) {
+                                    int priority) {
   if (prompt_ids.empty()) {
     return absl::InvalidArgumentError(absl::StrCat("seq ", seq_id, ": prompt_ids is empty"));
   }
@@ -76,11 +75,6 @@ absl::Status Scheduler::AddSequence(uint64_t seq_id, std::vector<int32_t> prompt
   }
   if (seqs_.contains(seq_id)) {
     return absl::AlreadyExistsError(absl::StrCat("seq ", seq_id, " is already scheduled"));
-  }
-  if (admission == Admission::kNew && num_waiting() >= config_.max_queued_requests) {
-    return absl::ResourceExhaustedError(absl::StrCat("request queue is full: ", num_waiting(),
-                                                     " requests waiting, max_queued_requests = ",
-                                                     config_.max_queued_requests, "; retry later"));
   }
   auto seq = std::make_unique<Sequence>();
   seq->seq_id = seq_id;
@@ -128,7 +122,7 @@ void Scheduler::Preempt(Sequence* seq, StepState* step, SchedulerOutput* out) {
   seq->status = SequenceStatus::kWaiting;
   ++seq->num_preemptions;
   running_.erase(seq);
-  waiting_.insert(seq);  // never dropped: ignores max_queued_requests
+  waiting_.insert(seq);  // never dropped (the queue limit is for new requests, in the engine)
   out->preempted.push_back(seq->seq_id);
   step->preempted_any = true;
   ++num_preemptions_;

@@ -21,7 +21,6 @@ struct SchedulerConfig {
   int max_num_seqs = 256;             // running sequences at once
   int max_num_batched_tokens = 2048;  // tokens run per step, prefill + decode
   int max_model_len = 0;              // prompt + max_new_tokens limit
-  int max_queued_requests = 1024;     // waiting sequences (including preempted ones)
   bool enable_prefix_caching = true;
   bool enable_chunked_prefill = true;
 };
@@ -66,16 +65,12 @@ class Scheduler {
   // Validates the config first (INVALID_ARGUMENT naming the field).
   static absl::StatusOr<std::unique_ptr<Scheduler>> Create(const SchedulerConfig& config);
 
-  // How a sequence enters: kNew passes admission (the max_queued_requests limit); kReadmit is a request that
-  // was admitted before and is re-queued from its token history after the worker group was lost, and like a
-  // preempted sequence it is never refused for a full queue.
-  enum class Admission { kNew, kReadmit };
-  // RESOURCE_EXHAUSTED when max_queued_requests are waiting (kNew only); INVALID_ARGUMENT for an empty prompt,
-  // negative token ids, max_new_tokens < 1, prompt + max_new_tokens > max_model_len, or a request that could
+  // Admission control (the queue limit) is the engine's: the scheduler queues whatever it is given, so a
+  // request re-queued after a worker loss, like a preempted one, is never refused for a full queue.
+  // INVALID_ARGUMENT for an empty prompt, negative token ids, max_new_tokens < 1, prompt + max_new_tokens > max_model_len, or a request that could
   // never fit in the whole KV pool (or, without chunked prefill, in one step's token budget); ALREADY_EXISTS
   // for a seq_id that is still known.
-  absl::Status AddSequence(uint64_t seq_id, std::vector<int32_t> prompt_ids, int max_new_tokens, int priority,
-                           Admission admission = Admission::kNew);
+  absl::Status AddSequence(uint64_t seq_id, std::vector<int32_t> prompt_ids, int max_new_tokens, int priority);
   // Removes a sequence wherever it is (waiting, running, preempted) and frees its blocks. Idempotent.
   void Abort(uint64_t seq_id);
   // Plans one iteration under max_num_batched_tokens / max_num_seqs and the block pool.

@@ -263,10 +263,6 @@ class CpuBackend : public Backend {
     });
   }
 
-  void Add(float* y, const float* x, int64_t n) override {
-    pool_.ParallelFor(n, 1 << 16, [&](int64_t b, int64_t e) { k_.add(y + b, x + b, e - b); });
-  }
-
   void Rope(float* q, float* k, const int32_t* positions, int64_t n, int nq, int nk, int head_dim,
             float theta) override {
     if (n <= 0) return;

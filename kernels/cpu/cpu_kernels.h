@@ -65,7 +65,6 @@ struct CpuKernels {
   // One row: residual += x; out = RmsNorm(residual).
   void (*add_rms_norm_row)(float* residual, const float* x, int64_t d, const void* w, DType wdt, float eps,
                            float* out);
-  void (*add)(float* y, const float* x, int64_t n);
   // out[i] = silu(g[i]) * u[i]
   void (*silu_mul)(const float* g, const float* u, int64_t n, float* out);
   // rotate_half RoPE of `heads` heads of one token in place; cos/sin: [head_dim / 2].

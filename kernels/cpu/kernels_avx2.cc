@@ -202,9 +202,9 @@ bool NoBf16Dot(DType) { return false; }
 const CpuKernels& Avx2Kernels() {
   static const CpuKernels table = {
       "avx2",            &NoBf16Dot,         &MatmulAvx2,           &RoundToBf16,
-      &ConvertRow<V256>, &RmsNormRow<V256>,  &AddRmsNormRow<V256>,  &AddRange<V256>,
-      &SiluMul<V256>,    &Rope<V256>,        &Attention<V256>,      &SplitForBf16,
-      &SplitXRow,        &NoPackX,           nullptr,               nullptr};
+      &ConvertRow<V256>, &RmsNormRow<V256>,  &AddRmsNormRow<V256>,  &SiluMul<V256>,
+      &Rope<V256>,       &Attention<V256>,   &SplitForBf16,         &SplitXRow,
+      &NoPackX,          nullptr,            nullptr};
   return table;
 }
 

@@ -155,23 +155,23 @@ bool Bf16DotForBf16(DType dt) { return dt == DType::kBF16; }
 const CpuKernels& Avx512Kernels(bool with_bf16) {
   static const CpuKernels plain = {
       "avx512",          &NoBf16Dot,         &MatmulAvx512,         &RoundToBf16Portable,
-      &ConvertRow<V512>, &RmsNormRow<V512>,  &AddRmsNormRow<V512>,  &AddRange<V512>,
-      &SiluMul<V512>,    &Rope<V512>,        &Attention<V512>,      &NoSplitX,
-      nullptr,           &NoPackX,           nullptr,                nullptr};
+      &ConvertRow<V512>, &RmsNormRow<V512>,  &AddRmsNormRow<V512>,  &SiluMul<V512>,
+      &Rope<V512>,       &Attention<V512>,   &NoSplitX,             nullptr,
+      &NoPackX,          nullptr,            nullptr};
   static const CpuKernels bf16 = {
       "avx512-bf16",     &Bf16DotForBf16,    &MatmulAvx512Bf16Tiled, &RoundToBf16,
-      &ConvertRow<V512>, &RmsNormRow<V512>,  &AddRmsNormRow<V512>,   &AddRange<V512>,
-      &SiluMul<V512>,    &Rope<V512>,        &Attention<V512>,       &NoSplitX,
-      nullptr,           &Bf16PacksX,        &PackXAvx512Bf16Block,  &MatmulAvx512Bf16Pairs};
+      &ConvertRow<V512>, &RmsNormRow<V512>,  &AddRmsNormRow<V512>,   &SiluMul<V512>,
+      &Rope<V512>,       &Attention<V512>,   &NoSplitX,              nullptr,
+      &Bf16PacksX,       &PackXAvx512Bf16Block, &MatmulAvx512Bf16Pairs};
   return with_bf16 ? bf16 : plain;
 }
 
 const CpuKernels& AmxKernels() {
   static const CpuKernels amx = {
       "amx-bf16",        &Bf16DotForBf16,    &MatmulAmxOrAvx512Bf16, &RoundToBf16,
-      &ConvertRow<V512>, &RmsNormRow<V512>,  &AddRmsNormRow<V512>,   &AddRange<V512>,
-      &SiluMul<V512>,    &Rope<V512>,        &Attention<V512>,       &NoSplitX,
-      nullptr,           &AmxPacksX,         &PackXAmxBlock,         nullptr};
+      &ConvertRow<V512>, &RmsNormRow<V512>,  &AddRmsNormRow<V512>,   &SiluMul<V512>,
+      &Rope<V512>,       &Attention<V512>,   &NoSplitX,              nullptr,
+      &AmxPacksX,        &PackXAmxBlock,     nullptr};
   return amx;
 }
 

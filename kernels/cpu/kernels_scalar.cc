@@ -92,9 +92,9 @@ bool NoPackX(DType, int64_t) { return false; }
 const CpuKernels& ScalarKernels() {
   static const CpuKernels table = {
       "scalar",             &NoBf16Dot,            &MatmulScalar,           &RoundToBf16,
-      &ConvertRow<VScalar>, &RmsNormRow<VScalar>,  &AddRmsNormRow<VScalar>, &AddRange<VScalar>,
-      &SiluMul<VScalar>,    &Rope<VScalar>,        &Attention<VScalar>,      &NoSplitX,
-      nullptr,              &NoPackX,              nullptr,                 nullptr};
+      &ConvertRow<VScalar>, &RmsNormRow<VScalar>,  &AddRmsNormRow<VScalar>, &SiluMul<VScalar>,
+      &Rope<VScalar>,       &Attention<VScalar>,   &NoSplitX,               nullptr,
+      &NoPackX,             nullptr,               nullptr};
   return table;
 }
 

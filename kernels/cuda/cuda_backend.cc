@@ -278,11 +278,6 @@ class CudaBackend : public Backend {
     cuda::LaunchAddRmsNorm(residual, x, rows, w.cols, w.data, DevDType(w.dtype), eps, out, stream_);
   }
 
-  void Add(float* y, const float* x, int64_t n) override {
-    Bind();
-    cuda::LaunchAdd(y, x, n, stream_);
-  }
-
   void Rope(float* q, float* k, const int32_t* positions, int64_t n, int nq, int nk, int head_dim,
             float theta) override {
     TP_CHECK(head_dim % 2 == 0) << "RoPE head_dim " << head_dim << " is odd";

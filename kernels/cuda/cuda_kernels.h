@@ -15,8 +15,6 @@ namespace tpserve::kernels::cuda {
 // out[i, :] = table[ids[i] - vocab_begin, :] or zeros. table: [vocab_rows, dim], out: [n, dim]
 void LaunchEmbedding(const int32_t* ids, int64_t n, const void* table, int dtype, int64_t vocab_rows,
                      int64_t dim, int64_t vocab_begin, float* out, cudaStream_t stream);
-// y[i] += x[i], i < n
-void LaunchAdd(float* y, const float* x, int64_t n, cudaStream_t stream);
 // out[r, i] = silu(gate_up[r, i]) * gate_up[r, inter + i]
 void LaunchSiluMul(const float* gate_up, int64_t rows, int64_t inter, float* out, cudaStream_t stream);
 // out[i, :] = x[rows[i], :]

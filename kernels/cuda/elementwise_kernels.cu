@@ -29,13 +29,6 @@ __global__ void EmbeddingKernel(const int32_t* ids, const void* table, int dtype
   for (int64_t c = threadIdx.x; c < dim; c += blockDim.x) o[c] = LoadWeight(table, dtype, row * dim + c);
 }
 
-__global__ void AddKernel(float* y, const float* x, int64_t n) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    y[i] += x[i];
-  }
-}
-
 __device__ __forceinline__ float SiluMul(float g, float u) { return g / (1.0f + expf(-g)) * u; }
 
 __global__ void SiluMulKernel(const float* __restrict__ gate_up, int64_t rows, int64_t inter,
@@ -123,12 +116,6 @@ void LaunchEmbedding(const int32_t* ids, int64_t n, const void* table, int dtype
   EmbeddingKernel<<<static_cast<unsigned int>(n), kThreads, 0, stream>>>(
       ids, table, dtype, vocab_rows, dim, vocab_begin, out);
   TP_CUDA_CHECK_LAUNCH("Embedding");
-}
-
-void LaunchAdd(float* y, const float* x, int64_t n, cudaStream_t stream) {
-  if (n <= 0) return;
-  AddKernel<<<StreamGrid(n), kThreads, 0, stream>>>(y, x, n);
-  TP_CUDA_CHECK_LAUNCH("Add");
 }
 
 void LaunchSiluMul(const float* gate_up, int64_t rows, int64_t inter, float* out, cudaStream_t stream) {

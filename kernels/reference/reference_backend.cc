@@ -118,12 +118,8 @@ class ReferenceBackend : public Backend {
 
   void AddRmsNorm(float* residual, const float* x, int64_t rows, const WeightView& w, float eps,
                   float* out) override {
-    Add(residual, x, rows * w.cols);
+    for (int64_t i = 0; i < rows * w.cols; ++i) residual[i] += x[i];
     RmsNorm(residual, rows, w, eps, out);
-  }
-
-  void Add(float* y, const float* x, int64_t n) override {
-    for (int64_t i = 0; i < n; ++i) y[i] += x[i];
   }
 
   void Rope(float* q, float* k, const int32_t* positions, int64_t n, int nq, int nk, int head_dim,

@@ -74,9 +74,7 @@ class FakeExecutor : public StepExecutor {
   absl::StatusOr<StepOutcome> RunStep(wv1::StepPlan plan, absl::Duration) override {
     absl::MutexLock lock(&mu_);
     const int step = ++steps_;
-    if (pause_at_ == step || (pause_at_seqs_ > 0 && plan.seqs_size() >= pause_at_seqs_)) {
-      pause_at_seqs_ = 0;
-      paused_step_ = step;
+    if (pause_at_ == step) {
       paused_ = true;
       mu_.Await(absl::Condition(+[](FakeExecutor* f) ABSL_NO_THREAD_SAFETY_ANALYSIS { return !f->paused_; }, this));
     }
@@ -157,16 +155,6 @@ class FakeExecutor : public StepExecutor {
     absl::MutexLock lock(&mu_);
     pause_at_ = step;
   }
-  // The engine blocks inside the first step whose plan holds at least `n` sequences, until Resume(): unlike a
-  // step number, this does not depend on whether the engine drained a Submit before or after planning a step.
-  void PauseWhenSeqs(int n) {
-    absl::MutexLock lock(&mu_);
-    pause_at_seqs_ = n;
-  }
-  int paused_step() const {
-    absl::MutexLock lock(&mu_);
-    return paused_step_;
-  }
   bool WaitPaused() {
     absl::MutexLock lock(&mu_);
     return mu_.AwaitWithTimeout(absl::Condition(&paused_), kWait);
@@ -207,8 +195,6 @@ class FakeExecutor : public StepExecutor {
   mutable int ready_waits_ ABSL_GUARDED_BY(mu_) = 0;
   int error_at_ ABSL_GUARDED_BY(mu_) = 0;
   int pause_at_ ABSL_GUARDED_BY(mu_) = 0;
-  int pause_at_seqs_ ABSL_GUARDED_BY(mu_) = 0;
-  int paused_step_ ABSL_GUARDED_BY(mu_) = 0;
   bool paused_ ABSL_GUARDED_BY(mu_) = false;
   absl::flat_hash_map<uint64_t, std::vector<int32_t>> history_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, std::vector<std::vector<int32_t>>> starts_ ABSL_GUARDED_BY(mu_);
@@ -276,7 +262,7 @@ class EngineTest : public ::testing::Test {
     options_.scheduler.max_num_seqs = 8;
     options_.scheduler.max_num_batched_tokens = 64;
     options_.scheduler.max_model_len = 128;
-    options_.scheduler.max_queued_requests = 16;
+    options_.max_queued_requests = 16;
     options_.log_requests = false;
   }
   void TearDown() override {
@@ -413,17 +399,17 @@ TEST_F(EngineTest, FullServerReplaysEveryRequestExactly) {
   // The reproduction: max_num_seqs running + max_queued_requests waiting, then the group is lost.
   // Replay re-queues all four past the queue limit (they were admitted once) and each completes exactly.
   options_.scheduler.max_num_seqs = 2;
-  options_.scheduler.max_queued_requests = 2;
-  // A loaded run saw the second request still waiting at step 2 (drained after that step's plan), so the full-server
-  // state is reached by content: pause in the first step that runs both.
-  executor_.PauseWhenSeqs(2);
+  options_.max_queued_requests = 2;
+  executor_.PauseAtStep(2);
+  executor_.LoseAtStep(4, /*reform_after_waits=*/2);
+  executor_.SetReady(false);  // the first two are admitted together by step 1, however the threads interleave
   StartEngine();
   std::vector<std::shared_ptr<RecordingSink>> sinks;
   for (int i = 0; i < 4; ++i) sinks.push_back(std::make_shared<RecordingSink>());
   Submit(Spec(Prompt(10, 5), 9), sinks[0]);
   Submit(Spec(Prompt(11, 5), 9), sinks[1]);
+  executor_.SetReady(true);
   ASSERT_TRUE(executor_.WaitPaused());  // both running: the next two wait in the queue
-  executor_.LoseAtStep(executor_.paused_step() + 2, /*reform_after_waits=*/2);
   Submit(Spec(Prompt(12, 5), 9), sinks[2]);
   Submit(Spec(Prompt(13, 5), 9), sinks[3]);
   auto refused = engine_->Submit(Spec(Prompt(14, 5), 9), std::make_shared<RecordingSink>());
@@ -451,7 +437,7 @@ TEST_F(EngineTest, WithoutRecoveryRequestsEndUnavailableNamingTheFlag) {
 }
 
 TEST_F(EngineTest, FullQueueAnswersResourceExhaustedAtOnceNamingTheLimit) {
-  options_.scheduler.max_queued_requests = 3;
+  options_.max_queued_requests = 3;
   executor_.SetReady(false);  // nothing runs: every submitted request stays queued
   StartEngine();
   std::vector<std::shared_ptr<RecordingSink>> sinks;
@@ -480,11 +466,13 @@ TEST_F(EngineTest, KvExhaustionPreemptsByRecomputeAndLosesNothing) {
   // their whole context at once, so the junior one is preempted and later recomputed from its history.
   options_.scheduler.num_blocks = 8;
   options_.scheduler.enable_prefix_caching = false;
+  executor_.SetReady(false);  // both are queued before the first step, however the threads interleave
   StartEngine();
   auto a = std::make_shared<RecordingSink>();
   auto b = std::make_shared<RecordingSink>();
   Submit(Spec(Prompt(40, 6), 14), a);
   const uint64_t junior = Submit(Spec(Prompt(41, 6), 14), b);
+  executor_.SetReady(true);
   ASSERT_TRUE(a->WaitDone());
   ASSERT_TRUE(b->WaitDone());
   EXPECT_EQ(a->ids(), ReferenceIds(Prompt(40, 6), 14));

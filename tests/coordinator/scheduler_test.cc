@@ -429,33 +429,15 @@ TEST(SchedulerTest, AbortDuringAStepIsIgnoredOnCompletion) {
   EXPECT_EQ(s.Schedule().finished, (std::vector<uint64_t>{1, 2}));
 }
 
-TEST(SchedulerTest, FullQueueIsResourceExhausted) {
-  SchedulerConfig c = Config(64, 16, 8, 100, 512);
-  c.max_queued_requests = 2;
-  Scheduler s(c);
-  ASSERT_TRUE(s.AddSequence(1, Prompt(1, 4), 2, 0).ok());
-  ASSERT_TRUE(s.AddSequence(2, Prompt(2, 4), 2, 0).ok());
-  const absl::Status full = s.AddSequence(3, Prompt(3, 4), 2, 0);
-  EXPECT_EQ(full.code(), StatusCode::kResourceExhausted);
-  EXPECT_NE(full.message().find("queue is full"), std::string::npos) << full;
-  EXPECT_NE(full.message().find("max_queued_requests = 2"), std::string::npos) << full;
-  EXPECT_EQ(s.num_waiting(), 2);
-  EXPECT_EQ(s.Schedule().seqs.size(), 2u);  // admitted: the queue drains
-  EXPECT_TRUE(s.AddSequence(3, Prompt(3, 4), 2, 0).ok());
-}
-
-TEST(SchedulerTest, ReadmittedSequencesBypassTheQueueLimitInArrivalOrder) {
-  // After a worker loss every in-flight request (up to max_num_seqs running + max_queued_requests waiting)
-  // comes back at once; none may be refused for the full queue, and they keep their order.
+TEST(SchedulerTest, QueuesEverySequenceAndAdmitsInArrivalOrder) {
+  // The queue limit is the engine's (new requests only): after a worker loss every in-flight request (up to
+  // max_num_seqs running + max_queued_requests waiting) comes back at once; none may be refused, and they keep
+  // their order.
   SchedulerConfig c = Config(64, 16, 8, 100, 512);
   c.max_num_seqs = 2;
-  c.max_queued_requests = 2;
   Scheduler s(c);
-  for (uint64_t id = 1; id <= 4; ++id) {
-    ASSERT_TRUE(s.AddSequence(id, Prompt(id, 4), 2, 0, Scheduler::Admission::kReadmit).ok()) << id;
-  }
-  EXPECT_EQ(s.num_waiting(), 4);
-  EXPECT_EQ(s.AddSequence(5, Prompt(5, 4), 2, 0).code(), StatusCode::kResourceExhausted);  // new ones still wait
+  for (uint64_t id = 1; id <= 40; ++id) ASSERT_TRUE(s.AddSequence(id, Prompt(id, 4), 2, 0).ok()) << id;
+  EXPECT_EQ(s.num_waiting(), 40);
   const SchedulerOutput out = s.Schedule();
   ASSERT_EQ(out.seqs.size(), 2u);
   EXPECT_EQ(out.seqs[0].seq_id, 1u);
@@ -502,6 +484,7 @@ struct SoakCase {
   int max_prompt;
   int max_new;
   bool expect_preemptions;
+  int max_waiting = 1024;  // the engine's queue limit for new requests (EngineOptions.max_queued_requests)
 };
 
 // FNV-1a over the prefix, independent of the scheduler's block hash.
@@ -546,8 +529,8 @@ void RunSoak(const SoakCase& c) {
       const int extra = uniform(prompt.empty() ? 1 : 0, c.max_prompt - static_cast<int>(prompt.size()));
       for (int i = 0; i < extra; ++i) prompt.push_back(uniform(0, 499));
       const int max_new = uniform(1, c.max_new);
+      if (s.num_waiting() >= c.max_waiting) break;  // the engine refuses it: the client retries later
       const absl::Status st = s.AddSequence(next_id, prompt, max_new, uniform(0, 2));
-      if (st.code() == StatusCode::kResourceExhausted) break;  // queue full: the client retries later
       ASSERT_TRUE(st.ok()) << st;
       live[next_id] = Req{prompt, static_cast<int>(prompt.size()), max_new};
       ++next_id;
@@ -640,8 +623,7 @@ void RunSoak(const SoakCase& c) {
 TEST(SchedulerSoakTest, InvariantsHoldAndEveryRequestFinishes) {
   {
     SchedulerConfig cfg = Config(/*num_blocks=*/40, /*block_size=*/8, /*max_num_seqs=*/16, 64, 160);
-    cfg.max_queued_requests = 24;
-    RunSoak({1, cfg, 300, 100, 50, true});
+    RunSoak({1, cfg, 300, 100, 50, true, /*max_waiting=*/24});
   }
   {
     SchedulerConfig cfg = Config(24, 4, 8, 32, 96);

@@ -138,11 +138,6 @@ void CheckElementwise(Backend& ref) {
   cuda::LaunchGatherRows(x.data(), sel.data(), sel.size(), cols, gg.data(), nullptr);
   Check(gg, wg, 0, 0, "gather rows");
 
-  auto ya = r, yb = r;
-  ref.Add(ya.data(), x.data(), ya.size());
-  cuda::LaunchAdd(yb.data(), x.data(), yb.size(), nullptr);
-  Check(yb, ya, 0, 0, "add");
-
   for (int hd : {8, 128, 2}) {
     const int nq = 3, nk = 2;
     std::vector<int32_t> pos = {0, 1, 33, 700};

@@ -11,9 +11,9 @@
 #include "gtest/gtest.h"
 #include "tests/util/test_env.h"
 #include "worker/checkpoint/checkpoint.h"
-#include "worker/checkpoint/pickle_writer.h"
-#include "worker/checkpoint/safetensors_writer.h"
-#include "worker/checkpoint/zip_writer.h"
+#include "tools/checkpoint/pickle_writer.h"
+#include "tools/checkpoint/safetensors_writer.h"
+#include "tools/checkpoint/zip_writer.h"
 
 namespace tpserve::checkpoint {
 namespace {

@@ -18,7 +18,7 @@
 #include "worker/checkpoint/checkpoint.h"
 #include "worker/comm/communicator.h"
 #include "worker/model/llama_model.h"
-#include "worker/model/synthetic_model.h"
+#include "tools/model/synthetic_model.h"
 
 namespace tpserve::model {
 namespace {

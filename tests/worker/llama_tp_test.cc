@@ -16,7 +16,7 @@
 #include "worker/comm/communicator.h"
 #include "worker/comm/memory_store.h"
 #include "worker/model/llama_model.h"
-#include "worker/model/synthetic_model.h"
+#include "tools/model/synthetic_model.h"
 
 namespace tpserve::model {
 namespace {

@@ -120,7 +120,7 @@ double CounterUniform(uint64_t seed, uint64_t counter) {
   return static_cast<double>(h >> 11) * 0x1.0p-53;
 }
 
-absl::Status ValidateSamplingParams(const SamplingParams& p) {
+absl::Status CheckSamplingInvariants(const SamplingParams& p) {
   if (!(p.temperature >= 0.0f) || !std::isfinite(p.temperature)) {
     return absl::InvalidArgumentError(absl::StrCat("temperature must be >= 0, got ", p.temperature));
   }
@@ -240,7 +240,7 @@ absl::StatusOr<SampleResult> Sampler::SampleOnce(const SamplingParams& params, c
 
 absl::Status Sampler::Start(uint64_t seq_id, const SamplingParams& params, std::vector<int32_t> history,
                             int prompt_len, int num_generated) {
-  if (absl::Status s = ValidateSamplingParams(params); !s.ok()) {
+  if (absl::Status s = CheckSamplingInvariants(params); !s.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("sequence ", seq_id, ": ", s.message()));
   }
   for (size_t i = 0; i < history.size(); ++i) {

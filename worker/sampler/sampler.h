@@ -113,6 +113,11 @@ class Sampler {
   absl::flat_hash_map<uint64_t, SeqState> seqs_;
 };
 
-absl::Status ValidateSamplingParams(const SamplingParams& params);
+// Not a request validator: the one set of sampling rules users meet is the coordinator's
+// (coordinator/validation.cc: e.g. top_p in (0, 1], repetition_penalty > 0, logprobs <= kMaxLogprobs). This
+// refuses only what would make the transforms above compute garbage or overrun a buffer (NaN / infinite
+// values, a negative temperature, min_p outside [0, 1], a logprobs count outside [0, kMaxLogprobs]); the proto's
+// zero values keep their "off" meaning so a SequenceStart that leaves a field unset is well defined.
+absl::Status CheckSamplingInvariants(const SamplingParams& params);
 
 }  // namespace tpserve::sampler

@@ -1,5 +1,5 @@
 // GGUF v3 serialisation and the Llama checkpoint -> GGUF export (names, rope permutation, SentencePiece vocab).
-#include "worker/checkpoint/gguf_writer.h"
+#include "tools/checkpoint/gguf_writer.h"
 
 #include <sys/mman.h>
 #include <unistd.h>

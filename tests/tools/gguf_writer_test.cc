@@ -2,7 +2,7 @@
 // KV pairs, tensor infos, alignment, offsets): llama.* keys, the SentencePiece vocab with its padding, tensor
 // names / shapes (innermost first) / types, the per-head rope permutation of q and k, values within f16
 // rounding, and clear errors for bad input.
-#include "worker/checkpoint/gguf_writer.h"
+#include "tools/checkpoint/gguf_writer.h"
 
 #include <cmath>
 #include <cstdio>
@@ -23,7 +23,7 @@
 #include "sentencepiece_model.pb.h"
 #include "tests/util/test_env.h"
 #include "worker/checkpoint/checkpoint.h"
-#include "worker/model/synthetic_model.h"
+#include "tools/model/synthetic_model.h"
 
 namespace tpserve::checkpoint {
 namespace {

@@ -1,6 +1,6 @@
 // Synthetic checkpoints: presets, both layouts round-tripped through Checkpoint::Open, sharding with
 // index files, determinism, and weight statistics that keep activations sane.
-#include "worker/model/synthetic_model.h"
+#include "tools/model/synthetic_model.h"
 
 #include <sys/stat.h>
 

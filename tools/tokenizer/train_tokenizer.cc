@@ -1,5 +1,5 @@
 // SentencePiece BPE training for synthetic models; see train_tokenizer.h.
-#include "coordinator/tokenizer/train_tokenizer.h"
+#include "tools/tokenizer/train_tokenizer.h"
 
 #include <unistd.h>
 

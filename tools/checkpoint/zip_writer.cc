@@ -1,5 +1,5 @@
 // Stored-zip writing: local headers patched after the data (no data descriptors), zip64 on demand.
-#include "worker/checkpoint/zip_writer.h"
+#include "tools/checkpoint/zip_writer.h"
 
 #include <cerrno>
 #include <cstring>

@@ -1,5 +1,5 @@
 // Safetensors header emission (insertion-ordered JSON, offsets back to back).
-#include "worker/checkpoint/safetensors_writer.h"
+#include "tools/checkpoint/safetensors_writer.h"
 
 #include "nlohmann/json.hpp"
 

@@ -1,5 +1,5 @@
 // Protocol-2 pickle emission matching torch.save's opcode choices (memo puts omitted: not needed).
-#include "worker/checkpoint/pickle_writer.h"
+#include "tools/checkpoint/pickle_writer.h"
 
 namespace tpserve::checkpoint {
 namespace {

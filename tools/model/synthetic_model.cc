@@ -1,6 +1,6 @@
 // Synthetic checkpoint writing: a tensor plan, a counter-based PRNG filled in parallel chunks, and
 // streaming safetensors / PyTorch-zip shard writers.
-#include "worker/model/synthetic_model.h"
+#include "tools/model/synthetic_model.h"
 
 #include <algorithm>
 #include <cerrno>
@@ -16,9 +16,9 @@
 #include "absl/strings/str_format.h"
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
-#include "worker/checkpoint/pickle_writer.h"
-#include "worker/checkpoint/safetensors_writer.h"
-#include "worker/checkpoint/zip_writer.h"
+#include "tools/checkpoint/pickle_writer.h"
+#include "tools/checkpoint/safetensors_writer.h"
+#include "tools/checkpoint/zip_writer.h"
 
 namespace tpserve::model {
 namespace {

@@ -9,7 +9,7 @@
 
 #include "coordinator/tokenizer/detokenizer.h"
 #include "coordinator/tokenizer/tokenizer.h"
-#include "coordinator/tokenizer/train_tokenizer.h"
+#include "tools/tokenizer/train_tokenizer.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
