@@ -71,7 +71,6 @@ class RecordingBackend : public kernels::Backend {
   void AddRmsNorm(float* r, const float* x, int64_t rows, const WeightView& w, float eps, float* out) override {
     Op([=] { inner_->AddRmsNorm(r, x, rows, w, eps, out); });
   }
-  void Add(float* y, const float* x, int64_t n) override { Op([=] { inner_->Add(y, x, n); }); }
   void Rope(float* q, float* k, const int32_t* pos, int64_t n, int nq, int nk, int hd, float theta) override {
     Op([=] { inner_->Rope(q, k, pos, n, nq, nk, hd, theta); });
   }
