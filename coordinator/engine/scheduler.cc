@@ -12,13 +12,15 @@ namespace tpserve::coordinator {
 namespace {
 
 // Adaptive speculation (per sequence): the proposal length follows acceptance (doubles after a fully
-// accepted proposal, else 1 + what was accepted), and speculation stops for a sequence whose moving
-// acceptance rate stays under kSpecOffBelow after kSpecMinDrafts proposals. A verify step with k proposals
-// costs about what a decode step costs plus k rows (docs/PERFORMANCE.md), so a sequence accepting under a
-// tenth of its proposals cannot win and only spends the batch's token budget.
+// accepted proposal, else 1 + what was accepted), and speculation pauses for kSpecPauseTokens generated
+// tokens when a sequence's moving acceptance rate is under kSpecOffBelow after kSpecMinDrafts proposals,
+// then probes again with k = 1. A verify step with k proposals costs a decode step plus k rows
+// (docs/PERFORMANCE.md), so a sequence accepting under a tenth of its proposals cannot win and only spends
+// the batch's token budget; text often starts repeating itself later, hence a pause rather than an end.
 constexpr double kSpecEmaWeight = 0.3;
 constexpr double kSpecOffBelow = 0.1;
 constexpr int kSpecMinDrafts = 8;
+constexpr int kSpecPauseTokens = 64;
 
 }  // namespace
 
@@ -264,7 +266,7 @@ SchedulerOutput Scheduler::Schedule() {
     if (pending <= 0) continue;  // no sampled token arrived for it; nothing to run
     const int n = std::min(pending, step.token_budget);
     std::vector<int32_t> drafts;
-    if (n == pending) drafts = ProposeFor(*seq, step.token_budget - n);
+    if (n == pending) drafts = ProposeFor(seq, step.token_budget - n);
     if (!drafts.empty()) {
       // Proposals take only blocks that are free now: they never preempt anyone.
       const int need = blocks_.BlocksFor(seq->num_computed_tokens + n + static_cast<int>(drafts.size())) -
@@ -356,11 +358,17 @@ void Scheduler::OnStepComplete(const SchedulerOutput& out,
   }
 }
 
-std::vector<int32_t> Scheduler::ProposeFor(const Sequence& seq, int budget) const {
+std::vector<int32_t> Scheduler::ProposeFor(Sequence* seq, int budget) const {
+  if (seq->spec_k == 0 && seq->spec_resume_at > 0 && seq->num_generated() >= seq->spec_resume_at) {
+    seq->spec_k = 1;  // probe again after a pause
+    seq->spec_acceptance = 2 * kSpecOffBelow;
+    seq->spec_num_drafts = 0;
+    seq->spec_resume_at = 0;
+  }
   // Every kept proposal becomes a generated token, and the model adds one more: stay within max_new_tokens.
-  const int k = std::min({seq.spec_k, budget, seq.max_new_tokens - seq.num_generated() - 1});
+  const int k = std::min({seq->spec_k, budget, seq->max_new_tokens - seq->num_generated() - 1});
   if (k <= 0) return {};
-  return proposer_.Propose(seq.token_ids, k);
+  return proposer_.Propose(seq->token_ids, k);
 }
 
 void Scheduler::RecordAcceptance(Sequence* seq, int proposed, int accepted) const {
@@ -368,7 +376,8 @@ void Scheduler::RecordAcceptance(Sequence* seq, int proposed, int accepted) cons
   seq->spec_acceptance = (1 - kSpecEmaWeight) * seq->spec_acceptance +
                          kSpecEmaWeight * static_cast<double>(accepted) / proposed;
   if (seq->spec_num_drafts >= kSpecMinDrafts && seq->spec_acceptance < kSpecOffBelow) {
-    seq->spec_k = 0;  // off for the rest of this sequence
+    seq->spec_k = 0;
+    seq->spec_resume_at = seq->num_generated() + kSpecPauseTokens;
     return;
   }
   const int max_k = config_.speculative.num_speculative_tokens;

@@ -154,7 +154,8 @@ class Scheduler {
   void Emit(Sequence* seq, int num_tokens, StepState* step, SchedulerOutput* out,
             std::vector<int32_t> drafts = {});
   // Proposals for a decoding sequence about to run its last token, within its limits and `budget` tokens.
-  std::vector<int32_t> ProposeFor(const Sequence& seq, int budget) const;
+  // Resumes a paused sequence's speculation when its pause is over.
+  std::vector<int32_t> ProposeFor(Sequence* seq, int budget) const;
   // Adapts seq->spec_k to how many of `proposed` tokens were accepted.
   void RecordAcceptance(Sequence* seq, int proposed, int accepted) const;
   // Releases blocks past BlocksFor(num_computed_tokens): the KV of rejected proposals.

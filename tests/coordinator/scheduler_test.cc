@@ -815,6 +815,33 @@ TEST(SchedulerTest, SpeculationRespectsMaxNewTokensBudgetAndFreeBlocks) {
   EXPECT_EQ(out.seqs[1].num_draft_tokens, 0);
 }
 
+// Adaptivity: a sequence whose proposals are always wrong stops proposing after 8 verify steps, for 64
+// generated tokens, then probes again with one proposal.
+TEST(SchedulerTest, SpeculationPausesForASequenceThatRejectsEverything) {
+  SchedulerConfig cfg = Config(/*num_blocks=*/64, /*block_size=*/4, 4, 64, 256);
+  cfg.speculative.num_speculative_tokens = 4;
+  Scheduler s(cfg);
+  ASSERT_TRUE(s.AddSequence(1, {3, 4, 3, 4, 3, 4}, 200, 0).ok());
+  std::vector<int> draft_at;  // num_generated when a step carried proposals, and how many
+  std::vector<int> draft_len;
+  for (int step = 0; step < 150 && !s.sequence(1)->reached_max_tokens(); ++step) {
+    SchedulerOutput out = s.Schedule();
+    ASSERT_EQ(out.seqs.size(), 1u);
+    const ScheduledSeq& r = out.seqs[0];
+    int32_t answer = 3;
+    if (r.num_draft_tokens > 0) {
+      draft_at.push_back(s.sequence(1)->num_generated());
+      draft_len.push_back(r.num_draft_tokens);
+      answer = r.token_ids[r.token_ids.size() - r.num_draft_tokens] == 3 ? 4 : 3;  // always disagree
+    }
+    s.OnStepComplete(out, {{1, {answer}}});
+  }
+  ASSERT_GT(draft_at.size(), 9u);
+  EXPECT_GE(draft_at[8] - draft_at[7], 64) << "proposals went on after 8 rejected ones";
+  EXPECT_EQ(draft_len[8], 1) << "the probe after a pause proposes one token";
+  EXPECT_TRUE(s.block_manager().CheckConsistency(s.BlockOwnerCounts()).ok());
+}
+
 TEST(SchedulerTest, SpeculativeConfigIsValidated) {
   SchedulerConfig cfg = Config(8, 4, 4, 64, 64);
   cfg.speculative.num_speculative_tokens = 17;
