@@ -51,11 +51,8 @@ TEST_P(SpeculativeServeTest, GreedyIdsEqualReference) {
   for (int i = 0; i < 2 * num_cases; ++i) {
     clients.emplace_back([&, i] {
       const auto& rc = ref["cases"][i % num_cases];
-      v1::GenerateRequest req;
-      req.set_prompt(rc["prompt"].get<std::string>());
-      req.mutable_sampling()->set_temperature(0);
-      req.mutable_stopping()->set_max_new_tokens(static_cast<int>(rc["generated_ids"].size()));
-      req.mutable_stopping()->set_ignore_eos(true);
+      const v1::GenerateRequest req =
+          GreedyRequest(rc["prompt"].get<std::string>(), static_cast<int>(rc["generated_ids"].size()));
       grpc::ClientContext ctx;
       ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
       outcomes[i].status = server.NewStub()->Generate(&ctx, req, &outcomes[i].resp);
@@ -103,14 +100,11 @@ TEST(SpeculativeSamplingTest, SeededSamplesEqualThoseWithoutSpeculation) {
     auto stub = server.NewStub();
     for (uint64_t seed : {1u, 7u, 42u}) {
       for (float temperature : {0.3f, 0.8f}) {
-        v1::GenerateRequest req;
-        req.set_prompt(ref["cases"][seed % 2]["prompt"].get<std::string>());
+        v1::GenerateRequest req = GreedyRequest(ref["cases"][seed % 2]["prompt"].get<std::string>(), 120);
         req.mutable_sampling()->set_temperature(temperature);
         req.mutable_sampling()->set_seed(seed);
         req.mutable_sampling()->set_top_p(0.95f);
         if (seed == 42) req.mutable_sampling()->set_repetition_penalty(1.1f);
-        req.mutable_stopping()->set_max_new_tokens(120);
-        req.mutable_stopping()->set_ignore_eos(true);
         grpc::ClientContext ctx;
         ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
         v1::GenerateResponse resp;
