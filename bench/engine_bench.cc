@@ -6,6 +6,8 @@
 //   engine-bench --preset llama-2-13b --num-layers 2 --random-weights --tp 2 --prefill-lens 128
 //       --batch-sizes 1,8 --context-len 256 --json /tmp/e.json
 //   engine-bench --model /work/shared/models/stories260K
+//   engine-bench --preset bench-0.9b --random-weights --prefill-lens "" --batch-sizes 1,16 --verify-tokens 1,2,4,8
+//       (the cost of a speculative verify step, k + 1 tokens per sequence, beside a plain decode step)
 // Every decoding sequence has its own prefilled context (context-len tokens, rounded down to whole KV
 // blocks) in its own blocks, as distinct requests do: on a GPU a context shared by the whole batch stays in
 // L2 and flatters attention. --shared-context makes them share one context (as a prefix cache would), so
@@ -50,6 +52,9 @@ ABSL_FLAG(int, context_len, 512, "tokens already in the KV cache of every decodi
 ABSL_FLAG(bool, shared_context, false,
           "decoding sequences share one prefilled context (a prefix cache hit) instead of one context each");
 ABSL_FLAG(int, decode_steps, 16, "timed decode steps per batch size");
+ABSL_FLAG(std::string, verify_tokens, "",
+          "speculative verify steps to time beside decode, e.g. 1,2,4,8: each sequence of each batch size runs "
+          "k + 1 query tokens with logits for all of them, as a step verifying k proposals does (\"\" = none)");
 ABSL_FLAG(int, prefill_runs, 3, "timed prefill runs per length");
 ABSL_FLAG(int, warmup, 2, "untimed steps before each measurement");
 ABSL_FLAG(int, block_size, 16, "KV block size");
@@ -65,9 +70,9 @@ namespace model = tpserve::model;
 
 // Latency samples of one configuration (rank 0's view; every rank runs the same steps in lockstep).
 struct Series {
-  std::string kind;  // "prefill" | "decode"
+  std::string kind;  // "prefill" | "decode" | "verify"
   int batch = 1;
-  int tokens_per_seq = 0;  // prefill: prompt length; decode: 1
+  int tokens_per_seq = 0;  // prefill: prompt length; decode: 1; verify: k + 1
   int context = 0;         // decode: tokens in the cache before the first timed step
   std::vector<double> wall_s, comm_s;
 };
@@ -116,7 +121,7 @@ absl::StatusOr<int> ParseDevice(const std::string& d) {
 
 struct Plan {
   int cuda_base = -1;
-  std::vector<int> prefill_lens, batch_sizes;
+  std::vector<int> prefill_lens, batch_sizes, verify_tokens;
   int context_len = 0, decode_steps = 0, prefill_runs = 0, warmup = 0, block_size = 16, threads = 0;
   bool shared_context = false;
   tpserve::DType dtype = tpserve::DType::kBF16;
@@ -209,9 +214,12 @@ absl::Status RunRank(int rank, int tp, const Plan& plan, tpserve::comm::Store& s
   for (int b : plan.batch_sizes) max_batch = std::max(max_batch, b);
   const int prefix_blocks = plan.batch_sizes.empty() ? 0 : plan.context_len / bs;
   const int context = prefix_blocks * bs;
-  const int own_blocks = (plan.warmup + plan.decode_steps + bs - 1) / bs;
+  int max_verify = 0;
+  for (int k : plan.verify_tokens) max_verify = std::max(max_verify, k);
+  const int own_blocks = ((plan.warmup + plan.decode_steps) * (max_verify + 1) + bs - 1) / bs;
   const int per_seq = prefix_blocks + own_blocks;
-  if (std::max(max_prefill, context + plan.warmup + plan.decode_steps) > c.max_position_embeddings) {
+  if (std::max(max_prefill, context + (plan.warmup + plan.decode_steps) * (max_verify + 1)) >
+      c.max_position_embeddings) {
     return absl::InvalidArgumentError(absl::StrCat("--prefill-lens / --context-len + steps exceed the model's ",
                                                    c.max_position_embeddings, " positions"));
   }
@@ -226,8 +234,8 @@ absl::Status RunRank(int rank, int tp, const Plan& plan, tpserve::comm::Store& s
   {
     // Every buffer the largest step needs, before the first collective (ranks share this process).
     const int64_t tokens =
-        std::max({max_prefill, std::min(contexts, contexts_per_step) * context, max_batch, 1});
-    const int64_t seqs = std::max({max_batch, contexts_per_step, 1});
+        std::max({max_prefill, std::min(contexts, contexts_per_step) * context, max_batch * (max_verify + 1), 1});
+    const int64_t seqs = std::max({max_batch * (max_verify + 1), contexts_per_step, 1});
     m.ReserveScratch(tokens, seqs, static_cast<size_t>(8 * tokens + seqs * (num_blocks + 4) + 1024));
   }
 
@@ -300,6 +308,23 @@ absl::Status RunRank(int rank, int tp, const Plan& plan, tpserve::comm::Store& s
       if (absl::Status st = TimedStep(m, in, k >= plan.warmup ? &s : nullptr); !st.ok()) return st;
     }
     out.series.push_back(std::move(s));
+    // Verify steps at the same batch size and context: the last token plus k proposals per sequence, logits
+    // for each (what the worker computes for worker.v1 SeqStep.num_draft_tokens = k).
+    for (int vk : plan.verify_tokens) {
+      Series v;
+      v.kind = "verify", v.batch = batch, v.tokens_per_seq = vk + 1, v.context = context;
+      for (int k = 0; k < plan.warmup + plan.decode_steps; ++k) {
+        for (int i = 0; i < batch; ++i) {
+          in.seqs[i].token_ids.clear();
+          for (int t = 0; t <= vk; ++t) in.seqs[i].token_ids.push_back(TokenFor(c, i, k * (vk + 1) + t));
+          in.seqs[i].start_position = context + k * (vk + 1);
+          in.seqs[i].num_logits = vk + 1;
+        }
+        if (absl::Status st = TimedStep(m, in, k >= plan.warmup ? &v : nullptr); !st.ok()) return st;
+      }
+      for (auto& q : in.seqs) q.num_logits = 1;
+      out.series.push_back(std::move(v));
+    }
   }
   return absl::OkStatus();
 }
@@ -329,6 +354,9 @@ int main(int argc, char** argv) {
   if (!lens.ok()) return fail(lens.status());
   absl::StatusOr<std::vector<int>> batches = ParseInts("batch-sizes", absl::GetFlag(FLAGS_batch_sizes));
   if (!batches.ok()) return fail(batches.status());
+  absl::StatusOr<std::vector<int>> verify = ParseInts("verify-tokens", absl::GetFlag(FLAGS_verify_tokens));
+  if (!verify.ok()) return fail(verify.status());
+  plan.verify_tokens = *verify;
   absl::StatusOr<tpserve::DType> dtype = tpserve::ParseDType(absl::GetFlag(FLAGS_dtype));
   if (!dtype.ok()) return fail(dtype.status());
   plan.prefill_lens = *lens, plan.batch_sizes = *batches, plan.dtype = *dtype;

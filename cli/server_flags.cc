@@ -19,6 +19,7 @@
 #include "common/log.h"
 #include "cli/shared_flags.h"
 #include "common/model_config.h"
+#include "coordinator/engine/scheduler.h"
 #include "worker/model/quantization.h"
 #include "worker/model/shard_spec.h"
 
@@ -51,6 +52,12 @@ ABSL_FLAG(int, max_model_len, 0, "context length (0 = the model's max_position_e
 ABSL_FLAG(int, max_prompt_tokens, 0, "largest accepted prompt in tokens (0 = context length - 1)");
 ABSL_FLAG(int, max_new_tokens_limit, 0, "largest accepted max_new_tokens (0 = up to the context length)");
 ABSL_FLAG(bool, enable_prefix_caching, true, "reuse KV blocks of shared prompt prefixes across requests");
+ABSL_FLAG(std::string, speculative_method, "",
+          "speculative decoding: empty = off, ngram = propose the tokens that followed the latest earlier occurrence "
+          "of the last n tokens (prompt lookup); output is unchanged either way (docs/SPECULATIVE.md)");
+ABSL_FLAG(int, num_speculative_tokens, 4, "with --speculative-method: most tokens proposed per step, in [1, 16]");
+ABSL_FLAG(int, ngram_max, 4, "with --speculative-method ngram: longest n-gram matched (tried first)");
+ABSL_FLAG(int, ngram_min, 1, "with --speculative-method ngram: shortest n-gram matched");
 ABSL_FLAG(std::string, comm_backend, "auto", "collectives between workers: auto (nccl on GPU, gloo on CPU), gloo, nccl");
 ABSL_FLAG(int, drain_timeout, 30, "seconds to let in-flight requests finish after SIGTERM");
 ABSL_FLAG(int, recovery_timeout, 60, "seconds to hold in-flight requests for a lost worker to return");
@@ -155,6 +162,23 @@ absl::StatusOr<coordinator::CoordinatorOptions> CoordinatorOptionsFromFlags() {
   o.engine.max_queued_requests = absl::GetFlag(FLAGS_max_queued_requests);
   if (o.engine.max_queued_requests < 1) return absl::InvalidArgumentError("--max-queued-requests must be >= 1");
   o.engine.scheduler.enable_prefix_caching = absl::GetFlag(FLAGS_enable_prefix_caching);
+  const std::string method = absl::GetFlag(FLAGS_speculative_method);
+  if (method == "ngram") {
+    auto& spec = o.engine.scheduler.speculative;
+    spec.num_speculative_tokens = absl::GetFlag(FLAGS_num_speculative_tokens);
+    if (spec.num_speculative_tokens < 1 || spec.num_speculative_tokens > coordinator::kMaxSpeculativeTokens) {
+      return absl::InvalidArgumentError(absl::StrCat("--num-speculative-tokens = ", spec.num_speculative_tokens,
+                                                     " must be in [1, ", coordinator::kMaxSpeculativeTokens, "]"));
+    }
+    spec.ngram = {absl::GetFlag(FLAGS_ngram_min), absl::GetFlag(FLAGS_ngram_max)};
+    if (absl::Status s = coordinator::ValidateNgramProposerOptions(spec.ngram); !s.ok()) return s;
+  } else if (method == "draft") {
+    return absl::InvalidArgumentError(
+        "--speculative-method draft is not implemented yet; use ngram (or leave --speculative-method empty)");
+  } else if (!method.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--speculative-method '", method, "': expected ngram (or empty for off)"));
+  }
   o.engine.recovery_timeout = absl::Seconds(absl::GetFlag(FLAGS_recovery_timeout));
   o.engine.step_timeout = absl::Seconds(absl::GetFlag(FLAGS_step_timeout));
   g.step_timeout = o.engine.step_timeout;  // the workers' NCCL watchdog aborts a collective after it

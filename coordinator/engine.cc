@@ -184,9 +184,11 @@ bool Engine::RunOneStep() {
       auto* st = plan.add_starts();
       st->set_seq_id(s.seq_id);
       *st->mutable_sampling() = r.spec().sampling;
-      st->mutable_history()->Assign(r.all_tokens().begin(), r.all_tokens().end());
-      st->set_num_generated(r.num_generated());
-      st->set_prompt_len(static_cast<int>(r.spec().prompt_ids.size()));
+      // The token history's one owner is the scheduler's Sequence.
+      const Sequence& seq = *scheduler_->sequence(s.seq_id);
+      st->mutable_history()->Assign(seq.token_ids.begin(), seq.token_ids.end());
+      st->set_num_generated(seq.num_generated());
+      st->set_prompt_len(seq.prompt_len);
       const bool first_schedule = r.first_scheduled == absl::InfinitePast();
       if (first_schedule) {
         r.first_scheduled = now;
@@ -205,6 +207,7 @@ bool Engine::RunOneStep() {
     step->set_start_position(s.start_position);
     step->mutable_block_table()->Assign(s.block_table.begin(), s.block_table.end());
     step->set_sample(s.sample);
+    step->set_num_draft_tokens(s.num_draft_tokens);
     num_tokens += static_cast<int>(s.token_ids.size());
   }
   for (uint64_t id : undelivered_finished_) plan.add_finished(id);
@@ -229,8 +232,9 @@ bool Engine::RunOneStep() {
     metrics_->WorkerAllReduceTime(static_cast<int>(r)).Observe(outcome->allreduce_seconds[r]);
   }
 
-  absl::flat_hash_map<uint64_t, int32_t> sampled;
-  for (const auto& t : outcome->result.tokens()) sampled[t.seq_id()] = t.token_id();
+  absl::flat_hash_map<uint64_t, std::vector<int32_t>> sampled;  // in position order, as the workers give them
+  for (const auto& t : outcome->result.tokens()) sampled[t.seq_id()].push_back(t.token_id());
+  RecordSpeculation(out, sampled);
   scheduler_->OnStepComplete(out, sampled);
 
   const absl::Time done = absl::Now();
@@ -263,21 +267,30 @@ bool Engine::RunOneStep() {
 }
 
 void Engine::RequeueAll() {
-  // Every worker's KV cache is gone: each request starts again from its token history (prompt + generated),
-  // in arrival order, and recomputes. Its sampler state is re-sent with the next SequenceStart.
-  std::vector<uint64_t> ids;
-  for (const auto& [id, r] : requests_) ids.push_back(id);
-  std::sort(ids.begin(), ids.end());
-  for (uint64_t id : ids) scheduler_->Abort(id);
-  scheduler_->ClearPrefixCache();
-  for (uint64_t id : ids) {
-    RequestState& r = *requests_.at(id);
-    const int remaining = r.spec().max_new_tokens - r.num_generated();
-    absl::Status s = scheduler_->AddSequence(id, r.all_tokens(), std::max(1, remaining), r.spec().priority);
-    if (!s.ok()) {
-      FailRequest(id, WithReason(absl::UnavailableError(absl::StrCat("could not replay after worker loss: ", s.message())),
-                                 reason::kWorkerGroupLost));
-    }
+  // Every worker's KV cache is gone: each request starts again from its token history (prompt + generated,
+  // kept by its Sequence), in seniority order, and recomputes. Its sampler state is re-sent with the next
+  // SequenceStart.
+  scheduler_->RequeueAllForReplay();
+}
+
+void Engine::RecordSpeculation(const SchedulerOutput& out,
+                               const absl::flat_hash_map<uint64_t, std::vector<int32_t>>& sampled) {
+  for (const ScheduledSeq& s : out.seqs) {
+    if (s.num_draft_tokens == 0) continue;
+    auto got = sampled.find(s.seq_id);
+    auto req = requests_.find(s.seq_id);
+    if (got == sampled.end() || got->second.empty() || req == requests_.end()) continue;
+    // The workers stop after the first token that differs from a proposal, so all but the last are accepted.
+    const int accepted = std::min(s.num_draft_tokens, static_cast<int>(got->second.size()) - 1);
+    v1::SpeculativeUsage& u = req->second->speculative;
+    u.set_num_drafts(u.num_drafts() + 1);
+    u.set_num_draft_tokens(u.num_draft_tokens() + s.num_draft_tokens);
+    u.set_num_accepted_tokens(u.num_accepted_tokens() + accepted);
+    if (req->second->spec().internal) continue;
+    metrics_->spec_decode_num_drafts_total->Increment();
+    metrics_->spec_decode_num_draft_tokens_total->Increment(s.num_draft_tokens);
+    metrics_->spec_decode_num_accepted_tokens_total->Increment(accepted);
+    metrics_->spec_decode_acceptance_length->Observe(accepted + 1);
   }
 }
 

@@ -74,6 +74,9 @@ class Engine {
   void FailRequest(uint64_t seq_id, const absl::Status& status);
   void OnGroupLost(const absl::Status& status);
   void RequeueAll();
+  // Speculative decoding counters (metrics, usage.speculative) of a step's verified proposals.
+  void RecordSpeculation(const SchedulerOutput& out,
+                         const absl::flat_hash_map<uint64_t, std::vector<int32_t>>& sampled);
   void UpdateGauges();
 
   const EngineOptions options_;

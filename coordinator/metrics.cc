@@ -21,6 +21,7 @@ const Histogram::BucketBoundaries kLatencyBuckets = {0.3, 0.5, 0.8, 1.0, 1.5, 2.
                                                      30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0,
                                                      1920.0, 7680.0};
 const Histogram::BucketBoundaries kTokenBuckets = {1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000};
+const Histogram::BucketBoundaries kAcceptanceLengthBuckets = {1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 17};
 const Histogram::BucketBoundaries kStepBuckets = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                                                   0.5, 1.0, 2.5, 5.0, 10.0};
 
@@ -67,6 +68,16 @@ Metrics::Metrics(const std::string& model_name, int world_size)
       histogram("tpserve:request_generation_tokens", "Number of generation tokens processed.", kTokenBuckets);
   iteration_tokens_total =
       histogram("tpserve:iteration_tokens_total", "Histogram of number of tokens per engine_step.", kTokenBuckets);
+  spec_decode_num_drafts_total =
+      counter("tpserve:spec_decode_num_drafts_total", "Verify steps of a sequence that carried proposals.");
+  spec_decode_num_draft_tokens_total =
+      counter("tpserve:spec_decode_num_draft_tokens_total", "Proposed (draft) tokens sent for verification.");
+  spec_decode_num_accepted_tokens_total =
+      counter("tpserve:spec_decode_num_accepted_tokens_total", "Proposed tokens the model accepted.");
+  spec_decode_acceptance_length = histogram(
+      "tpserve:spec_decode_acceptance_length",
+      "Tokens a sequence gained in one verify step: accepted proposals + the model's own next token.",
+      kAcceptanceLengthBuckets);
   request_success_family_ = &BuildCounter()
                                  .Name("tpserve:request_success_total")
                                  .Help("Count of successfully processed requests.")

@@ -43,6 +43,10 @@ class Metrics {
   prometheus::Counter* prefix_cache_queries_total;
   prometheus::Counter* prefix_cache_hits_total;
   prometheus::Counter* request_failure_total;  // non-OK terminations (UNAVAILABLE, INTERNAL)
+  // Speculative decoding (issue 17; vLLM names in docs/METRICS.md).
+  prometheus::Counter* spec_decode_num_drafts_total;
+  prometheus::Counter* spec_decode_num_draft_tokens_total;
+  prometheus::Counter* spec_decode_num_accepted_tokens_total;
   // Histograms.
   prometheus::Histogram* time_to_first_token_seconds;
   prometheus::Histogram* inter_token_latency_seconds;
@@ -53,6 +57,7 @@ class Metrics {
   prometheus::Histogram* request_prompt_tokens;
   prometheus::Histogram* request_generation_tokens;
   prometheus::Histogram* iteration_tokens_total;
+  prometheus::Histogram* spec_decode_acceptance_length;  // 1 + accepted proposals, per verify step
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;

@@ -29,8 +29,7 @@ RequestState::RequestState(uint64_t seq_id, RequestSpec spec, std::shared_ptr<Re
       sink_(std::move(sink)),
       tokenizer_(tokenizer),
       max_model_len_(max_model_len),
-      detok_(tokenizer, spec_.prompt_ids),
-      all_tokens_(spec_.prompt_ids) {}
+      detok_(tokenizer, spec_.prompt_ids) {}
 
 bool RequestState::ReleaseText(std::string* out) {
   if (spec_.stop.empty()) {
@@ -70,6 +69,7 @@ void RequestState::FillUsage(v1::GenerateStreamResponse* delta) const {
   u->set_prompt_tokens(static_cast<int>(spec_.prompt_ids.size()));
   u->set_completion_tokens(num_generated());
   u->set_cached_prompt_tokens(cached_prompt_tokens);
+  if (speculative.num_drafts() > 0) *u->mutable_speculative() = speculative;
 }
 
 v1::FinishReason RequestState::OnToken(const tpserve::worker::v1::SampledToken& token,
@@ -77,7 +77,7 @@ v1::FinishReason RequestState::OnToken(const tpserve::worker::v1::SampledToken& 
   delta->set_request_id(spec_.request_id);
   if (finished_) return v1::FINISH_REASON_UNSPECIFIED;
   const int32_t id = token.token_id();
-  all_tokens_.push_back(id);
+  ++num_generated_;
   delta->add_token_ids(id);
   if (spec_.logprobs > 0) {
     auto* lp = delta->add_logprobs();
@@ -105,7 +105,7 @@ v1::FinishReason RequestState::OnToken(const tpserve::worker::v1::SampledToken& 
     if (ReleaseText(&text)) reason = v1::FINISH_REASON_STOP_SEQUENCE;
   }
   if (reason == v1::FINISH_REASON_UNSPECIFIED &&
-      (num_generated() >= spec_.max_new_tokens || static_cast<int>(all_tokens_.size()) >= max_model_len_)) {
+      (num_generated() >= spec_.max_new_tokens || static_cast<int>(spec_.prompt_ids.size()) + num_generated_ >= max_model_len_)) {
     reason = v1::FINISH_REASON_LENGTH;
   }
   if (reason != v1::FINISH_REASON_UNSPECIFIED && reason != v1::FINISH_REASON_STOP_SEQUENCE) {

@@ -52,9 +52,9 @@ class RequestState {
   uint64_t seq_id() const { return seq_id_; }
   const RequestSpec& spec() const { return spec_; }
   RequestSink& sink() { return *sink_; }
-  // Prompt followed by generated tokens: what a replay or recompute needs.
-  const std::vector<int32_t>& all_tokens() const { return all_tokens_; }
-  int num_generated() const { return static_cast<int>(all_tokens_.size() - spec_.prompt_ids.size()); }
+  // Generated tokens delivered so far. The token history itself is the scheduler's Sequence::token_ids (one
+  // owner); it can run ahead of this by tokens a verify step accepted after the request stopped.
+  int num_generated() const { return num_generated_; }
 
   // Appends one sampled token and fills `delta` (token ids, text delta, logprobs). Returns the finish
   // reason, or FINISH_REASON_UNSPECIFIED while the request continues. On finish, `delta` also carries
@@ -72,6 +72,7 @@ class RequestState {
   absl::Time last_token;
   int cached_prompt_tokens = 0;
   bool cancelled = false;
+  tpserve::v1::SpeculativeUsage speculative;  // usage.speculative, sent when num_drafts > 0
 
  private:
   void FillUsage(tpserve::v1::GenerateStreamResponse* delta) const;
@@ -85,7 +86,7 @@ class RequestState {
   const Tokenizer& tokenizer_;
   int max_model_len_;
   IncrementalDetokenizer detok_;
-  std::vector<int32_t> all_tokens_;
+  int num_generated_ = 0;
   std::string pending_;  // detokenized text held back because it may begin a stop string
   bool finished_ = false;
 };

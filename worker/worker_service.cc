@@ -250,6 +250,13 @@ void Worker::Step(const wv1::StepPlan& plan, wv1::StepResult* result) {
     q.start_position = s.start_position();
     q.block_table.assign(s.block_table().begin(), s.block_table().end());
     q.sample = s.sample();
+    if (s.num_draft_tokens() < 0 || s.num_draft_tokens() >= s.token_ids_size() ||
+        (s.num_draft_tokens() > 0 && !s.sample())) {
+      result->set_error(absl::StrCat("seq ", s.seq_id(), ": num_draft_tokens ", s.num_draft_tokens(),
+                                     " needs sample and must be below the ", s.token_ids_size(), " tokens"));
+      return;
+    }
+    q.num_logits = 1 + s.num_draft_tokens();
     in.seqs.push_back(std::move(q));
   }
   // On a GPU, a step whose sampled sequences are all plain greedy brings back only their top candidates
@@ -281,27 +288,38 @@ void Worker::Step(const wv1::StepPlan& plan, wv1::StepResult* result) {
     int row = 0;
     for (const auto& s : plan.seqs()) {
       if (!s.sample()) continue;
-      absl::StatusOr<sampler::SampleResult> r;
-      if (out->top_k > 0) {
-        const size_t at = static_cast<size_t>(row) * out->top_k;
-        r = sampler_->SampleTop(s.seq_id(), absl::MakeConstSpan(out->top_ids.data() + at, out->top_k),
-                                absl::MakeConstSpan(out->top_logits.data() + at, out->top_k), out->lse[row]);
-      } else {
-        const float* logits = out->logits.data() + static_cast<int64_t>(row) * vocab;
-        if (!options_.dump_dir.empty()) DumpLogits(plan.step_id(), s.seq_id(), logits, vocab);
-        r = sampler_->Sample(s.seq_id(), absl::MakeConstSpan(logits, vocab));
+      // Verification (num_draft_tokens = d > 0): rows are the positions of the last d + 1 tokens. Sampling
+      // them in order, exactly as d + 1 single steps would (same history, same RNG counter per token), and
+      // stopping at the first token that differs from the next proposal keeps exactly the tokens a
+      // non-speculative run samples, greedy or seeded. For a deterministic proposer this is the standard
+      // rejection rule: proposal x is kept with probability p(x), else a token comes from p without x.
+      const int d = s.num_draft_tokens();
+      const int first_row = row;
+      row += d + 1;
+      for (int i = 0; i <= d; ++i) {
+        const int at_row = first_row + i;
+        absl::StatusOr<sampler::SampleResult> r;
+        if (out->top_k > 0) {
+          const size_t at = static_cast<size_t>(at_row) * out->top_k;
+          r = sampler_->SampleTop(s.seq_id(), absl::MakeConstSpan(out->top_ids.data() + at, out->top_k),
+                                  absl::MakeConstSpan(out->top_logits.data() + at, out->top_k), out->lse[at_row]);
+        } else {
+          const float* logits = out->logits.data() + static_cast<int64_t>(at_row) * vocab;
+          if (!options_.dump_dir.empty() && i == 0) DumpLogits(plan.step_id(), s.seq_id(), logits, vocab);
+          r = sampler_->Sample(s.seq_id(), absl::MakeConstSpan(logits, vocab));
+        }
+        if (!r.ok()) {
+          result->set_error(absl::StrCat("sampling seq ", s.seq_id(), ": ", r.status().message()));
+          return;
+        }
+        auto* t = result->add_tokens();
+        t->set_seq_id(s.seq_id());
+        t->set_token_id(r->token);
+        t->set_logprob(r->logprob);
+        t->mutable_top_ids()->Assign(r->top_ids.begin(), r->top_ids.end());
+        t->mutable_top_logprobs()->Assign(r->top_logprobs.begin(), r->top_logprobs.end());
+        if (i < d && r->token != s.token_ids(s.token_ids_size() - d + i)) break;
       }
-      ++row;
-      if (!r.ok()) {
-        result->set_error(absl::StrCat("sampling seq ", s.seq_id(), ": ", r.status().message()));
-        return;
-      }
-      auto* t = result->add_tokens();
-      t->set_seq_id(s.seq_id());
-      t->set_token_id(r->token);
-      t->set_logprob(r->logprob);
-      t->mutable_top_ids()->Assign(r->top_ids.begin(), r->top_ids.end());
-      t->mutable_top_logprobs()->Assign(r->top_logprobs.begin(), r->top_logprobs.end());
     }
   }
   result->set_step_seconds(absl::ToDoubleSeconds(absl::Now() - start));

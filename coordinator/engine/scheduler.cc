@@ -9,6 +9,21 @@
 
 namespace tpserve::coordinator {
 
+namespace {
+
+// Adaptive speculation (per sequence): the proposal length follows acceptance (doubles after a fully
+// accepted proposal, else 1 + what was accepted), and speculation pauses for kSpecPauseTokens generated
+// tokens when a sequence's moving acceptance rate is under kSpecOffBelow after kSpecMinDrafts proposals,
+// then probes again with k = 1. A verify step with k proposals costs a decode step plus k rows
+// (docs/PERFORMANCE.md), so a sequence accepting under a tenth of its proposals cannot win and only spends
+// the batch's token budget; text often starts repeating itself later, hence a pause rather than an end.
+constexpr double kSpecEmaWeight = 0.3;
+constexpr double kSpecOffBelow = 0.1;
+constexpr int kSpecMinDrafts = 8;
+constexpr int kSpecPauseTokens = 64;
+
+}  // namespace
+
 absl::Status ValidateSchedulerConfig(const SchedulerConfig& c) {
   auto bad = [](const char* field, int64_t v, const char* want) {
     return absl::InvalidArgumentError(absl::StrCat("scheduler config: ", field, " = ", v, " (", want, ")"));
@@ -20,12 +35,19 @@ absl::Status ValidateSchedulerConfig(const SchedulerConfig& c) {
     return bad("max_num_batched_tokens", c.max_num_batched_tokens, "must be > 0");
   }
   if (c.max_model_len <= 0) return bad("max_model_len", c.max_model_len, "must be > 0");
+  const int k = c.speculative.num_speculative_tokens;
+  if (k < 0 || k > kMaxSpeculativeTokens) {
+    return absl::InvalidArgumentError(absl::StrCat("--num-speculative-tokens = ", k, " must be in [0, ",
+                                                   kMaxSpeculativeTokens, "]"));
+  }
+  if (k > 0) return ValidateNgramProposerOptions(c.speculative.ngram);
   return absl::OkStatus();
 }
 
 Scheduler::Scheduler(const SchedulerConfig& config)
     : config_(config),
-      blocks_(BlockManagerOptions{config.num_blocks, config.block_size, config.enable_prefix_caching}) {
+      blocks_(BlockManagerOptions{config.num_blocks, config.block_size, config.enable_prefix_caching}),
+      proposer_(config.speculative.ngram) {
   const absl::Status s = ValidateSchedulerConfig(config);
   TP_CHECK(s.ok()) << s;
 }
@@ -83,6 +105,7 @@ absl::Status Scheduler::AddSequence(uint64_t seq_id, std::vector<int32_t> prompt
   seq->prompt_len = static_cast<int>(prompt_len);
   seq->max_new_tokens = max_new_tokens;
   seq->token_ids = std::move(prompt_ids);
+  seq->spec_k = config_.speculative.num_speculative_tokens;
   seq->status = SequenceStatus::kWaiting;
   waiting_.insert(seq.get());
   seqs_.emplace(seq_id, std::move(seq));
@@ -153,18 +176,24 @@ bool Scheduler::GrowBlocks(Sequence* seq, int num_tokens, StepState* step, Sched
   return true;
 }
 
-void Scheduler::Emit(Sequence* seq, int num_tokens, StepState* step, SchedulerOutput* out) {
+void Scheduler::Emit(Sequence* seq, int num_tokens, StepState* step, SchedulerOutput* out,
+                     std::vector<int32_t> drafts) {
   const int start = seq->num_computed_tokens;
+  const int num_drafts = static_cast<int>(drafts.size());
   TP_CHECK(num_tokens > 0 && start + num_tokens <= seq->num_tokens()) << "seq " << seq->seq_id;
-  TP_CHECK(static_cast<int>(seq->block_table.size()) == blocks_.BlocksFor(start + num_tokens))
+  TP_CHECK(num_drafts == 0 || start + num_tokens == seq->num_tokens()) << "seq " << seq->seq_id;
+  TP_CHECK(static_cast<int>(seq->block_table.size()) == blocks_.BlocksFor(start + num_tokens + num_drafts))
       << "seq " << seq->seq_id << " holds " << seq->block_table.size() << " blocks for "
-      << start + num_tokens << " tokens";
+      << start + num_tokens + num_drafts << " tokens";
   ScheduledSeq s;
   s.seq_id = seq->seq_id;
   s.token_ids.assign(seq->token_ids.begin() + start, seq->token_ids.begin() + start + num_tokens);
+  s.token_ids.insert(s.token_ids.end(), drafts.begin(), drafts.end());
+  s.num_draft_tokens = num_drafts;
+  num_tokens += num_drafts;
   s.start_position = start;
   s.block_table = seq->block_table;
-  s.sample = start + num_tokens == seq->num_tokens();
+  s.sample = start + num_tokens - num_drafts == seq->num_tokens();
   s.is_new = seq->needs_start;
   s.num_cached_tokens = seq->num_cached_tokens;
   seq->needs_start = false;
@@ -230,11 +259,19 @@ SchedulerOutput Scheduler::Schedule() {
     const int pending = seq->num_tokens() - seq->num_computed_tokens;
     if (pending <= 0) continue;  // no sampled token arrived for it; nothing to run
     const int n = std::min(pending, step.token_budget);
-    if (!GrowBlocks(seq, seq->num_computed_tokens + n, &step, &out)) {
+    std::vector<int32_t> drafts;
+    if (n == pending) drafts = ProposeFor(seq, step.token_budget - n);
+    if (!drafts.empty()) {
+      // Proposals take only blocks that are free now: they never preempt anyone.
+      const int need = blocks_.BlocksFor(seq->num_computed_tokens + n + static_cast<int>(drafts.size())) -
+                       static_cast<int>(seq->block_table.size());
+      if (need > blocks_.num_free_blocks()) drafts.clear();
+    }
+    if (!GrowBlocks(seq, seq->num_computed_tokens + n + static_cast<int>(drafts.size()), &step, &out)) {
       Preempt(seq, &step, &out);  // it is the most junior that could give blocks back
       continue;
     }
-    Emit(seq, n, &step, &out);
+    Emit(seq, n, &step, &out, std::move(drafts));
   }
 
   // 2. Prefills already under way, chunked to the remaining budget and to the blocks that can be had.
@@ -281,24 +318,89 @@ void Scheduler::CacheComputedBlocks(Sequence* seq) {
 }
 
 void Scheduler::OnStepComplete(const SchedulerOutput& out,
-                               const absl::flat_hash_map<uint64_t, int32_t>& sampled) {
+                               const absl::flat_hash_map<uint64_t, std::vector<int32_t>>& sampled) {
   for (const ScheduledSeq& s : out.seqs) {
     auto it = seqs_.find(s.seq_id);
     if (it == seqs_.end()) continue;  // aborted or finished while the step ran
     Sequence* seq = it->second.get();
+    const int known = static_cast<int>(s.token_ids.size()) - s.num_draft_tokens;  // tokens from token_ids
     if (seq->status != SequenceStatus::kRunning || seq->num_computed_tokens != s.start_position ||
-        seq->num_computed_tokens + static_cast<int>(s.token_ids.size()) > seq->num_tokens()) {
+        seq->num_computed_tokens + known > seq->num_tokens()) {
       TP_LOG(WARNING) << "seq " << s.seq_id << ": ignoring a stale step result (start_position "
                       << s.start_position << ", computed " << seq->num_computed_tokens << ")";
       continue;
     }
-    seq->num_computed_tokens += static_cast<int>(s.token_ids.size());
+    seq->num_computed_tokens += known;
     if (s.sample && seq->num_computed_tokens == seq->num_tokens()) {
       auto tok = sampled.find(s.seq_id);
-      if (tok != sampled.end()) seq->token_ids.push_back(tok->second);
+      if (tok != sampled.end() && !tok->second.empty()) {
+        const std::vector<int32_t>& got = tok->second;
+        // got[i] is the model's token after position start + known - 1 + i; proposal i was accepted when it
+        // equals got[i], and then its KV (computed this step) is valid too.
+        int accepted = 0;
+        while (accepted < s.num_draft_tokens && accepted + 1 < static_cast<int>(got.size()) &&
+               got[accepted] == s.token_ids[known + accepted]) {
+          ++accepted;
+        }
+        seq->token_ids.insert(seq->token_ids.end(), got.begin(), got.begin() + accepted + 1);
+        seq->num_computed_tokens += accepted;
+        if (s.num_draft_tokens > 0) RecordAcceptance(seq, s.num_draft_tokens, accepted);
+      }
     }
+    TrimBlocks(seq);
     CacheComputedBlocks(seq);
   }
+}
+
+std::vector<int32_t> Scheduler::ProposeFor(Sequence* seq, int budget) const {
+  if (seq->spec_k == 0 && seq->spec_resume_at > 0 && seq->num_generated() >= seq->spec_resume_at) {
+    seq->spec_k = 1;  // probe again after a pause
+    seq->spec_acceptance = 2 * kSpecOffBelow;
+    seq->spec_num_drafts = 0;
+    seq->spec_resume_at = 0;
+  }
+  // Every kept proposal becomes a generated token, and the model adds one more: stay within max_new_tokens.
+  const int k = std::min({seq->spec_k, budget, seq->max_new_tokens - seq->num_generated() - 1});
+  if (k <= 0) return {};
+  return proposer_.Propose(seq->token_ids, k);
+}
+
+void Scheduler::RecordAcceptance(Sequence* seq, int proposed, int accepted) const {
+  ++seq->spec_num_drafts;
+  seq->spec_acceptance = (1 - kSpecEmaWeight) * seq->spec_acceptance +
+                         kSpecEmaWeight * static_cast<double>(accepted) / proposed;
+  if (seq->spec_num_drafts >= kSpecMinDrafts && seq->spec_acceptance < kSpecOffBelow) {
+    seq->spec_k = 0;
+    seq->spec_resume_at = seq->num_generated() + kSpecPauseTokens;
+    return;
+  }
+  const int max_k = config_.speculative.num_speculative_tokens;
+  seq->spec_k = accepted == proposed ? std::min(max_k, 2 * proposed) : std::min(max_k, accepted + 1);
+}
+
+void Scheduler::TrimBlocks(Sequence* seq) {
+  const size_t keep = static_cast<size_t>(blocks_.BlocksFor(seq->num_computed_tokens));
+  if (seq->block_table.size() <= keep) return;
+  // These blocks were allocated fresh for proposals past the computed tokens: never shared, never cached.
+  blocks_.Release(absl::MakeConstSpan(seq->block_table).subspan(keep));
+  seq->block_table.resize(keep);
+}
+
+void Scheduler::RequeueAllForReplay() {
+  const std::vector<Sequence*> running(running_.begin(), running_.end());
+  for (Sequence* seq : running) {
+    blocks_.Release(seq->block_table);
+    seq->block_table.clear();
+    seq->num_computed_tokens = 0;
+    seq->num_registered_blocks = 0;
+    seq->status = SequenceStatus::kWaiting;
+    running_.erase(seq);
+    waiting_.insert(seq);
+  }
+  // Nothing any worker held survives; finished ids mean nothing to the new workers.
+  finished_since_schedule_.clear();
+  for (auto& [id, seq] : seqs_) seq->ever_scheduled = false;
+  blocks_.DropCachedBlocks();
 }
 
 std::vector<int> Scheduler::BlockOwnerCounts() const {

@@ -11,9 +11,23 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "coordinator/engine/block_manager.h"
+#include "coordinator/engine/ngram_proposer.h"
 #include "coordinator/engine/sequence.h"
 
 namespace tpserve::coordinator {
+
+// Speculative decoding (issue 17). A decoding sequence with proposals runs its last token plus up to
+// num_speculative_tokens proposed ones in one step (k + 1 query tokens, counted against
+// max_num_batched_tokens like a prefill chunk); the workers verify them (worker.v1 SeqStep.num_draft_tokens)
+// and OnStepComplete keeps the accepted prefix plus the model's next token and rolls the KV of the rejected
+// positions back. Proposals never preempt anyone: a sequence that would need a block it cannot get for free
+// runs without them. Output is unchanged by construction: every kept token is one the model sampled.
+constexpr int kMaxSpeculativeTokens = 16;  // upper bound of --num-speculative-tokens
+
+struct SpeculativeConfig {
+  int num_speculative_tokens = 0;  // --num-speculative-tokens K; 0 = off
+  NgramProposerOptions ngram;      // --speculative-method ngram (the only method so far)
+};
 
 struct SchedulerConfig {
   int num_blocks = 0;  // KV pool size (the minimum any worker can afford)
@@ -23,6 +37,7 @@ struct SchedulerConfig {
   int max_model_len = 0;              // prompt + max_new_tokens limit
   bool enable_prefix_caching = true;
   bool enable_chunked_prefill = true;
+  SpeculativeConfig speculative;
 };
 
 // INVALID_ARGUMENT naming the first bad field.
@@ -37,6 +52,7 @@ struct ScheduledSeq {
   bool sample = false;               // this step completes the known tokens (prompt or decode): sample one
   bool is_new = false;               // first schedule since (re)admission: send SequenceStart first
   int num_cached_tokens = 0;         // tokens served from the prefix cache (valid when is_new)
+  int num_draft_tokens = 0;          // the last num_draft_tokens of token_ids are proposals to verify
 };
 
 struct SchedulerOutput {
@@ -75,10 +91,17 @@ class Scheduler {
   void Abort(uint64_t seq_id);
   // Plans one iteration under max_num_batched_tokens / max_num_seqs and the block pool.
   SchedulerOutput Schedule();
-  // After the step ran: appends sampled tokens (seq_id -> token) to the sequences that sampled and advances
-  // num_computed_tokens for everything that ran; newly full blocks enter the prefix cache. Sequences that
+  // After the step ran: appends the sampled tokens (seq_id -> tokens in position order: one, or for a step
+  // with proposals 1 + the accepted ones, as worker.v1 StepResult gives them) to the sequences that sampled
+  // and advances num_computed_tokens for everything that ran; newly full blocks enter the prefix cache.
+  // Rejected proposals are rolled back: blocks past the computed tokens go back to the pool. Sequences that
   // were aborted or finished meanwhile are skipped. Sequences stay running until Finish().
-  void OnStepComplete(const SchedulerOutput& out, const absl::flat_hash_map<uint64_t, int32_t>& sampled);
+  void OnStepComplete(const SchedulerOutput& out,
+                      const absl::flat_hash_map<uint64_t, std::vector<int32_t>>& sampled);
+  // The workers lost every KV cache and sampler state (worker group re-formed): every running sequence goes
+  // back to the waiting queue with all its tokens (its seniority kept; not counted as a preemption) and the
+  // prefix cache is emptied. The next admission recomputes each from its token history.
+  void RequeueAllForReplay();
   // The engine decided the sequence stopped (EOS, stop string, length): frees its blocks; its full blocks stay
   // in the prefix cache for reuse. Idempotent.
   void Finish(uint64_t seq_id);
@@ -122,13 +145,23 @@ class Scheduler {
   bool GrowBlocks(Sequence* seq, int num_tokens, StepState* step, SchedulerOutput* out);
   // Admits waiting sequences until one does not fit.
   void AdmitWaiting(StepState* step, SchedulerOutput* out);
-  void Emit(Sequence* seq, int num_tokens, StepState* step, SchedulerOutput* out);
+  // Schedules tokens [num_computed_tokens, + num_tokens) of `seq`, then `drafts` (proposals to verify).
+  void Emit(Sequence* seq, int num_tokens, StepState* step, SchedulerOutput* out,
+            std::vector<int32_t> drafts = {});
+  // Proposals for a decoding sequence about to run its last token, within its limits and `budget` tokens.
+  // Resumes a paused sequence's speculation when its pause is over.
+  std::vector<int32_t> ProposeFor(Sequence* seq, int budget) const;
+  // Adapts seq->spec_k to how many of `proposed` tokens were accepted.
+  void RecordAcceptance(Sequence* seq, int proposed, int accepted) const;
+  // Releases blocks past BlocksFor(num_computed_tokens): the KV of rejected proposals.
+  void TrimBlocks(Sequence* seq);
   // Hashes and registers blocks that became full within [0, num_computed_tokens).
   void CacheComputedBlocks(Sequence* seq);
   void Remove(uint64_t seq_id);
 
   SchedulerConfig config_;
   BlockManager blocks_;
+  NgramProposer proposer_;
   absl::flat_hash_map<uint64_t, std::unique_ptr<Sequence>> seqs_;
   SeqSet waiting_;  // front = next to admit
   SeqSet running_;

@@ -12,6 +12,9 @@ enum class SequenceStatus { kWaiting, kRunning };
 
 // Owned by the Scheduler; the engine reads it through Scheduler::sequence() (e.g. to build SequenceStart:
 // history = token_ids, num_generated, prompt_len). Not thread-safe, like the Scheduler.
+// token_ids is the one copy of the request's token history on the coordinator: the engine's RequestState
+// keeps only what it has delivered (text, counts), replay after a worker loss restarts from token_ids, and
+// speculative proposals never enter it (they travel in ScheduledSeq only until verified).
 struct Sequence {
   uint64_t seq_id = 0;
   int priority = 0;          // lower runs first
@@ -33,6 +36,11 @@ struct Sequence {
   bool needs_start = false;               // next schedule is the first since (re)admission
   bool ever_scheduled = false;            // workers may hold state for it
   int num_preemptions = 0;
+  // Speculative decoding (SchedulerConfig::speculative): current proposal length, adapted to acceptance.
+  int spec_k = 0;
+  double spec_acceptance = 1.0;  // moving average of accepted / proposed
+  int spec_num_drafts = 0;       // verify steps that carried proposals
+  int spec_resume_at = 0;        // with spec_k == 0: num_generated() at which speculation probes again
 
   int num_tokens() const { return static_cast<int>(token_ids.size()); }
   int num_generated() const { return num_tokens() - prompt_len; }

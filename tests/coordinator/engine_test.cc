@@ -17,6 +17,7 @@
 //   - priority admission: HigherPriorityIsAdmittedFirst; a worker step error: StepErrorFailsTheStepsRequests
 #include "coordinator/engine.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -52,11 +53,19 @@ int32_t NextToken(const std::vector<int32_t>& history) {
   return static_cast<int32_t>(10 + h % 200);
 }
 
+// A fake model whose output soon loops (the next token depends on the last one only, within a 23-token
+// cycle space), so n-gram proposals get accepted: the speculation tests' model.
+int32_t LoopingNextToken(const std::vector<int32_t>& history) {
+  return static_cast<int32_t>(10 + (history.back() * 7 + 3) % 23);
+}
+
+using FakeModel = int32_t (*)(const std::vector<int32_t>&);
+
 // What a fault-free greedy run generates: computed here, without the engine.
-std::vector<int32_t> ReferenceIds(std::vector<int32_t> prompt, int n) {
+std::vector<int32_t> ReferenceIds(std::vector<int32_t> prompt, int n, FakeModel model = NextToken) {
   std::vector<int32_t> out;
   for (int i = 0; i < n; ++i) {
-    out.push_back(NextToken(prompt));
+    out.push_back(model(prompt));
     prompt.push_back(out.back());
   }
   return out;
@@ -101,17 +110,25 @@ class FakeExecutor : public StepExecutor {
         continue;
       }
       std::vector<int32_t>& h = it->second;
-      const size_t end = s.start_position() + s.token_ids_size();
-      bool consistent = end <= h.size();
-      for (int i = 0; consistent && i < s.token_ids_size(); ++i) consistent = h[s.start_position() + i] == s.token_ids(i);
+      // The last num_draft_tokens are proposals: verified like worker_service does, one position at a time,
+      // stopping after the first token that differs from the next proposal.
+      const int d = s.num_draft_tokens();
+      const int known = s.token_ids_size() - d;
+      const size_t end = s.start_position() + known;
+      bool consistent = end <= h.size() && d >= 0 && known > 0 && (d == 0 || s.sample());
+      for (int i = 0; consistent && i < known; ++i) consistent = h[s.start_position() + i] == s.token_ids(i);
       if (!consistent) errors_.push_back(absl::StrCat("step ", step, ": seq ", s.seq_id(), " ran tokens off its history"));
       if (!s.sample()) continue;
       if (end != h.size()) errors_.push_back(absl::StrCat("step ", step, ": seq ", s.seq_id(), " sampled mid-history"));
-      const int32_t t = NextToken(h);
-      h.push_back(t);
-      auto* tok = out.result.add_tokens();
-      tok->set_seq_id(s.seq_id());
-      tok->set_token_id(t);
+      draft_tokens_ += d;
+      for (int i = 0; i <= d; ++i) {
+        const int32_t t = model_(h);
+        h.push_back(t);
+        auto* tok = out.result.add_tokens();
+        tok->set_seq_id(s.seq_id());
+        tok->set_token_id(t);
+        if (i < d && t != s.token_ids(known + i)) break;
+      }
     }
     return out;
   }
@@ -176,6 +193,14 @@ class FakeExecutor : public StepExecutor {
     absl::MutexLock lock(&mu_);
     return errors_;
   }
+  void SetModel(FakeModel model) {
+    absl::MutexLock lock(&mu_);
+    model_ = model;
+  }
+  int64_t DraftTokens() const {
+    absl::MutexLock lock(&mu_);
+    return draft_tokens_;
+  }
 
  private:
   void LoseLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -200,6 +225,8 @@ class FakeExecutor : public StepExecutor {
   absl::flat_hash_map<uint64_t, std::vector<std::vector<int32_t>>> starts_ ABSL_GUARDED_BY(mu_);
   std::vector<wv1::StepPlan> plans_ ABSL_GUARDED_BY(mu_);
   std::vector<std::string> errors_ ABSL_GUARDED_BY(mu_);
+  FakeModel model_ ABSL_GUARDED_BY(mu_) = NextToken;
+  int64_t draft_tokens_ ABSL_GUARDED_BY(mu_) = 0;  // proposals the plans carried
 };
 
 // Collects one request's output as a client would see it.
@@ -210,6 +237,7 @@ class RecordingSink : public RequestSink {
     ids_.insert(ids_.end(), delta.token_ids().begin(), delta.token_ids().end());
     if (delta.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) {
       finish_ = delta.finish_reason();
+      usage_ = delta.usage();
       done_ = true;
     }
   }
@@ -240,12 +268,17 @@ class RecordingSink : public RequestSink {
     absl::MutexLock lock(&mu_);
     return error_;
   }
+  v1::Usage usage() {
+    absl::MutexLock lock(&mu_);
+    return usage_;
+  }
 
  private:
   absl::Mutex mu_;
   std::vector<int32_t> ids_ ABSL_GUARDED_BY(mu_);
   v1::FinishReason finish_ ABSL_GUARDED_BY(mu_) = v1::FINISH_REASON_UNSPECIFIED;
   absl::Status error_ ABSL_GUARDED_BY(mu_);
+  v1::Usage usage_ ABSL_GUARDED_BY(mu_);
   bool done_ ABSL_GUARDED_BY(mu_) = false;
 };
 
@@ -560,6 +593,82 @@ TEST_F(EngineTest, StepErrorFailsTheStepsRequests) {
   Submit(Spec(Prompt(81, 5), 4), next);
   ASSERT_TRUE(next->WaitDone());
   EXPECT_EQ(next->ids(), ReferenceIds(Prompt(81, 5), 4));
+}
+
+// Speculative decoding (issue 17): with n-gram proposals at k = 1, 4, 8 every request gets exactly the ids of a
+// run without speculation, on a model whose output loops (proposals accepted) and on one that never repeats
+// (proposals, when any, rejected), mixed in one batch; a stop token inside an accepted run ends the request
+// there; usage.speculative counts what was proposed and accepted.
+TEST_F(EngineTest, SpeculationNeverChangesTheIds) {
+  for (FakeModel model : {LoopingNextToken, NextToken}) {
+    executor_.SetModel(model);
+    for (int k : {0, 1, 4, 8}) {
+      SCOPED_TRACE(absl::StrCat("k = ", k, model == NextToken ? " (hash model)" : " (looping model)"));
+      options_.scheduler.speculative.num_speculative_tokens = k;
+      options_.scheduler.speculative.ngram = {1, 3};
+      StartEngine();
+      const int64_t drafts_before = executor_.DraftTokens();
+      std::vector<std::shared_ptr<RecordingSink>> sinks;
+      std::vector<std::vector<int32_t>> want;
+      for (int i = 0; i < 6; ++i) {
+        sinks.push_back(std::make_shared<RecordingSink>());
+        const int n = 9 + 5 * i;
+        Submit(Spec(Prompt(i, 3 + 2 * i), n), sinks.back());
+        want.push_back(ReferenceIds(Prompt(i, 3 + 2 * i), n, model));
+      }
+      // A stop token that recurs in the loop: the request ends at its first occurrence, whatever was accepted
+      // after it in the same step.
+      auto stopped = std::make_shared<RecordingSink>();
+      const std::vector<int32_t> long_ref = ReferenceIds(Prompt(9, 4), 40, model);
+      RequestSpec stop_spec = Spec(Prompt(9, 4), 40);
+      stop_spec.stop_token_ids = {long_ref[12]};
+      Submit(stop_spec, stopped);
+      const auto stop_at = std::find(long_ref.begin(), long_ref.end(), long_ref[12]);
+      const std::vector<int32_t> stop_want(long_ref.begin(), stop_at + 1);
+
+      int accepted = 0;
+      for (size_t i = 0; i < sinks.size(); ++i) {
+        ASSERT_TRUE(sinks[i]->WaitDone());
+        EXPECT_EQ(sinks[i]->ids(), want[i]) << "request " << i;
+        EXPECT_EQ(sinks[i]->finish(), v1::FINISH_REASON_LENGTH);
+        const v1::SpeculativeUsage& u = sinks[i]->usage().speculative();
+        EXPECT_LE(u.num_accepted_tokens(), u.num_draft_tokens());
+        EXPECT_EQ(sinks[i]->usage().completion_tokens(), static_cast<int>(want[i].size()));
+        accepted += u.num_accepted_tokens();
+      }
+      ASSERT_TRUE(stopped->WaitDone());
+      EXPECT_EQ(stopped->ids(), stop_want);
+      EXPECT_EQ(stopped->finish(), v1::FINISH_REASON_STOP_TOKEN);
+      EXPECT_TRUE(WaitAllBlocksFree());
+      if (k == 0) {
+        EXPECT_EQ(executor_.DraftTokens(), drafts_before);
+      } else if (model == LoopingNextToken) {
+        EXPECT_GT(accepted, 0) << "the looping model's output should be proposed and accepted";
+      }
+      engine_->Stop();
+      engine_.reset();
+    }
+  }
+  EXPECT_GT(executor_.DraftTokens(), 0);
+}
+
+// Replay after a worker loss restarts speculation from the Sequence's token history: still the same ids.
+TEST_F(EngineTest, SpeculationReplaysExactlyAfterTheGroupIsLost) {
+  executor_.SetModel(LoopingNextToken);
+  options_.scheduler.speculative.num_speculative_tokens = 4;
+  executor_.LoseAtStep(6, /*reform_after_waits=*/2);
+  StartEngine();
+  std::vector<std::shared_ptr<RecordingSink>> sinks;
+  for (int i = 0; i < 4; ++i) {
+    sinks.push_back(std::make_shared<RecordingSink>());
+    Submit(Spec(Prompt(i, 5 + i), 30), sinks.back());
+  }
+  for (int i = 0; i < 4; ++i) {
+    ASSERT_TRUE(sinks[i]->WaitDone());
+    EXPECT_EQ(sinks[i]->ids(), ReferenceIds(Prompt(i, 5 + i), 30, LoopingNextToken)) << "request " << i;
+  }
+  EXPECT_TRUE(WaitAllBlocksFree());
+  EXPECT_GT(executor_.DraftTokens(), 0);
 }
 
 }  // namespace

@@ -2,6 +2,7 @@
 // prefix reuse, eviction, abort, validation) and a seeded randomized soak test checking invariants each step.
 #include "coordinator/engine/scheduler.h"
 
+#include <algorithm>
 #include <map>
 #include <random>
 #include <string>
@@ -143,7 +144,7 @@ class TableRunner {
     ASSERT_EQ(out.seqs.size(), row.ran.size()) << "scheduled a different number of sequences";
     EXPECT_EQ(out.preempted, row.preempted);
     int total = 0;
-    absl::flat_hash_map<uint64_t, int32_t> sampled;
+    absl::flat_hash_map<uint64_t, std::vector<int32_t>> sampled;
     const int bs = sched_.config().block_size;
     for (size_t i = 0; i < row.ran.size(); ++i) {
       const ScheduledSeq& got = out.seqs[i];
@@ -168,13 +169,13 @@ class TableRunner {
       total += want.num_tokens;
       if (got.sample) {
         const int32_t tok = static_cast<int32_t>(900000 + want.seq * 100 + ref.size());
-        sampled[got.seq_id] = tok;
+        sampled[got.seq_id] = {tok};
       }
     }
     EXPECT_EQ(out.num_batched_tokens, total);
     EXPECT_LE(total, sched_.config().max_num_batched_tokens);
     sched_.OnStepComplete(out, sampled);
-    for (const auto& [id, tok] : sampled) tokens_[id].push_back(tok);
+    for (const auto& [id, tok] : sampled) tokens_[id].push_back(tok[0]);
   }
 
   Scheduler sched_;
@@ -419,7 +420,7 @@ TEST(SchedulerTest, AbortDuringAStepIsIgnoredOnCompletion) {
   SchedulerOutput out = s.Schedule();
   ASSERT_EQ(out.seqs.size(), 2u);
   s.Abort(1);
-  s.OnStepComplete(out, {{1, 5}, {2, 6}});
+  s.OnStepComplete(out, {{1, {5}}, {2, {6}}});
   EXPECT_EQ(s.sequence(1), nullptr);
   ASSERT_NE(s.sequence(2), nullptr);
   EXPECT_EQ(s.sequence(2)->num_tokens(), 7);
@@ -485,6 +486,7 @@ struct SoakCase {
   int max_new;
   bool expect_preemptions;
   int max_waiting = 1024;  // the engine's queue limit for new requests (EngineOptions.max_queued_requests)
+  int vocab = 500;  // random tokens in [0, vocab); small ones make n-grams recur (speculation)
 };
 
 // FNV-1a over the prefix, independent of the scheduler's block hash.
@@ -507,7 +509,7 @@ void RunSoak(const SoakCase& c) {
   std::vector<std::vector<int32_t>> prefixes;
   for (int len : {2 * bs, 3 * bs + 1, 5}) {
     std::vector<int32_t> p(len);
-    for (int32_t& t : p) t = uniform(0, 499);
+    for (int32_t& t : p) t = uniform(0, c.vocab - 1);
     prefixes.push_back(p);
   }
   struct Req {
@@ -519,6 +521,7 @@ void RunSoak(const SoakCase& c) {
   std::map<uint64_t, Req> live;
   std::vector<std::vector<uint64_t>> kv(c.config.num_blocks, std::vector<uint64_t>(bs, 0));
   int added = 0, resolved = 0;
+  int64_t num_draft_tokens = 0;
   uint64_t next_id = 1;
   const int kMaxSteps = 50000;
   int step = 0;
@@ -527,7 +530,7 @@ void RunSoak(const SoakCase& c) {
       std::vector<int32_t> prompt;
       if (uniform(0, 1)) prompt = prefixes[uniform(0, 2)];
       const int extra = uniform(prompt.empty() ? 1 : 0, c.max_prompt - static_cast<int>(prompt.size()));
-      for (int i = 0; i < extra; ++i) prompt.push_back(uniform(0, 499));
+      for (int i = 0; i < extra; ++i) prompt.push_back(uniform(0, c.vocab - 1));
       const int max_new = uniform(1, c.max_new);
       if (s.num_waiting() >= c.max_waiting) break;  // the engine refuses it: the client retries later
       const absl::Status st = s.AddSequence(next_id, prompt, max_new, uniform(0, 2));
@@ -548,13 +551,26 @@ void RunSoak(const SoakCase& c) {
     ASSERT_LE(out.num_batched_tokens, c.config.max_num_batched_tokens);
     for (uint64_t id : out.preempted) live.at(id).computed = 0;
     int total = 0;
-    absl::flat_hash_map<uint64_t, int32_t> sampled;
+    absl::flat_hash_map<uint64_t, std::vector<int32_t>> sampled;
     absl::flat_hash_map<int32_t, uint64_t> writer;  // block -> seq writing it this step
+    int64_t drafts_this_step = 0;
     for (const ScheduledSeq& r : out.seqs) {
       SCOPED_TRACE(absl::StrCat("step ", step, " seq ", r.seq_id));
       Req& q = live.at(r.seq_id);
-      const int n = static_cast<int>(r.token_ids.size());
+      const int n = static_cast<int>(r.token_ids.size()) - r.num_draft_tokens;  // known tokens
+      const int d = r.num_draft_tokens;
       ASSERT_GT(n, 0);
+      ASSERT_GE(d, 0);
+      if (d > 0) {
+        // Proposals follow a sampling step's last token, fit the request's max_new and the flag's k, and are
+        // what the n-gram proposer finds in the known tokens.
+        ASSERT_TRUE(r.sample);
+        ASSERT_LE(d, c.config.speculative.num_speculative_tokens);
+        ASSERT_LE(static_cast<int>(q.tokens.size()) - q.prompt_len + d + 1, q.max_new);
+        const std::vector<int32_t> want = NgramProposer(c.config.speculative.ngram).Propose(q.tokens, d);
+        ASSERT_EQ(std::vector<int32_t>(r.token_ids.end() - d, r.token_ids.end()), want);
+        drafts_this_step += d;
+      }
       if (r.is_new) {
         ASSERT_EQ(r.start_position, r.num_cached_tokens);
         ASSERT_EQ(r.start_position % bs, 0);
@@ -566,15 +582,18 @@ void RunSoak(const SoakCase& c) {
         ASSERT_EQ(r.start_position, q.computed);
       }
       ASSERT_EQ(r.start_position + n <= static_cast<int>(q.tokens.size()), true);
-      ASSERT_EQ(r.token_ids, std::vector<int32_t>(q.tokens.begin() + r.start_position,
-                                                  q.tokens.begin() + r.start_position + n));
-      ASSERT_EQ(static_cast<int>(r.block_table.size()), (r.start_position + n + bs - 1) / bs);
+      ASSERT_EQ(std::vector<int32_t>(r.token_ids.begin(), r.token_ids.begin() + n),
+                std::vector<int32_t>(q.tokens.begin() + r.start_position, q.tokens.begin() + r.start_position + n));
+      ASSERT_EQ(static_cast<int>(r.block_table.size()), (r.start_position + n + d + bs - 1) / bs);
       ASSERT_EQ(r.sample, r.start_position + n == static_cast<int>(q.tokens.size()));
-      const std::vector<uint64_t> fp = PrefixFingerprints(q.tokens);
+      // What this step writes: the known tokens, then the proposals (whose KV is right only if accepted).
+      std::vector<int32_t> run_tokens(q.tokens.begin(), q.tokens.begin() + r.start_position);
+      run_tokens.insert(run_tokens.end(), r.token_ids.begin(), r.token_ids.end());
+      const std::vector<uint64_t> fp = PrefixFingerprints(run_tokens);
       for (int p = 0; p < r.start_position; ++p) {  // attention reads these: they must be ours
         ASSERT_EQ(kv[r.block_table[p / bs]][p % bs], fp[p]) << "position " << p;
       }
-      for (int p = r.start_position; p < r.start_position + n; ++p) {
+      for (int p = r.start_position; p < r.start_position + n + d; ++p) {
         const int32_t b = r.block_table[p / bs];
         ASSERT_EQ(s.block_manager().ref_count(b), 1) << "writing into shared block " << b;
         auto [it, fresh] = writer.emplace(b, r.seq_id);
@@ -582,20 +601,34 @@ void RunSoak(const SoakCase& c) {
         kv[b][p % bs] = fp[p];
       }
       q.computed = r.start_position + n;
-      total += n;
+      total += n + d;
       if (r.sample) {
-        // Token 2 plays EOS now and then; otherwise any vocab id.
-        sampled[r.seq_id] = uniform(0, 30) == 0 ? 2 : uniform(3, 499);
+        // The model agrees with each proposal with probability 2/3 until it first disagrees; its own token
+        // follows. Token 2 plays EOS now and then; otherwise any vocab id.
+        std::vector<int32_t> got;
+        for (int i = 0; i < d && uniform(0, 2) > 0; ++i) got.push_back(r.token_ids[n + i]);
+        int32_t own = uniform(0, 30) == 0 ? 2 : uniform(3, std::max(3, c.vocab - 1));
+        const int a = static_cast<int>(got.size());
+        if (a < d && own == r.token_ids[n + a]) own = own == 3 ? 4 : 3;  // a disagreement really differs
+        got.push_back(own);
+        q.computed += a;
+        sampled[r.seq_id] = got;
       }
     }
     ASSERT_EQ(out.num_batched_tokens, total);
     s.OnStepComplete(out, sampled);
-    for (const auto& [id, tok] : sampled) {
+    num_draft_tokens += drafts_this_step;
+    for (const auto& [id, got] : sampled) {
       Req& q = live.at(id);
-      q.tokens.push_back(tok);
+      q.tokens.insert(q.tokens.end(), got.begin(), got.end());
       const int generated = static_cast<int>(q.tokens.size()) - q.prompt_len;
-      ASSERT_EQ(s.sequence(id)->token_ids, q.tokens);
-      if (tok == 2 || generated >= q.max_new) {
+      const Sequence* seq = s.sequence(id);
+      ASSERT_EQ(seq->token_ids, q.tokens);
+      ASSERT_EQ(seq->num_computed_tokens, q.computed);
+      // Rollback: no block is held past the computed tokens.
+      ASSERT_EQ(static_cast<int>(seq->block_table.size()), (q.computed + bs - 1) / bs);
+      ASSERT_LE(generated, q.max_new);
+      if (std::find(got.begin(), got.end(), 2) != got.end() || generated >= q.max_new) {
         s.Finish(id);
         live.erase(id);
         ++resolved;
@@ -618,6 +651,9 @@ void RunSoak(const SoakCase& c) {
   if (c.config.enable_prefix_caching) {
     EXPECT_GT(s.prefix_cache_stats().hits, 0);
   }
+  if (c.config.speculative.num_speculative_tokens > 0) {
+    EXPECT_GT(num_draft_tokens, 0);
+  }
 }
 
 TEST(SchedulerSoakTest, InvariantsHoldAndEveryRequestFinishes) {
@@ -639,6 +675,189 @@ TEST(SchedulerSoakTest, InvariantsHoldAndEveryRequestFinishes) {
     cfg.enable_prefix_caching = false;
     RunSoak({4, cfg, 200, 120, 60, true});
   }
+}
+
+}  // namespace
+}  // namespace tpserve::coordinator
+
+namespace tpserve::coordinator {
+namespace {
+
+// Speculation under the same soak: proposals (the scheduler's n-gram proposer over a 12-token vocabulary, so
+// n-grams recur), random acceptance, rollback of the rejected positions' blocks, preemption and prefix reuse
+// together. The KV fingerprints catch a rejected proposal's KV that is kept, and a block released while a
+// prefix still needs it; the consistency check catches refcounts that drift.
+TEST(SchedulerSoakTest, SpeculationKeepsInvariantsAndRollsBackRejectedKv) {
+  for (int k : {1, 4, 8}) {
+    SCOPED_TRACE(absl::StrCat("k = ", k));
+    {
+      SchedulerConfig cfg = Config(/*num_blocks=*/40, /*block_size=*/8, /*max_num_seqs=*/16, 64, 160);
+      cfg.speculative.num_speculative_tokens = k;
+      cfg.speculative.ngram = {1, 3};
+      RunSoak({static_cast<uint32_t>(10 + k), cfg, 200, 60, 60, true, /*max_waiting=*/1024, /*vocab=*/12});
+    }
+    {
+      SchedulerConfig cfg = Config(50, 3, 4, 16, 120);  // odd block size, tiny budget
+      cfg.speculative.num_speculative_tokens = k;
+      cfg.speculative.ngram = {2, 4};
+      RunSoak({static_cast<uint32_t>(20 + k), cfg, 150, 60, 40, true, /*max_waiting=*/1024, /*vocab=*/12});
+    }
+  }
+}
+
+}  // namespace
+}  // namespace tpserve::coordinator
+
+namespace tpserve::coordinator {
+namespace {
+
+// One verify step by hand: the proposal, its place in the step, the accepted prefix kept with the model's own
+// token, and the block of the rejected positions given back.
+TEST(SchedulerTest, SpeculativeStepVerifiesProposalsAndRollsBackTheRest) {
+  SchedulerConfig cfg = Config(/*num_blocks=*/8, /*block_size=*/4, /*max_num_seqs=*/4, /*budget=*/64, 64);
+  cfg.speculative.num_speculative_tokens = 3;
+  cfg.speculative.ngram = {1, 2};
+  Scheduler s(cfg);
+  ASSERT_TRUE(s.AddSequence(1, {5, 6, 7, 5, 6}, 10, 0).ok());
+  SchedulerOutput out = s.Schedule();  // prefill: no proposals
+  ASSERT_EQ(out.seqs.size(), 1u);
+  EXPECT_EQ(out.seqs[0].num_draft_tokens, 0);
+  s.OnStepComplete(out, {{1, {7}}});  // 5 6 7 5 6 | 7
+
+  out = s.Schedule();
+  ASSERT_EQ(out.seqs.size(), 1u);
+  const ScheduledSeq& v = out.seqs[0];
+  // "6 7" occurred at positions 1-2, followed by 5 6 7: the last token then three proposals.
+  EXPECT_EQ(v.token_ids, (std::vector<int32_t>{7, 5, 6, 7}));
+  EXPECT_EQ(v.num_draft_tokens, 3);
+  EXPECT_EQ(v.start_position, 5);
+  EXPECT_TRUE(v.sample);
+  EXPECT_EQ(out.num_batched_tokens, 4);
+  EXPECT_EQ(v.block_table.size(), 3u);  // positions 0-8
+  EXPECT_EQ(s.block_manager().num_free_blocks(), 5);
+
+  // The model agrees with "5", then says 9 where "6" was proposed.
+  s.OnStepComplete(out, {{1, {5, 9}}});
+  const Sequence* seq = s.sequence(1);
+  EXPECT_EQ(seq->token_ids, (std::vector<int32_t>{5, 6, 7, 5, 6, 7, 5, 9}));
+  EXPECT_EQ(seq->num_computed_tokens, 7);
+  EXPECT_EQ(seq->block_table.size(), 2u);
+  EXPECT_EQ(s.block_manager().num_free_blocks(), 6);
+  EXPECT_TRUE(s.block_manager().CheckConsistency(s.BlockOwnerCounts()).ok());
+
+  // Next step starts at the first unverified position.
+  out = s.Schedule();
+  ASSERT_EQ(out.seqs.size(), 1u);
+  EXPECT_EQ(out.seqs[0].start_position, 7);
+  EXPECT_EQ(out.seqs[0].token_ids[0], 9);
+}
+
+// Proposals stay within max_new_tokens (each kept one is a generated token, plus the model's own) and within
+// the step's token budget, and never preempt another sequence.
+TEST(SchedulerTest, SpeculationRespectsMaxNewTokensBudgetAndFreeBlocks) {
+  SchedulerConfig cfg = Config(/*num_blocks=*/8, /*block_size=*/4, /*max_num_seqs=*/4, /*budget=*/64, 64);
+  cfg.speculative.num_speculative_tokens = 8;
+  Scheduler s(cfg);
+  ASSERT_TRUE(s.AddSequence(1, {3, 3, 3, 3, 3}, 4, 0).ok());
+  SchedulerOutput out = s.Schedule();
+  s.OnStepComplete(out, {{1, {3}}});  // 1 generated; 3 more allowed: the model's own + 2 proposals
+  out = s.Schedule();
+  ASSERT_EQ(out.seqs.size(), 1u);
+  EXPECT_EQ(out.seqs[0].num_draft_tokens, 2);
+  s.OnStepComplete(out, {{1, {3, 3, 3}}});
+  EXPECT_EQ(s.sequence(1)->num_generated(), 4);
+  EXPECT_TRUE(s.sequence(1)->reached_max_tokens());
+  EXPECT_TRUE(s.Schedule().seqs.empty());
+
+  // Budget: 2 tokens per step leaves room for one proposal.
+  SchedulerConfig tight = Config(8, 4, 4, /*budget=*/2, 64);
+  tight.speculative.num_speculative_tokens = 8;
+  Scheduler t(tight);
+  ASSERT_TRUE(t.AddSequence(1, {3, 3}, 20, 0).ok());
+  out = t.Schedule();
+  t.OnStepComplete(out, {{1, {3}}});
+  out = t.Schedule();
+  ASSERT_EQ(out.seqs.size(), 1u);
+  EXPECT_EQ(out.seqs[0].num_draft_tokens, 1);
+  EXPECT_LE(out.num_batched_tokens, 2);
+
+  // Blocks: with the pool full, proposals are dropped instead of preempting the other sequence.
+  SchedulerConfig small = Config(/*num_blocks=*/2, /*block_size=*/4, 4, 64, 64);
+  small.speculative.num_speculative_tokens = 8;
+  Scheduler u(small);
+  ASSERT_TRUE(u.AddSequence(1, {3, 3, 3}, 4, 0).ok());
+  ASSERT_TRUE(u.AddSequence(2, {4, 4, 4}, 4, 1).ok());
+  out = u.Schedule();
+  ASSERT_EQ(out.seqs.size(), 2u);
+  u.OnStepComplete(out, {{1, {3}}, {2, {4}}});  // each holds 1 block with 4 tokens known, 3 computed
+  out = u.Schedule();
+  ASSERT_EQ(out.seqs.size(), 2u);
+  EXPECT_TRUE(out.preempted.empty());
+  EXPECT_EQ(out.seqs[0].num_draft_tokens, 0);
+  EXPECT_EQ(out.seqs[1].num_draft_tokens, 0);
+}
+
+// Adaptivity: a sequence whose proposals are always wrong stops proposing after 8 verify steps, for 64
+// generated tokens, then probes again with one proposal.
+TEST(SchedulerTest, SpeculationPausesForASequenceThatRejectsEverything) {
+  SchedulerConfig cfg = Config(/*num_blocks=*/64, /*block_size=*/4, 4, 64, 256);
+  cfg.speculative.num_speculative_tokens = 4;
+  Scheduler s(cfg);
+  ASSERT_TRUE(s.AddSequence(1, {3, 4, 3, 4, 3, 4}, 200, 0).ok());
+  std::vector<int> draft_at;  // num_generated when a step carried proposals, and how many
+  std::vector<int> draft_len;
+  for (int step = 0; step < 150 && !s.sequence(1)->reached_max_tokens(); ++step) {
+    SchedulerOutput out = s.Schedule();
+    ASSERT_EQ(out.seqs.size(), 1u);
+    const ScheduledSeq& r = out.seqs[0];
+    int32_t answer = 3;
+    if (r.num_draft_tokens > 0) {
+      draft_at.push_back(s.sequence(1)->num_generated());
+      draft_len.push_back(r.num_draft_tokens);
+      answer = r.token_ids[r.token_ids.size() - r.num_draft_tokens] == 3 ? 4 : 3;  // always disagree
+    }
+    s.OnStepComplete(out, {{1, {answer}}});
+  }
+  ASSERT_GT(draft_at.size(), 9u);
+  EXPECT_GE(draft_at[8] - draft_at[7], 64) << "proposals went on after 8 rejected ones";
+  EXPECT_EQ(draft_len[8], 1) << "the probe after a pause proposes one token";
+  EXPECT_TRUE(s.block_manager().CheckConsistency(s.BlockOwnerCounts()).ok());
+}
+
+TEST(SchedulerTest, SpeculativeConfigIsValidated) {
+  SchedulerConfig cfg = Config(8, 4, 4, 64, 64);
+  cfg.speculative.num_speculative_tokens = 17;
+  EXPECT_EQ(Scheduler::Create(cfg).status().code(), StatusCode::kInvalidArgument);
+  cfg.speculative.num_speculative_tokens = 4;
+  cfg.speculative.ngram = {3, 2};
+  EXPECT_EQ(Scheduler::Create(cfg).status().code(), StatusCode::kInvalidArgument);
+  cfg.speculative.ngram = {0, 2};
+  EXPECT_EQ(Scheduler::Create(cfg).status().code(), StatusCode::kInvalidArgument);
+  cfg.speculative.ngram = {1, 2};
+  EXPECT_TRUE(Scheduler::Create(cfg).ok());
+}
+
+// After a worker loss every running sequence restarts from its own token history, seniority kept, and the
+// prefix cache is empty.
+TEST(SchedulerTest, RequeueAllForReplayKeepsHistoryAndDropsKv) {
+  Scheduler s(Config(8, 4, 4, 64, 64));
+  ASSERT_TRUE(s.AddSequence(1, {1, 2, 3, 4, 5}, 8, 0).ok());
+  ASSERT_TRUE(s.AddSequence(2, {6, 7, 8, 9, 10}, 8, 0).ok());
+  SchedulerOutput out = s.Schedule();
+  s.OnStepComplete(out, {{1, {11}}, {2, {12}}});
+  s.RequeueAllForReplay();
+  EXPECT_EQ(s.num_running(), 0);
+  EXPECT_EQ(s.num_waiting(), 2);
+  EXPECT_EQ(s.block_manager().num_free_blocks(), 8);
+  EXPECT_EQ(s.block_manager().num_cached_blocks(), 0);
+  EXPECT_EQ(s.num_preemptions(), 0);
+  out = s.Schedule();
+  ASSERT_EQ(out.seqs.size(), 2u);
+  EXPECT_TRUE(out.finished.empty());
+  EXPECT_EQ(out.seqs[0].seq_id, 1u);
+  EXPECT_TRUE(out.seqs[0].is_new);
+  EXPECT_EQ(out.seqs[0].start_position, 0);
+  EXPECT_EQ(out.seqs[0].token_ids, (std::vector<int32_t>{1, 2, 3, 4, 5, 11}));
 }
 
 }  // namespace

@@ -181,6 +181,81 @@ TEST(LlamaModelTest, TopKCandidatesAreTheWholeRowsBest) {
     absl::Status st = l.model->Forward(in).status();
     EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
     EXPECT_TRUE(absl::StrContains(st.message(), "top_k")) << st;
+    }
+  }
+}
+
+// Speculative verification (issue 17) rests on this: a step that runs a sequence's last token plus k more
+// with logits for all k + 1 positions (SeqInput.num_logits) gives bitwise the logits of k + 1 single decode
+// steps, next to another sequence's decode in the same batch.
+TEST(LlamaModelTest, VerifyRowsEqualSingleDecodeSteps) {
+  TP_REQUIRE_SHARED(dir, "models/stories260K");
+  TP_REQUIRE_SHARED(ref, "reference/stories260K.json");
+  const std::vector<testing::RefCase> cases = testing::LoadRefCases(ref);
+  for (BackendKind kind : {BackendKind::kReference, BackendKind::kCpu}) {
+    Loaded l = LoadTp1(dir, kind);
+    ASSERT_NE(l.model, nullptr);
+    const int bs = 4;
+    ASSERT_TRUE(l.model->AllocateKv(64, bs).ok());
+    const int vocab = l.model->config().vocab_size;
+    std::vector<int32_t> tokens = cases[0].prompt;
+    tokens.insert(tokens.end(), cases[0].generated.begin(), cases[0].generated.begin() + 9);
+    const int p = static_cast<int>(cases[0].prompt.size());
+    auto table = [&](int first) {
+      std::vector<int32_t> t;
+      for (int b = 0; b < 16; ++b) t.push_back(first + b);
+      return t;
+    };
+    // Sequence A (blocks 0-15): prefill the prompt, then one token per step, keeping every step's logits.
+    std::vector<std::vector<float>> single;
+    for (int pos = 0; pos < static_cast<int>(tokens.size()); ) {
+      StepInput in;
+      SeqInput q;
+      q.start_position = pos;
+      const int n = pos == 0 ? p : 1;
+      q.token_ids.assign(tokens.begin() + pos, tokens.begin() + pos + n);
+      q.block_table = table(0);
+      q.sample = true;
+      in.seqs.push_back(q);
+      auto out = l.model->Forward(in);
+      ASSERT_TRUE(out.ok()) << out.status();
+      single.emplace_back(out->logits.begin(), out->logits.end());
+      pos += n;
+    }
+    // Sequence B (blocks 16-31): the same prompt, then all 9 later tokens in one step with 9 logits rows,
+    // batched with a decode of sequence C (blocks 32-47).
+    StepInput pre;
+    for (int first : {16, 32}) {
+      SeqInput q;
+      q.token_ids = cases[0].prompt;
+      q.block_table = table(first);
+      pre.seqs.push_back(q);
+    }
+    ASSERT_TRUE(l.model->Forward(pre).ok());
+    StepInput verify;
+    SeqInput c;
+    c.token_ids = {tokens[p]};
+    c.start_position = p;
+    c.block_table = table(32);
+    c.sample = true;
+    verify.seqs.push_back(c);
+    SeqInput v;
+    v.token_ids.assign(tokens.begin() + p, tokens.end());
+    v.start_position = p;
+    v.block_table = table(16);
+    v.sample = true;
+    v.num_logits = static_cast<int>(v.token_ids.size());
+    verify.seqs.push_back(v);
+    auto out = l.model->Forward(verify);
+    ASSERT_TRUE(out.ok()) << out.status();
+    ASSERT_EQ(out->num_sampled, 1 + v.num_logits);
+    for (int i = 0; i < v.num_logits; ++i) {
+      const std::vector<float> row(out->logits.begin() + (1 + i) * vocab, out->logits.begin() + (2 + i) * vocab);
+      ASSERT_EQ(row, single[1 + i]) << "position " << p + i;
+    }
+    // num_logits outside [1, tokens] is refused.
+    verify.seqs[1].num_logits = 10;
+    EXPECT_EQ(l.model->Forward(verify).status().code(), absl::StatusCode::kInvalidArgument);
   }
 }
 

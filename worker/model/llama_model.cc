@@ -175,6 +175,10 @@ absl::Status LlamaModel::BuildArrays(const StepInput& input, StepPlanArrays& a, 
     const SeqInput& s = input.seqs[i];
     const std::string who = absl::StrCat("seqs[", i, "] (seq_id ", s.seq_id, ")");
     if (s.token_ids.empty()) return absl::InvalidArgumentError(absl::StrCat(who, " has no token_ids"));
+    if (s.sample && (s.num_logits < 1 || s.num_logits > static_cast<int>(s.token_ids.size()))) {
+      return absl::InvalidArgumentError(absl::StrCat(who, " asks for ", s.num_logits, " logits rows from ",
+                                                     s.token_ids.size(), " tokens"));
+    }
     if (s.start_position < 0) {
       return absl::InvalidArgumentError(absl::StrCat(who, " start_position ", s.start_position, " is negative"));
     }
@@ -211,7 +215,7 @@ absl::Status LlamaModel::BuildArrays(const StepInput& input, StepPlanArrays& a, 
   const int nq = spec_.local_heads(), nk = spec_.local_kv_heads();
   const int64_t heads = nq + 2 * nk;
   a.num_sampled = 0;
-  for (const SeqInput& s : input.seqs) a.num_sampled += s.sample ? 1 : 0;
+  for (const SeqInput& s : input.seqs) a.num_sampled += s.sample ? s.num_logits : 0;
 
   size_t words = 0;
   auto segment = [&words](size_t n) {
@@ -251,7 +255,9 @@ absl::Status LlamaModel::BuildArrays(const StepInput& input, StepPlanArrays& a, 
       ints[a.slot_mapping + t] = s.block_table[pos / block_size_] * block_size_ + pos % block_size_;
     }
     ints[a.query_start + i + 1] = static_cast<int32_t>(t);
-    if (s.sample) ints[a.sample_rows + sampled++] = static_cast<int32_t>(t - 1);
+    if (s.sample) {
+      for (int j = s.num_logits; j >= 1; --j) ints[a.sample_rows + sampled++] = static_cast<int32_t>(t - j);
+    }
   }
   // The attention kernels' grid (decode splits) follows max_context_len; a graph's is its context bound.
   a.max_context_len = std::max(a.max_context_len, graph_context);

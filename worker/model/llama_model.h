@@ -50,6 +50,8 @@ struct SeqInput {
   int32_t start_position = 0;        // position of token_ids[0]; earlier positions are in the KV cache
   std::vector<int32_t> block_table;  // KV blocks covering positions [0, start_position + len(token_ids))
   bool sample = false;               // produce logits after the last of token_ids
+  // With sample: logits rows for the last num_logits tokens (1 + proposals to verify, in position order).
+  int num_logits = 1;
 };
 
 // Most top candidates a step may ask for (Backend::TopK's limit).
@@ -67,7 +69,8 @@ struct StepOutput {
   int num_sampled = 0;
   int vocab_size = 0;                // the real vocab: padded ids are dropped, never sampled
   std::vector<float> logits;         // [num_sampled, vocab_size], in StepInput order of sample = true
-                                     // seqs; empty on ranks > 0 unless logits_on_every_rank
+                                     // seqs (num_logits rows each, in position order); empty on ranks > 0
+                                     // unless logits_on_every_rank
   // StepInput::top_k > 0: [num_sampled, top_k] ids (descending logit, ties -> lower id, NaN as -inf), their
   // logits, and [num_sampled] log-sum-exps; `logits` stays empty.
   int top_k = 0;

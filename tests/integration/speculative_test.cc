@@ -1,0 +1,146 @@
+// Speculative decoding through real processes (issue 17): `tpserve serve --speculative-method ngram` at
+// TP = 1 and 2, k = 1, 4, 8, gives exactly the greedy token ids of ../shared/reference (llama2.c / NumPy HF
+// forward) for requests running concurrently, and reports what it proposed and accepted (usage.speculative
+// and the tpserve:spec_decode_* metrics).
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "tests/util/server_process.h"
+#include "tests/util/test_env.h"
+
+namespace tpserve::testing {
+namespace {
+
+namespace v1 = tpserve::v1;
+
+struct Case {
+  int tp;
+  int k;
+};
+
+void PrintTo(const Case& c, std::ostream* os) { *os << "tp" << c.tp << " k" << c.k; }
+
+std::string Name(const ::testing::TestParamInfo<Case>& info) {
+  return "tp" + std::to_string(info.param.tp) + "_k" + std::to_string(info.param.k);
+}
+
+class SpeculativeServeTest : public ::testing::TestWithParam<Case> {};
+
+TEST_P(SpeculativeServeTest, GreedyIdsEqualReference) {
+  const Case& c = GetParam();
+  TP_REQUIRE_SHARED(model_dir, "models/stories260K");
+  TP_REQUIRE_SHARED(ref_path, "reference/stories260K.json");
+  nlohmann::json ref = nlohmann::json::parse(ReadFileOrDie(ref_path));
+
+  ServerProcess server({model_dir, c.tp,
+                        {"--max_num_seqs=8", "--speculative-method=ngram",
+                         "--num-speculative-tokens=" + std::to_string(c.k), "--ngram-max=3", "--ngram-min=1"}});
+  ASSERT_TRUE(server.Start().ok()) << server.ReadLog();
+
+  // Each reference case twice, all at once: verify steps of several sequences share the batch.
+  struct Outcome {
+    grpc::Status status;
+    v1::GenerateResponse resp;
+  };
+  const int num_cases = static_cast<int>(ref["cases"].size());
+  std::vector<Outcome> outcomes(2 * num_cases);
+  std::vector<std::thread> clients;
+  for (int i = 0; i < 2 * num_cases; ++i) {
+    clients.emplace_back([&, i] {
+      const auto& rc = ref["cases"][i % num_cases];
+      const v1::GenerateRequest req =
+          GreedyRequest(rc["prompt"].get<std::string>(), static_cast<int>(rc["generated_ids"].size()));
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+      outcomes[i].status = server.NewStub()->Generate(&ctx, req, &outcomes[i].resp);
+    });
+  }
+  for (auto& t : clients) t.join();
+  int accepted = 0;
+  for (int i = 0; i < 2 * num_cases; ++i) {
+    const auto& rc = ref["cases"][i % num_cases];
+    const Outcome& o = outcomes[i];
+    ASSERT_TRUE(o.status.ok()) << o.status.error_message() << "\n" << server.ReadLog();
+    std::vector<int32_t> want = rc["generated_ids"];
+    std::vector<int32_t> got(o.resp.token_ids().begin(), o.resp.token_ids().end());
+    EXPECT_EQ(got, want) << "request " << i << " at tp " << c.tp << " k " << c.k;
+    EXPECT_EQ(o.resp.usage().completion_tokens(), static_cast<int>(want.size()));
+    const v1::SpeculativeUsage& u = o.resp.usage().speculative();
+    EXPECT_LE(u.num_accepted_tokens(), u.num_draft_tokens());
+    EXPECT_LE(u.num_draft_tokens(), u.num_drafts() * c.k);
+    accepted += u.num_accepted_tokens();
+  }
+  // The trained model's greedy stories repeat themselves: some proposals must have been right.
+  EXPECT_GT(accepted, 0);
+  const std::string metrics = server.HttpGet("/metrics");
+  const std::string label = "{model_name=\"stories260K\"}";
+  EXPECT_EQ(MetricValue(metrics, "tpserve:spec_decode_num_accepted_tokens_total" + label), accepted);
+  EXPECT_GT(MetricValue(metrics, "tpserve:spec_decode_num_drafts_total" + label), 0);
+  EXPECT_GE(MetricValue(metrics, "tpserve:spec_decode_num_draft_tokens_total" + label), accepted);
+  EXPECT_EQ(server.Stop(), 0) << server.ReadLog();
+}
+
+INSTANTIATE_TEST_SUITE_P(Stories260K, SpeculativeServeTest,
+                         ::testing::Values(Case{1, 1}, Case{1, 4}, Case{1, 8}, Case{2, 1}, Case{2, 4}, Case{2, 8}),
+                         Name);
+
+// Seeded sampling with speculation: the same tokens as without it. The worker samples each verified position
+// with the counter-based RNG keyed by (seed, token index) and the same history, so a proposal is kept only
+// when it is the token the plain run draws there. Repetition and frequency penalties read the history too.
+TEST(SpeculativeSamplingTest, SeededSamplesEqualThoseWithoutSpeculation) {
+  TP_REQUIRE_SHARED(model_dir, "models/stories260K");
+  TP_REQUIRE_SHARED(ref_path, "reference/stories260K.json");
+  nlohmann::json ref = nlohmann::json::parse(ReadFileOrDie(ref_path));
+  auto run = [&](const std::vector<std::string>& flags, std::vector<std::vector<int32_t>>* ids, int* accepted) {
+    ServerProcess server({model_dir, 1, flags});
+    ASSERT_TRUE(server.Start().ok()) << server.ReadLog();
+    auto stub = server.NewStub();
+    for (uint64_t seed : {1u, 7u, 42u}) {
+      for (float temperature : {0.3f, 0.8f}) {
+        v1::GenerateRequest req = GreedyRequest(ref["cases"][seed % 2]["prompt"].get<std::string>(), 120);
+        req.mutable_sampling()->set_temperature(temperature);
+        req.mutable_sampling()->set_seed(seed);
+        req.mutable_sampling()->set_top_p(0.95f);
+        if (seed == 42) req.mutable_sampling()->set_repetition_penalty(1.1f);
+        grpc::ClientContext ctx;
+        ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+        v1::GenerateResponse resp;
+        grpc::Status s = stub->Generate(&ctx, req, &resp);
+        ASSERT_TRUE(s.ok()) << s.error_message() << "\n" << server.ReadLog();
+        ids->emplace_back(resp.token_ids().begin(), resp.token_ids().end());
+        *accepted += resp.usage().speculative().num_accepted_tokens();
+      }
+    }
+    EXPECT_EQ(server.Stop(), 0) << server.ReadLog();
+  };
+  std::vector<std::vector<int32_t>> plain, speculative;
+  int plain_accepted = 0, accepted = 0;
+  run({}, &plain, &plain_accepted);
+  run({"--speculative-method=ngram", "--num-speculative-tokens=4"}, &speculative, &accepted);
+  ASSERT_EQ(plain.size(), speculative.size());
+  for (size_t i = 0; i < plain.size(); ++i) EXPECT_EQ(speculative[i], plain[i]) << "request " << i;
+  EXPECT_EQ(plain_accepted, 0);
+  EXPECT_GT(accepted, 0) << "no proposal was ever kept: the comparison proved nothing";
+}
+
+// The flags are checked at startup with messages that name them.
+TEST(SpeculativeFlagsTest, BadValuesAreRefusedNamingTheFlag) {
+  TP_REQUIRE_SHARED(model_dir, "models/stories260K");
+  const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+      {{"--speculative-method=eagle"}, "--speculative-method 'eagle'"},
+      {{"--speculative-method=draft"}, "--speculative-method draft is not implemented yet"},
+      {{"--speculative-method=ngram", "--num-speculative-tokens=0"}, "--num-speculative-tokens = 0"},
+      {{"--speculative-method=ngram", "--ngram-min=3", "--ngram-max=2"}, "--ngram-max = 2 must be >= --ngram-min"},
+  };
+  for (const auto& [flags, message] : cases) {
+    ServerProcess server({model_dir, 1, flags, absl::Seconds(60)});
+    EXPECT_FALSE(server.Start().ok());
+    EXPECT_NE(server.ReadLog().find(message), std::string::npos) << server.ReadLog();
+  }
+}
+
+}  // namespace
+}  // namespace tpserve::testing
