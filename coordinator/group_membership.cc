@@ -72,10 +72,14 @@ void GroupMembership::Disconnect(int rank) {
     TP_LOG(WARNING) << "worker rank " << rank << " disconnected; the group is not ready until it returns";
   }
   ready_ = false;
-  group_loading_ = false;
-  kv_allocating_ = false;
   // Survivors must rebuild their communicator with the returning rank: they get a new LoadCommand (same model,
   // new rendezvous generation) when the group is whole again.
+  AbandonFormation();
+}
+
+void GroupMembership::AbandonFormation() {
+  group_loading_ = false;
+  kv_allocating_ = false;
   for (auto& r : ranks_) {
     r.load_sent = false;
     r.kv_ready = false;
@@ -145,13 +149,7 @@ void GroupMembership::KvReady(int rank, int generation, bool ok, const std::stri
 }
 
 void GroupMembership::Fail(absl::Status error, absl::Time now) {
-  group_loading_ = false;
-  kv_allocating_ = false;
-  for (auto& r : ranks_) {
-    r.load_sent = false;
-    r.kv_ready = false;
-    r.status.loaded = false;
-  }
+  AbandonFormation();
   if (!formed_once_) {
     load_error_ = std::move(error);
     TP_LOG(ERROR) << load_error_.message();

@@ -105,6 +105,8 @@ class GroupMembership {
   // A load or KV allocation of the current generation failed: final before the group first formed, else
   // retried after the backoff.
   void Fail(absl::Status error, absl::Time now);
+  // Every rank must load again before the group can form (a lost rank, or a failed attempt).
+  void AbandonFormation();
 
   const GroupMembershipOptions options_;
   std::vector<Rank> ranks_;

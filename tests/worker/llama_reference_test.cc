@@ -181,7 +181,6 @@ TEST(LlamaModelTest, TopKCandidatesAreTheWholeRowsBest) {
     absl::Status st = l.model->Forward(in).status();
     EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
     EXPECT_TRUE(absl::StrContains(st.message(), "top_k")) << st;
-    }
   }
 }
 
