@@ -148,27 +148,22 @@ class CpuBackend : public Backend {
         w->layout != WeightLayout::kRowMajor || w->rows <= 0 || w->cols <= 0) {
       return false;
     }
-    if (w->dtype == DType::kI8) return PackInt8PairPanels(w);
-    uint16_t* data = static_cast<uint16_t*>(const_cast<void*>(w->data));
-    const int64_t panels = (w->rows + cpu::kPairPanelCols - 1) / cpu::kPairPanelCols;
-    pool_.ParallelFor(panels, 2, [&](int64_t b, int64_t e) {
-      std::vector<uint16_t> scratch(static_cast<size_t>(cpu::kPairPanelCols * w->cols));
-      cpu::RepackBf16PairPanels(data, w->rows, w->cols, b, e, scratch.data());
-    });
-    w->layout = WeightLayout::kBf16PairPanels;
-    return true;
+    // int8 weights (--quantization int8) go into the same panels, byte for byte: the pair-panel kernel widens
+    // them to bf16 in registers, so int8 gets bf16's register tiles at half the bytes.
+    if (w->dtype == DType::kI8) return RepackPanels(w, &cpu::RepackInt8PairPanels, WeightLayout::kInt8PairPanels);
+    return RepackPanels(w, &cpu::RepackBf16PairPanels, WeightLayout::kBf16PairPanels);
   }
 
-  // int8 weights (--quantization int8) into the same panels, byte for byte (bf16_pair_panels.h): the
-  // pair-panel kernel widens them to bf16 in registers, so int8 gets bf16's register tiles at half the bytes.
-  bool PackInt8PairPanels(WeightView* w) {
-    int8_t* data = static_cast<int8_t*>(const_cast<void*>(w->data));
+  // In place, panel by panel, one 16-row scratch per thread.
+  template <class E>
+  bool RepackPanels(WeightView* w, void (*repack)(E*, int64_t, int64_t, int64_t, int64_t, E*), WeightLayout layout) {
+    E* data = static_cast<E*>(const_cast<void*>(w->data));
     const int64_t panels = (w->rows + cpu::kPairPanelCols - 1) / cpu::kPairPanelCols;
     pool_.ParallelFor(panels, 2, [&](int64_t b, int64_t e) {
-      std::vector<int8_t> scratch(static_cast<size_t>(cpu::kPairPanelCols * w->cols));
-      cpu::RepackInt8PairPanels(data, w->rows, w->cols, b, e, scratch.data());
+      std::vector<E> scratch(static_cast<size_t>(cpu::kPairPanelCols * w->cols));
+      repack(data, w->rows, w->cols, b, e, scratch.data());
     });
-    w->layout = WeightLayout::kInt8PairPanels;
+    w->layout = layout;
     return true;
   }
 

@@ -27,43 +27,32 @@ std::vector<uint16_t> RandomBf16(size_t n, uint32_t seed) {
   return v;
 }
 
-TEST(Bf16PairPanels, RepackPlacesEveryElementAndRoundTrips) {
-  for (const auto& [n, k] : {std::pair<int64_t, int64_t>{16, 2}, {37, 1}, {37, 33}, {5, 1029}, {48, 64}}) {
-    SCOPED_TRACE(std::to_string(n) + "x" + std::to_string(k));
-    const std::vector<uint16_t> w = RandomBf16(n * k, uint32_t(n * 31 + k));
-    std::vector<uint16_t> p = w, scratch(cpu::kPairPanelCols * k);
-    const int64_t panels = (n + 15) / 16;
-    cpu::RepackBf16PairPanels(p.data(), n, k, 0, panels, scratch.data());
-    // Independent statement of the layout (bf16_pair_panels.h).
-    for (int64_t o = 0; o < n; ++o) {
-      const int64_t c0 = o / 16 * 16, j = o - c0, r = std::min<int64_t>(16, n - c0);
-      for (int64_t e = 0; e < k; ++e) {
-        const int64_t at = e < k / 2 * 2 ? c0 * k + (e / 2) * 2 * r + 2 * j + e % 2 : c0 * k + (k / 2) * 2 * r + j;
-        ASSERT_EQ(p[at], w[o * k + e]) << "column " << o << " k " << e;
-      }
+// Repacks w [n, k] with `repack`, checks every element against an independent statement of the layout
+// (bf16_pair_panels.h; the same for bf16 and int8 elements), and that `unpack` restores it.
+template <class E>
+void CheckRepack(const std::vector<E>& w, int64_t n, int64_t k, void (*repack)(E*, int64_t, int64_t, int64_t, int64_t, E*),
+                 void (*unpack)(E*, int64_t, int64_t, int64_t, int64_t, E*)) {
+  std::vector<E> p = w, scratch(cpu::kPairPanelCols * k);
+  const int64_t panels = (n + 15) / 16;
+  repack(p.data(), n, k, 0, panels, scratch.data());
+  for (int64_t o = 0; o < n; ++o) {
+    const int64_t c0 = o / 16 * 16, j = o - c0, r = std::min<int64_t>(16, n - c0);
+    for (int64_t e = 0; e < k; ++e) {
+      const int64_t at = e < k / 2 * 2 ? c0 * k + (e / 2) * 2 * r + 2 * j + e % 2 : c0 * k + (k / 2) * 2 * r + j;
+      ASSERT_EQ(p[at], w[o * k + e]) << "column " << o << " k " << e;
     }
-    cpu::UnpackBf16PairPanels(p.data(), n, k, 0, panels, scratch.data());
-    EXPECT_EQ(p, w);
   }
+  unpack(p.data(), n, k, 0, panels, scratch.data());
+  EXPECT_EQ(p, w);
 }
 
-TEST(Int8PairPanels, RepackPlacesEveryElementAndRoundTrips) {
+TEST(PairPanels, RepackPlacesEveryElementAndRoundTrips) {
   for (const auto& [n, k] : {std::pair<int64_t, int64_t>{16, 2}, {37, 1}, {37, 33}, {5, 1029}, {48, 64}}) {
     SCOPED_TRACE(std::to_string(n) + "x" + std::to_string(k));
-    std::vector<int8_t> w(n * k);
-    for (size_t i = 0; i < w.size(); ++i) w[i] = static_cast<int8_t>(static_cast<int>((i * 2654435761u) % 255) - 127);
-    std::vector<int8_t> p = w, scratch(cpu::kPairPanelCols * k);
-    const int64_t panels = (n + 15) / 16;
-    cpu::RepackInt8PairPanels(p.data(), n, k, 0, panels, scratch.data());
-    for (int64_t o = 0; o < n; ++o) {
-      const int64_t c0 = o / 16 * 16, j = o - c0, r = std::min<int64_t>(16, n - c0);
-      for (int64_t e = 0; e < k; ++e) {
-        const int64_t at = e < k / 2 * 2 ? c0 * k + (e / 2) * 2 * r + 2 * j + e % 2 : c0 * k + (k / 2) * 2 * r + j;
-        ASSERT_EQ(p[at], w[o * k + e]) << "column " << o << " k " << e;
-      }
-    }
-    cpu::UnpackInt8PairPanels(p.data(), n, k, 0, panels, scratch.data());
-    EXPECT_EQ(p, w);
+    CheckRepack(RandomBf16(n * k, uint32_t(n * 31 + k)), n, k, &cpu::RepackBf16PairPanels, &cpu::UnpackBf16PairPanels);
+    std::vector<int8_t> q(n * k);
+    for (size_t i = 0; i < q.size(); ++i) q[i] = static_cast<int8_t>(static_cast<int>((i * 2654435761u) % 255) - 127);
+    CheckRepack(q, n, k, &cpu::RepackInt8PairPanels, &cpu::UnpackInt8PairPanels);
   }
 }
 
