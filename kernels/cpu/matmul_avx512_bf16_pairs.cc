@@ -86,8 +86,13 @@ struct Int8Weights {
   template <bool kNarrow>
   static __m512bh Pair(const int8_t* p, int r) {
     if (!kNarrow) {
-      return _mm512_cvtne2ps_pbh(Widen16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16))),
-                                 Widen16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+      // float(q) has at most 7 significant bits, so its high half is bf16(q) exactly: gather those (one
+      // vpermt2w measured 0-5% faster at m = 1 than vcvtne2ps2bf16 on Zen 5; same bits).
+      const __m512i hi_halves = _mm512_set_epi16(63, 61, 59, 57, 55, 53, 51, 49, 47, 45, 43, 41, 39, 37, 35, 33,
+                                                 31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+      return (__m512bh)_mm512_permutex2var_epi16(
+          _mm512_castps_si512(Widen16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)))), hi_halves,
+          _mm512_castps_si512(Widen16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16)))));
     }
     return Widen32(_mm256_maskz_loadu_epi8(static_cast<__mmask32>((uint64_t{1} << (2 * r)) - 1), p));
   }
