@@ -8,6 +8,7 @@
 //   engine-bench --model /work/shared/models/stories260K
 //   engine-bench --preset bench-0.9b --random-weights --prefill-lens "" --batch-sizes 1,16 --verify-tokens 1,2,4,8
 //       (the cost of a speculative verify step, k + 1 tokens per sequence, beside a plain decode step)
+//   engine-bench --model DIR --quantization int8 [--quantize-lm-head]   # int8 weights, as serve's flags
 // Every decoding sequence has its own prefilled context (context-len tokens, rounded down to whole KV
 // blocks) in its own blocks, as distinct requests do: on a GPU a context shared by the whole batch stays in
 // L2 and flatters attention. --shared-context makes them share one context (as a prefix cache would), so
@@ -44,6 +45,9 @@ ABSL_FLAG(std::string, preset, "llama-2-13b", "shape for --random-weights: tiny,
 ABSL_FLAG(int, num_layers, -1, "override the layer count (-1 keeps the preset's / checkpoint's)");
 ABSL_FLAG(std::string, dtype, "bfloat16", "random weights' dtype: bfloat16, float16 or float32");
 ABSL_FLAG(std::string, device, "cpu", "cpu or cuda:K (rank r uses cuda:K+r)");
+ABSL_FLAG(std::string, quantization, "none",
+          "with --model: none or int8 (weights quantized while loading, as `tpserve serve --quantization`)");
+ABSL_FLAG(bool, quantize_lm_head, false, "with --quantization int8: lm_head in int8 too");
 ABSL_FLAG(int, tp, 1, "tensor-parallel ranks (threads of this process)");
 ABSL_FLAG(int, threads, 0, "CPU kernel threads per rank (0 = cores / tp)");
 ABSL_FLAG(std::string, prefill_lens, "512,2048", "prompt lengths to time as one prefill step (\"\" = none)");
@@ -125,6 +129,7 @@ struct Plan {
   int context_len = 0, decode_steps = 0, prefill_runs = 0, warmup = 0, block_size = 16, threads = 0;
   bool shared_context = false;
   tpserve::DType dtype = tpserve::DType::kBF16;
+  model::LlamaModelOptions model_options;  // --quantization, --quantize-lm-head (checkpoints only)
 };
 
 // Times one Forward; on rank 0 appends wall and collective seconds to `s`.
@@ -187,7 +192,7 @@ absl::Status RunRank(int rank, int tp, const Plan& plan, tpserve::comm::Store& s
     absl::StatusOr<std::unique_ptr<tpserve::checkpoint::Checkpoint>> ckpt =
         tpserve::checkpoint::Checkpoint::Open(dir);
     if (!ckpt.ok()) return ckpt.status();
-    made = model::LlamaModel::Load(**ckpt, *spec, backend->get(), comm->get(), model::LlamaModelOptions{});
+    made = model::LlamaModel::Load(**ckpt, *spec, backend->get(), comm->get(), plan.model_options);
   } else {
     absl::StatusOr<ModelConfig> config = model::PresetConfig(absl::GetFlag(FLAGS_preset));
     if (!config.ok()) return config.status();
@@ -364,6 +369,17 @@ int main(int argc, char** argv) {
   plan.prefill_runs = absl::GetFlag(FLAGS_prefill_runs), plan.warmup = absl::GetFlag(FLAGS_warmup);
   plan.block_size = absl::GetFlag(FLAGS_block_size), plan.threads = absl::GetFlag(FLAGS_threads);
   plan.shared_context = absl::GetFlag(FLAGS_shared_context);
+  absl::StatusOr<model::WeightQuantization> quantization =
+      model::ParseWeightQuantization(absl::GetFlag(FLAGS_quantization));
+  if (!quantization.ok()) return fail(quantization.status());
+  plan.model_options.quantization = *quantization;
+  plan.model_options.quantize_lm_head = absl::GetFlag(FLAGS_quantize_lm_head);
+  if (plan.model_options.quantize_lm_head && *quantization != model::WeightQuantization::kInt8) {
+    return fail(absl::InvalidArgumentError("--quantize-lm-head needs --quantization int8"));
+  }
+  if (*quantization != model::WeightQuantization::kNone && absl::GetFlag(FLAGS_model).empty()) {
+    return fail(absl::InvalidArgumentError("--quantization needs --model (a checkpoint is quantized as it loads)"));
+  }
   const int tp = absl::GetFlag(FLAGS_tp);
   if (tp < 1 || plan.block_size < 1 || plan.context_len < 0 || plan.decode_steps < 1 || plan.prefill_runs < 1 ||
       plan.warmup < 0) {
@@ -391,7 +407,10 @@ int main(int argc, char** argv) {
   const ModelConfig& c = r0.config;
   const std::string source = absl::GetFlag(FLAGS_model).empty()
                                  ? absl::StrCat("random ", absl::GetFlag(FLAGS_preset), " ", DTypeName(plan.dtype))
-                                 : absl::GetFlag(FLAGS_model);
+                                 : absl::GetFlag(FLAGS_model) +
+                                       (plan.model_options.quantization == model::WeightQuantization::kInt8
+                                            ? (plan.model_options.quantize_lm_head ? " (int8+lm_head)" : " (int8)")
+                                            : "");
   std::printf("engine-bench: %s, tp %d, %s (%d layers, hidden %d, vocab %d), %.2f GiB weights + %.2f GiB KV per "
               "rank, load %.1f s, %s\n",
               r0.device.c_str(), tp, source.c_str(), c.num_layers, c.hidden_size, c.vocab_size,

@@ -410,7 +410,10 @@ int Main() {
           const double bytes = double(wbytes) + double(m) * k * 4 + double(m) * n * 4;
           const double gbps = bytes / t / 1e9;
           const double gflops = 2.0 * m * n * k / t / 1e9;
-          const bool dot_bf16 = dt == DType::kBF16 && be->name().find("bf16") != std::string::npos;
+          // int8 weights on avx512-bf16 (and AMX, which routes int8 there) are widened to bf16 for vdpbf16ps.
+          const bool dot_bf16 = (dt == DType::kBF16 || dt == DType::kI8) &&
+                                (be->name().find("bf16") != std::string::npos ||
+                                 (dt == DType::kI8 && isa == CpuIsa::kAmx));
           const bool amx_bf16 = dt == DType::kBF16 && isa == CpuIsa::kAmx && k % 32 == 0;
           const double peak = amx_bf16                 ? amx_peak
                               : dot_bf16               ? dp_peak

@@ -28,6 +28,7 @@ namespace tpserve::kernels {
 enum class WeightLayout {
   kRowMajor,
   kBf16PairPanels,  // CPU avx512-bf16: kernels/cpu/bf16_pair_panels.h (same bytes, in place)
+  kInt8PairPanels,  // CPU avx512-bf16, kI8 weights: the same layout in bytes; scales stay [rows]
 };
 
 // A weight matrix [rows, cols] in backend memory. A 1-D weight (norm) has rows = 1.

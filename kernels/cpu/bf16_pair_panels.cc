@@ -10,15 +10,16 @@ namespace tpserve::kernels::cpu {
 namespace {
 
 // Moves panels [panel_begin, panel_end) between row-major (row j of a panel at j * k) and the pair-panel
-// layout, in place through scratch: to_panels picks the direction.
-void PermutePanels(uint16_t* w, int64_t n, int64_t k, int64_t panel_begin, int64_t panel_end, uint16_t* scratch,
+// layout, in place through scratch: to_panels picks the direction. E: the element (bf16 bits or int8).
+template <class E>
+void PermutePanels(E* w, int64_t n, int64_t k, int64_t panel_begin, int64_t panel_end, E* scratch,
                    bool to_panels) {
   const int64_t pairs = k / 2;
   for (int64_t p = panel_begin; p < panel_end; ++p) {
     const int64_t c0 = p * kPairPanelCols;
     const int64_t r = n - c0 < kPairPanelCols ? n - c0 : kPairPanelCols;
-    uint16_t* panel = w + c0 * k;
-    std::memcpy(scratch, panel, static_cast<size_t>(r * k) * 2);
+    E* panel = w + c0 * k;
+    std::memcpy(scratch, panel, static_cast<size_t>(r * k) * sizeof(E));
     for (int64_t j = 0; j < r; ++j) {
       for (int64_t e = 0; e < k; ++e) {
         // Element e of column j: pair e / 2, half e % 2; the odd-k last element after all pairs.
@@ -42,6 +43,16 @@ void RepackBf16PairPanels(uint16_t* w, int64_t n, int64_t k, int64_t panel_begin
 
 void UnpackBf16PairPanels(uint16_t* w, int64_t n, int64_t k, int64_t panel_begin, int64_t panel_end,
                           uint16_t* scratch) {
+  PermutePanels(w, n, k, panel_begin, panel_end, scratch, /*to_panels=*/false);
+}
+
+void RepackInt8PairPanels(int8_t* w, int64_t n, int64_t k, int64_t panel_begin, int64_t panel_end,
+                          int8_t* scratch) {
+  PermutePanels(w, n, k, panel_begin, panel_end, scratch, /*to_panels=*/true);
+}
+
+void UnpackInt8PairPanels(int8_t* w, int64_t n, int64_t k, int64_t panel_begin, int64_t panel_end,
+                          int8_t* scratch) {
   PermutePanels(w, n, k, panel_begin, panel_end, scratch, /*to_panels=*/false);
 }
 

@@ -31,6 +31,15 @@ void RepackBf16PairPanels(uint16_t* w, int64_t n, int64_t k, int64_t panel_begin
 void UnpackBf16PairPanels(uint16_t* w, int64_t n, int64_t k, int64_t panel_begin, int64_t panel_end,
                           uint16_t* scratch);
 
+// The same layout for int8 weights (--quantization int8; WeightLayout::kInt8PairPanels): element for
+// element as above, one byte each, so panel p starts at byte c0 * k and pair q of a full panel is 32 bytes
+// (16 columns x 2). The per-row scales stay a separate [n] float array, untouched. The avx512-bf16 matmul
+// widens those bytes to bf16 in registers (exact: |q| <= 127) and scales each finished column.
+void RepackInt8PairPanels(int8_t* w, int64_t n, int64_t k, int64_t panel_begin, int64_t panel_end,
+                          int8_t* scratch);
+void UnpackInt8PairPanels(int8_t* w, int64_t n, int64_t k, int64_t panel_begin, int64_t panel_end,
+                          int8_t* scratch);
+
 // Token group `block` (rows [16 block, 16 block + 16) of xb [m, k]) into its slot of out (layout above).
 void PackXPairsBlock(const uint16_t* xb, int64_t m, int64_t k, int64_t block, uint16_t* out);
 

@@ -144,26 +144,37 @@ class CpuBackend : public Backend {
   // avx512-bf16 only: BF16 weights into pair panels (kernels/cpu/bf16_pair_panels.h has the layout, and
   // matmul_avx512_bf16_pairs.cc why). In place, panel by panel, one 16-row scratch per thread.
   bool PackMatmulWeight(WeightView* w) override {
-    if (k_.matmul_pairs == nullptr || w->dtype != DType::kBF16 || w->layout != WeightLayout::kRowMajor ||
-        w->rows <= 0 || w->cols <= 0) {
+    if (k_.matmul_pairs == nullptr || (w->dtype != DType::kBF16 && w->dtype != DType::kI8) ||
+        w->layout != WeightLayout::kRowMajor || w->rows <= 0 || w->cols <= 0) {
       return false;
     }
-    uint16_t* data = static_cast<uint16_t*>(const_cast<void*>(w->data));
+    // int8 weights (--quantization int8) go into the same panels, byte for byte: the pair-panel kernel widens
+    // them to bf16 in registers, so int8 gets bf16's register tiles at half the bytes.
+    if (w->dtype == DType::kI8) return RepackPanels(w, &cpu::RepackInt8PairPanels, WeightLayout::kInt8PairPanels);
+    return RepackPanels(w, &cpu::RepackBf16PairPanels, WeightLayout::kBf16PairPanels);
+  }
+
+  // In place, panel by panel, one 16-row scratch per thread.
+  template <class E>
+  bool RepackPanels(WeightView* w, void (*repack)(E*, int64_t, int64_t, int64_t, int64_t, E*), WeightLayout layout) {
+    E* data = static_cast<E*>(const_cast<void*>(w->data));
     const int64_t panels = (w->rows + cpu::kPairPanelCols - 1) / cpu::kPairPanelCols;
     pool_.ParallelFor(panels, 2, [&](int64_t b, int64_t e) {
-      std::vector<uint16_t> scratch(static_cast<size_t>(cpu::kPairPanelCols * w->cols));
-      cpu::RepackBf16PairPanels(data, w->rows, w->cols, b, e, scratch.data());
+      std::vector<E> scratch(static_cast<size_t>(cpu::kPairPanelCols * w->cols));
+      repack(data, w->rows, w->cols, b, e, scratch.data());
     });
-    w->layout = WeightLayout::kBf16PairPanels;
+    w->layout = layout;
     return true;
   }
 
   void Matmul(const float* x, int64_t m, const WeightView& w, float* y) override {
     if (m <= 0 || w.rows <= 0) return;
-    if (w.dtype == DType::kI8) return MatmulInt8(x, m, w, y);
+    if (w.dtype == DType::kI8 && w.layout == WeightLayout::kRowMajor) return MatmulInt8(x, m, w, y);
     // Pair-panel weights (PackMatmulWeight) take their own kernel and x packing (bf16_pair_panels.h).
-    const bool pairs = w.layout == WeightLayout::kBf16PairPanels;
-    TP_CHECK(!pairs || (k_.matmul_pairs != nullptr && w.dtype == DType::kBF16))
+    const bool pairs = w.layout == WeightLayout::kBf16PairPanels || w.layout == WeightLayout::kInt8PairPanels;
+    TP_CHECK(pairs || w.dtype != DType::kI8) << "int8 weights in an unknown layout";
+    TP_CHECK(!pairs || (k_.matmul_pairs != nullptr &&
+                        w.dtype == (w.layout == WeightLayout::kInt8PairPanels ? DType::kI8 : DType::kBF16)))
         << "a pair-panel weight reached the " << k_.name << " kernels, which cannot read it";
     MatmulJob job;
     job.x = x;
@@ -171,6 +182,7 @@ class CpuBackend : public Backend {
     job.k = w.cols;
     job.w = w.data;
     job.wdt = w.dtype;
+    job.scales = w.dtype == DType::kI8 ? w.scales : nullptr;
     job.n = w.rows;
     job.y = y;
     if (pairs || k_.bf16_dot(w.dtype)) {

@@ -21,6 +21,7 @@ struct MatmulJob {
   int64_t k = 0;
   const void* w = nullptr;  // [n, k] weights in `wdt`
   DType wdt = DType::kF32;
+  const float* scales = nullptr;  // kI8 (int8 pair panels only): [n], y[:, o] = scales[o] * dot
   int64_t n = 0;
   float* y = nullptr;  // [m, n]
 };
@@ -82,7 +83,8 @@ struct CpuKernels {
   // tokens][2 bf16], the B-tile layout of tdpbf16ps; avx512-bf16: see PackXAvx512Bf16Block).
   void (*pack_x_block)(const uint16_t* xb, int64_t m, int64_t k, int64_t block, uint16_t* out);
   // BF16 weights repacked into pair panels (bf16_pair_panels.h), x packed by PackXPairsBlock into job.xp;
-  // nullptr where the table keeps row-major weights (only avx512-bf16 repacks).
+  // nullptr where the table keeps row-major weights (only avx512-bf16 repacks). Also takes int8 weights in
+  // the int8 pair-panel layout (job.wdt == kI8, job.scales set).
   void (*matmul_pairs)(const MatmulJob& job, int64_t n_begin, int64_t n_end);
 };
 

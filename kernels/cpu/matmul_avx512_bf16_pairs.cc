@@ -25,6 +25,7 @@
 #include <immintrin.h>
 
 #include <cstdint>
+#include <vector>
 
 #include "kernels/cpu/bf16_pair_panels.h"
 #include "kernels/cpu/cpu_kernels.h"
@@ -49,31 +50,76 @@ constexpr int PanelsFor(int t) { return t >= 12 ? 1 : t >= 6 ? 2 : t >= 4 ? 3 : 
 
 struct PairTileArgs {
   const uint32_t* x;   // the group: [pairs][16] bf16 pairs
-  const uint16_t* w;   // the tile's first panel
-  int64_t panel_elems;  // 16 * k: panel p of the tile at w + p * panel_elems
+  const void* w;       // the tile's first panel (bf16, or int8 for the Int8Weights tiles)
+  int64_t panel_elems;  // 16 * k: panel p of the tile at w + p * panel_elems elements
   int64_t k;
   int r;               // columns of the tile's panels (16, or fewer in a last, narrow panel with P = 1)
   float* y;            // y[t0, c0]
   int64_t ldy;
+  const float* scales;  // int8 weights: the tile's first column's scale (y = scale * dot); nullptr: none
 };
 
-// T tokens x P panels. kNarrow: one panel of a.r < 16 columns (masked loads and stores).
-template <int T, int P, bool kNarrow>
+// How a tile reads its weights: the 32 bf16 (16 columns x one pair) at element `at` of a panel, r columns
+// of them (r < 16 only when kNarrow), and the odd-k tail's r (W, 0) pairs.
+struct Bf16Weights {
+  using Elem = uint16_t;
+  template <bool kNarrow>
+  static __m512bh Pair(const uint16_t* p, int r) {
+    if (!kNarrow) return (__m512bh)_mm512_loadu_si512(p);
+    return (__m512bh)_mm512_maskz_loadu_epi16(static_cast<__mmask32>((uint64_t{1} << (2 * r)) - 1), p);
+  }
+  static __m512bh Tail(const uint16_t* p, int r) {
+    return (__m512bh)_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(static_cast<__mmask16>((1u << r) - 1), p));
+  }
+};
+
+// int8 weights widened to bf16 in registers: sign-extend, convert to float32 and round to bf16, all exact
+// for |q| <= 127 (7 significant bits), so the tile's arithmetic is that of the bf16 tile over the widened
+// weights (which the m > 16 path below feeds it from a scratch: the same bits either way).
+struct Int8Weights {
+  using Elem = int8_t;
+  static __m512 Widen16(__m128i b) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b)); }
+  // 32 int8 -> 32 bf16 in their order.
+  static __m512bh Widen32(__m256i b) {
+    return _mm512_cvtne2ps_pbh(Widen16(_mm256_extracti128_si256(b, 1)), Widen16(_mm256_castsi256_si128(b)));
+  }
+  template <bool kNarrow>
+  static __m512bh Pair(const int8_t* p, int r) {
+    if (!kNarrow) {
+      // float(q) has at most 7 significant bits, so its high half is bf16(q) exactly: gather those (one
+      // vpermt2w measured 0-5% faster at m = 1 than vcvtne2ps2bf16 on Zen 5; same bits).
+      const __m512i hi_halves = _mm512_set_epi16(63, 61, 59, 57, 55, 53, 51, 49, 47, 45, 43, 41, 39, 37, 35, 33,
+                                                 31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+      return (__m512bh)_mm512_permutex2var_epi16(
+          _mm512_castps_si512(Widen16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)))), hi_halves,
+          _mm512_castps_si512(Widen16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16)))));
+    }
+    return Widen32(_mm256_maskz_loadu_epi8(static_cast<__mmask32>((uint64_t{1} << (2 * r)) - 1), p));
+  }
+  static __m512bh Tail(const int8_t* p, int r) {
+    const __m256bh h = _mm512_cvtneps_pbh(Widen16(_mm_maskz_loadu_epi8(static_cast<__mmask16>((1u << r) - 1), p)));
+    return (__m512bh)_mm512_cvtepu16_epi32((__m256i)h);
+  }
+};
+
+// T tokens x P panels. kNarrow: one panel of a.r < 16 columns (masked loads and stores). WL: Bf16Weights
+// or Int8Weights.
+template <class WL, int T, int P, bool kNarrow>
 void PairTile(const PairTileArgs& a) {
+  using Elem = typename WL::Elem;
   const int64_t pairs = a.k / 2;
   const int r = kNarrow ? a.r : 16;
-  const __mmask32 wmask = kNarrow ? static_cast<__mmask32>((uint64_t{1} << (2 * r)) - 1) : ~__mmask32{0};
   __m512 acc[T][P];
   for (int t = 0; t < T; ++t)
     for (int p = 0; p < P; ++p) acc[t][p] = _mm512_setzero_ps();
   const uint32_t* x = a.x;
-  const uint16_t* w = a.w;
+  const Elem* w = static_cast<const Elem*>(a.w);
   for (int64_t q = 0; q < pairs; ++q) {
     __m512bh wv[P];
     for (int p = 0; p < P; ++p) {
-      const uint16_t* wp = w + p * a.panel_elems + q * 2 * r;
+      const Elem* wp = w + p * a.panel_elems + q * 2 * r;
       if (T >= 4) _mm_prefetch(reinterpret_cast<const char*>(wp) + kPrefetchBytes, _MM_HINT_T0);
-      wv[p] = kNarrow ? (__m512bh)_mm512_maskz_loadu_epi16(wmask, wp) : (__m512bh)_mm512_loadu_si512(wp);
+      wv[p] = WL::template Pair<kNarrow>(wp, r);
     }
     for (int t = 0; t < T; ++t) {
       const __m512bh xv = (__m512bh)_mm512_set1_epi32(static_cast<int>(x[q * kGroup + t]));
@@ -83,17 +129,19 @@ void PairTile(const PairTileArgs& a) {
   if (a.k % 2 != 0) {
     // Tail: (W[o, k-1], 0) pairs from the panel's last r elements.
     __m512bh wv[P];
-    const __mmask16 m16 = static_cast<__mmask16>((1u << r) - 1);
-    for (int p = 0; p < P; ++p) {
-      const uint16_t* wp = w + p * a.panel_elems + pairs * 2 * r;
-      wv[p] = (__m512bh)_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m16, wp));
-    }
+    for (int p = 0; p < P; ++p) wv[p] = WL::Tail(w + p * a.panel_elems + pairs * 2 * r, r);
     for (int t = 0; t < T; ++t) {
       const __m512bh xv = (__m512bh)_mm512_set1_epi32(static_cast<int>(x[pairs * kGroup + t]));
       for (int p = 0; p < P; ++p) acc[t][p] = _mm512_dpbf16_ps(acc[t][p], xv, wv[p]);
     }
   }
   const __mmask16 smask = static_cast<__mmask16>((1u << r) - 1);
+  if (a.scales != nullptr) {  // int8: one multiply per finished element, the same in every path
+    for (int p = 0; p < P; ++p) {
+      const __m512 s = kNarrow ? _mm512_maskz_loadu_ps(smask, a.scales + p * 16) : _mm512_loadu_ps(a.scales + p * 16);
+      for (int t = 0; t < T; ++t) acc[t][p] = _mm512_mul_ps(acc[t][p], s);
+    }
+  }
   for (int t = 0; t < T; ++t) {
     for (int p = 0; p < P; ++p) {
       float* out = a.y + t * a.ldy + p * 16;
@@ -109,43 +157,64 @@ void PairTile(const PairTileArgs& a) {
 using PairTileFn = void (*)(const PairTileArgs&);
 
 // wide[t - 1][p - 1] for p <= PanelsFor(t); narrow[t - 1].
+template <class WL>
 struct PairTables {
   PairTileFn wide[kGroup][kMaxPanels] = {};
   PairTileFn narrow[kGroup] = {};
   // Prefill tiles: half a group (8 tokens) x up to 3 panels.
-  PairTileFn half[3] = {&PairTile<8, 1, false>, &PairTile<8, 2, false>, &PairTile<8, 3, false>};
+  PairTileFn half[3] = {&PairTile<WL, 8, 1, false>, &PairTile<WL, 8, 2, false>, &PairTile<WL, 8, 3, false>};
 };
 
-template <int T, int P>
-void FillWide(PairTables& tables) {
+template <class WL, int T, int P>
+void FillWide(PairTables<WL>& tables) {
   if constexpr (P <= PanelsFor(T)) {
-    tables.wide[T - 1][P - 1] = &PairTile<T, P, false>;
-    FillWide<T, P + 1>(tables);
+    tables.wide[T - 1][P - 1] = &PairTile<WL, T, P, false>;
+    FillWide<WL, T, P + 1>(tables);
   }
 }
 
-template <int T = 1>
-void FillAll(PairTables& tables) {
+template <class WL, int T = 1>
+void FillAll(PairTables<WL>& tables) {
   if constexpr (T <= kGroup) {
-    FillWide<T, 1>(tables);
-    tables.narrow[T - 1] = &PairTile<T, 1, true>;
-    FillAll<T + 1>(tables);
+    FillWide<WL, T, 1>(tables);
+    tables.narrow[T - 1] = &PairTile<WL, T, 1, true>;
+    FillAll<WL, T + 1>(tables);
   }
 }
 
-}  // namespace
-
-void MatmulAvx512Bf16Pairs(const MatmulJob& job, int64_t n_begin, int64_t n_end) {
-  static const PairTables tables = [] {
-    PairTables t;
+template <class WL>
+const PairTables<WL>& Tables() {
+  static const PairTables<WL> tables = [] {
+    PairTables<WL> t;
     FillAll(t);
     return t;
   }();
+  return tables;
+}
+
+// count int8 -> bf16, in order (the m > 16 path's per-tile widening; same conversion as Int8Weights).
+void WidenInt8(const int8_t* src, int64_t count, uint16_t* dst) {
+  int64_t i = 0;
+  for (; i + 32 <= count; i += 32) {
+    _mm512_storeu_si512(dst + i, (__m512i)Int8Weights::Pair<false>(src + i, 16));
+  }
+  if (i < count) {
+    const __mmask32 mask = static_cast<__mmask32>((uint64_t{1} << (count - i)) - 1);
+    _mm512_mask_storeu_epi16(dst + i, mask, (__m512i)Int8Weights::Widen32(_mm256_maskz_loadu_epi8(mask, src + i)));
+  }
+}
+
+// The whole matmul for panels [n_begin, n_end) with tiles of WL. widen_int8: job.w is int8 pair panels
+// and WL is Bf16Weights: each tile's panels are widened once per x chunk into a thread's scratch and read
+// from there by every group of the chunk (prefill: the widening then costs nothing per token).
+template <class WL>
+void RunPairs(const MatmulJob& job, int64_t n_begin, int64_t n_end, bool widen_int8) {
+  using Elem = typename WL::Elem;
+  const PairTables<WL>& tables = Tables<WL>();
   const int64_t k = job.k, slot = kGroup * PackXCols(k);
   const int64_t groups = (job.m + kGroup - 1) / kGroup;
   int64_t chunk = kXChunkBytes / (PairCount(k) * kGroup * 4);
   if (chunk < 1) chunk = 1;
-  const uint16_t* w = static_cast<const uint16_t*>(job.w);
   const int64_t panel_elems = kPairPanelCols * k;
   // n_begin is a panel boundary (the backend splits in 16-column units); n_end is one or n.
   const int64_t full_end = n_begin + (n_end - n_begin) / kPairPanelCols * kPairPanelCols;
@@ -153,6 +222,17 @@ void MatmulAvx512Bf16Pairs(const MatmulJob& job, int64_t n_begin, int64_t n_end)
   a.k = k;
   a.ldy = job.n;
   a.panel_elems = panel_elems;
+  // Columns [c0, c0 + cols) as the tile's weights: in place, or widened into the scratch (64-byte aligned
+  // like the weights: a pair load that straddles two cache lines cost 10-15% at m = 512).
+  thread_local std::vector<uint16_t> scratch;
+  const auto panels_at = [&](int64_t c0, int64_t cols) -> const Elem* {
+    if (!widen_int8) return static_cast<const Elem*>(job.w) + c0 * k;
+    if (static_cast<int64_t>(scratch.size()) < cols * k + 32) scratch.resize(cols * k + 32);
+    uint16_t* out = reinterpret_cast<uint16_t*>((reinterpret_cast<uintptr_t>(scratch.data()) + 63) / 64 * 64);
+    WidenInt8(static_cast<const int8_t*>(job.w) + c0 * k, cols * k, out);
+    return reinterpret_cast<const Elem*>(out);
+  };
+  const auto scales_at = [&](int64_t c0) { return job.scales != nullptr ? job.scales + c0 : nullptr; };
   for (int64_t g0 = 0; g0 < groups; g0 += chunk) {
     const int64_t g1 = g0 + chunk < groups ? g0 + chunk : groups;
     // Tiles of whole panels as wide as the chunk's first group takes; every group of the chunk passes over
@@ -167,6 +247,7 @@ void MatmulAvx512Bf16Pairs(const MatmulJob& job, int64_t n_begin, int64_t n_end)
     for (int64_t c0 = n_begin; c0 < full_end; c0 += pstep * kPairPanelCols) {
       const int np = static_cast<int>((full_end - c0) / kPairPanelCols < pstep ? (full_end - c0) / kPairPanelCols
                                                                                : pstep);
+      const Elem* wt = panels_at(c0, np * kPairPanelCols);
       for (int64_t g = g0; g < g1; ++g) {
         const int t = static_cast<int>(job.m - g * kGroup < kGroup ? job.m - g * kGroup : kGroup);
         a.x = reinterpret_cast<const uint32_t*>(job.xp + g * slot);
@@ -175,7 +256,8 @@ void MatmulAvx512Bf16Pairs(const MatmulJob& job, int64_t n_begin, int64_t n_end)
         if (split && t == kGroup) {
           for (int h = 0; h < 2; ++h) {
             a.x = reinterpret_cast<const uint32_t*>(job.xp + g * slot) + 8 * h;
-            a.w = w + c0 * k;
+            a.w = wt;
+            a.scales = scales_at(c0);
             a.y = job.y + (g * kGroup + 8 * h) * job.n + c0;
             tables.half[np - 1](a);
           }
@@ -184,23 +266,36 @@ void MatmulAvx512Bf16Pairs(const MatmulJob& job, int64_t n_begin, int64_t n_end)
         const int pt = PanelsFor(t);
         for (int p0 = 0; p0 < np; p0 += pt) {
           const int pn = np - p0 < pt ? np - p0 : pt;
-          a.w = w + (c0 + p0 * kPairPanelCols) * k;
+          a.w = wt + p0 * panel_elems;
+          a.scales = scales_at(c0 + p0 * kPairPanelCols);
           a.y = job.y + g * kGroup * job.n + c0 + p0 * kPairPanelCols;
           tables.wide[t - 1][pn - 1](a);
         }
       }
     }
     if (full_end < n_end) {
+      const Elem* wt = panels_at(full_end, n_end - full_end);
       for (int64_t g = g0; g < g1; ++g) {
         const int t = static_cast<int>(job.m - g * kGroup < kGroup ? job.m - g * kGroup : kGroup);
         a.x = reinterpret_cast<const uint32_t*>(job.xp + g * slot);
         a.r = static_cast<int>(n_end - full_end);
-        a.w = w + full_end * k;
+        a.w = wt;
+        a.scales = scales_at(full_end);
         a.y = job.y + g * kGroup * job.n + full_end;
         tables.narrow[t - 1](a);
       }
     }
   }
+}
+
+}  // namespace
+
+void MatmulAvx512Bf16Pairs(const MatmulJob& job, int64_t n_begin, int64_t n_end) {
+  if (job.wdt != DType::kI8) return RunPairs<Bf16Weights>(job, n_begin, n_end, /*widen_int8=*/false);
+  // int8: up to one group (decode, batched decode) each weight byte is read once and widened in registers;
+  // beyond (prefill) every tile's panels are widened once per chunk and reused by all its groups.
+  if (job.m <= kGroup) return RunPairs<Int8Weights>(job, n_begin, n_end, /*widen_int8=*/false);
+  RunPairs<Bf16Weights>(job, n_begin, n_end, /*widen_int8=*/true);
 }
 
 }  // namespace tpserve::kernels::cpu

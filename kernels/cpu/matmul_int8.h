@@ -9,7 +9,10 @@
 //   avx2     matmul_int8_avx2.cc    vpmovsxbd + vcvtdq2ps + vfmadd, 8 lanes
 //   avx512   matmul_int8_avx512.cc  vpmovsxbd + vcvtdq2ps + vfmadd, 16 lanes, masked k tail (no avx512_bf16)
 //   avx512 + avx512_bf16            matmul_int8_avx512_bf16.cc: int8 widened to bf16, vdpbf16ps against x
-//                                   rounded to bf16, for every m
+//                                   rounded to bf16, for every m. Only for row-major weights: a model's int8
+//                                   weights are repacked at load (Backend::PackMatmulWeight) into the pair
+//                                   panels of bf16_pair_panels.h and run by matmul_avx512_bf16_pairs.cc instead
+//                                   (widened in registers inside its weight-stationary tiles; faster for every m)
 //   amx      the avx512 + avx512_bf16 kernel: AMX has no int8-weight / float-activation tile op (AMX-INT8
 //            needs int8 activations too), and no AMX machine was at hand to build and measure a tile path.
 //            Untested on AMX hardware beyond what that kernel itself is tested for.

@@ -3,6 +3,7 @@
 // results match the plain reference, every token of m = 1 .. 33 gets the bits it gets alone (batch
 // invariance), thread count does not matter, and tensor-parallel slices repacked on their own agree with
 // the whole weight. Layout tests run everywhere; matmul tests skip where the backend keeps row-major.
+// The matmul tests run for bf16 weights and for int8 weights (--quantization int8) in the same layout.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -26,27 +27,82 @@ std::vector<uint16_t> RandomBf16(size_t n, uint32_t seed) {
   return v;
 }
 
-TEST(Bf16PairPanels, RepackPlacesEveryElementAndRoundTrips) {
+// Repacks w [n, k] with `repack`, checks every element against an independent statement of the layout
+// (bf16_pair_panels.h; the same for bf16 and int8 elements), and that `unpack` restores it.
+template <class E>
+void CheckRepack(const std::vector<E>& w, int64_t n, int64_t k, void (*repack)(E*, int64_t, int64_t, int64_t, int64_t, E*),
+                 void (*unpack)(E*, int64_t, int64_t, int64_t, int64_t, E*)) {
+  std::vector<E> p = w, scratch(cpu::kPairPanelCols * k);
+  const int64_t panels = (n + 15) / 16;
+  repack(p.data(), n, k, 0, panels, scratch.data());
+  for (int64_t o = 0; o < n; ++o) {
+    const int64_t c0 = o / 16 * 16, j = o - c0, r = std::min<int64_t>(16, n - c0);
+    for (int64_t e = 0; e < k; ++e) {
+      const int64_t at = e < k / 2 * 2 ? c0 * k + (e / 2) * 2 * r + 2 * j + e % 2 : c0 * k + (k / 2) * 2 * r + j;
+      ASSERT_EQ(p[at], w[o * k + e]) << "column " << o << " k " << e;
+    }
+  }
+  unpack(p.data(), n, k, 0, panels, scratch.data());
+  EXPECT_EQ(p, w);
+}
+
+TEST(PairPanels, RepackPlacesEveryElementAndRoundTrips) {
   for (const auto& [n, k] : {std::pair<int64_t, int64_t>{16, 2}, {37, 1}, {37, 33}, {5, 1029}, {48, 64}}) {
     SCOPED_TRACE(std::to_string(n) + "x" + std::to_string(k));
-    const std::vector<uint16_t> w = RandomBf16(n * k, uint32_t(n * 31 + k));
-    std::vector<uint16_t> p = w, scratch(cpu::kPairPanelCols * k);
-    const int64_t panels = (n + 15) / 16;
-    cpu::RepackBf16PairPanels(p.data(), n, k, 0, panels, scratch.data());
-    // Independent statement of the layout (bf16_pair_panels.h).
-    for (int64_t o = 0; o < n; ++o) {
-      const int64_t c0 = o / 16 * 16, j = o - c0, r = std::min<int64_t>(16, n - c0);
-      for (int64_t e = 0; e < k; ++e) {
-        const int64_t at = e < k / 2 * 2 ? c0 * k + (e / 2) * 2 * r + 2 * j + e % 2 : c0 * k + (k / 2) * 2 * r + j;
-        ASSERT_EQ(p[at], w[o * k + e]) << "column " << o << " k " << e;
-      }
-    }
-    cpu::UnpackBf16PairPanels(p.data(), n, k, 0, panels, scratch.data());
-    EXPECT_EQ(p, w);
+    CheckRepack(RandomBf16(n * k, uint32_t(n * 31 + k)), n, k, &cpu::RepackBf16PairPanels, &cpu::UnpackBf16PairPanels);
+    std::vector<int8_t> q(n * k);
+    for (size_t i = 0; i < q.size(); ++i) q[i] = static_cast<int8_t>(static_cast<int>((i * 2654435761u) % 255) - 127);
+    CheckRepack(q, n, k, &cpu::RepackInt8PairPanels, &cpu::UnpackInt8PairPanels);
   }
 }
 
-class PairPanelMatmulTest : public ::testing::Test {
+// A row-major weight of the parameter dtype: bf16, or int8 with per-row scales (--quantization int8).
+struct TestWeight {
+  DType dt = DType::kBF16;
+  int64_t n = 0, k = 0;
+  std::vector<uint8_t> bytes;
+  std::vector<float> scales;  // kI8 only
+  size_t esize() const { return dt == DType::kI8 ? 1 : 2; }
+  WeightView view() const {
+    WeightView v{bytes.data(), dt, n, k};
+    if (dt == DType::kI8) v.scales = scales.data();
+    return v;
+  }
+  // Output columns (rows of W) [a, b): a column-split rank's part.
+  TestWeight Rows(int64_t a, int64_t b) const {
+    TestWeight t{dt, b - a, k, {bytes.begin() + a * k * esize(), bytes.begin() + b * k * esize()}, {}};
+    if (dt == DType::kI8) t.scales.assign(scales.begin() + a, scales.begin() + b);
+    return t;
+  }
+  // Input features [c0, c1) of every row, whole-row scales kept: a row-split rank's part.
+  TestWeight Cols(int64_t c0, int64_t c1) const {
+    TestWeight t{dt, n, c1 - c0, std::vector<uint8_t>(n * (c1 - c0) * esize()), scales};
+    for (int64_t o = 0; o < n; ++o) {
+      std::copy(bytes.begin() + (o * k + c0) * esize(), bytes.begin() + (o * k + c1) * esize(),
+                t.bytes.begin() + o * (c1 - c0) * esize());
+    }
+    return t;
+  }
+};
+
+TestWeight RandomWeight(DType dt, int64_t n, int64_t k, uint32_t seed) {
+  TestWeight t{dt, n, k, {}, {}};
+  if (dt == DType::kBF16) {
+    const std::vector<uint16_t> w = RandomBf16(n * k, seed);
+    t.bytes.resize(w.size() * 2);
+    std::memcpy(t.bytes.data(), w.data(), t.bytes.size());
+    return t;
+  }
+  const std::vector<float> f = testing::RandomFloats(n * k, seed);
+  t.bytes.resize(n * k);
+  for (size_t i = 0; i < t.bytes.size(); ++i) t.bytes[i] = static_cast<uint8_t>(static_cast<int8_t>(std::lround(f[i] * 127)));
+  t.scales = testing::RandomFloats(n, seed + 1, 0.5f / 127, 1.5f / 127);
+  return t;
+}
+
+// The matmul over pair panels, for bf16 and for int8 weights (widened in registers up to 16 tokens, from a
+// per-tile scratch beyond: both must give the same bits).
+class PairPanelMatmulTest : public ::testing::TestWithParam<DType> {
  protected:
   void SetUp() override {
     auto be = CreateCpuBackend(CpuBackendOptions{2, CpuIsa::kAvx512});
@@ -56,21 +112,21 @@ class PairPanelMatmulTest : public ::testing::Test {
     ASSERT_TRUE(one.ok());
     one_thread_ = std::move(*one);
     ref_ = CreateReferenceBackend();
-    std::vector<uint16_t> probe(16 * 2);
-    WeightView v{probe.data(), DType::kBF16, 16, 2};
+    TestWeight probe = RandomWeight(GetParam(), 16, 2, 1);
+    WeightView v = probe.view();
     if (!cpu_->PackMatmulWeight(&v)) GTEST_SKIP() << cpu_->name() << " keeps row-major weights";
   }
 
   // The weight's bytes repacked by the backend, kept alive with its view.
   struct Packed {
-    std::vector<uint16_t> data;
+    TestWeight data;
     WeightView view;
   };
-  Packed Pack(const std::vector<uint16_t>& w, int64_t n, int64_t k) {
+  Packed Pack(const TestWeight& w) {
     Packed p{w, {}};
-    p.view = WeightView{p.data.data(), DType::kBF16, n, k};
+    p.view = p.data.view();
     EXPECT_TRUE(cpu_->PackMatmulWeight(&p.view));
-    EXPECT_EQ(p.view.layout, WeightLayout::kBf16PairPanels);
+    EXPECT_EQ(p.view.layout, w.dt == DType::kI8 ? WeightLayout::kInt8PairPanels : WeightLayout::kBf16PairPanels);
     return p;
   }
 
@@ -94,12 +150,12 @@ void ExpectClose(const std::vector<float>& got, const std::vector<float>& want, 
 
 // Every m from 1 to 33 (full and partial 16-token groups), odd n (narrow last panel), k with tails: each
 // row matches the reference and has exactly the bits it has alone, on 1 or 2 threads.
-TEST_F(PairPanelMatmulTest, MatchesReferenceAndIsBatchInvariantForEveryM) {
+TEST_P(PairPanelMatmulTest, MatchesReferenceAndIsBatchInvariantForEveryM) {
   for (const auto& [n, k] : {std::pair<int64_t, int64_t>{37, 33}, {16, 2048}, {101, 1029}, {7, 1}, {300, 64}}) {
     SCOPED_TRACE(std::to_string(n) + "x" + std::to_string(k));
-    const std::vector<uint16_t> w = RandomBf16(n * k, uint32_t(n + 7 * k));
-    const Packed p = Pack(w, n, k);
-    const WeightView plain{w.data(), DType::kBF16, n, k};
+    const TestWeight w = RandomWeight(GetParam(), n, k, uint32_t(n + 7 * k));
+    const Packed p = Pack(w);
+    const WeightView plain = w.view();
     const int64_t max_m = 33;
     const std::vector<float> x = testing::RandomFloats(max_m * k, uint32_t(k + 1));
     std::vector<float> want(max_m * n);
@@ -120,10 +176,9 @@ TEST_F(PairPanelMatmulTest, MatchesReferenceAndIsBatchInvariantForEveryM) {
 }
 
 // A token's bits do not depend on its neighbours' values or its place in the batch.
-TEST_F(PairPanelMatmulTest, TokenBitsDoNotDependOnItsNeighbours) {
+TEST_P(PairPanelMatmulTest, TokenBitsDoNotDependOnItsNeighbours) {
   const int64_t n = 77, k = 515;
-  const std::vector<uint16_t> w = RandomBf16(n * k, 5);
-  const Packed p = Pack(w, n, k);
+  const Packed p = Pack(RandomWeight(GetParam(), n, k, 5));
   const std::vector<float> x = testing::RandomFloats(k, 6);
   std::vector<float> alone(n);
   cpu_->Matmul(x.data(), 1, p.view, alone.data());
@@ -139,17 +194,16 @@ TEST_F(PairPanelMatmulTest, TokenBitsDoNotDependOnItsNeighbours) {
 // Tensor parallelism: a column split (rows of W) repacked per rank gives exactly the whole weight's columns
 // (each element keeps its order, wherever the panel boundaries fall); a row split (k halves) sums to the
 // whole within tolerance.
-TEST_F(PairPanelMatmulTest, TensorParallelSlicesAgreeWithTheWholeWeight) {
+TEST_P(PairPanelMatmulTest, TensorParallelSlicesAgreeWithTheWholeWeight) {
   const int64_t n = 100, k = 2051, m = 19;
-  const std::vector<uint16_t> w = RandomBf16(n * k, 11);
-  const Packed whole = Pack(w, n, k);
+  const TestWeight w = RandomWeight(GetParam(), n, k, 11);
+  const Packed whole = Pack(w);
   const std::vector<float> x = testing::RandomFloats(m * k, 12);
   std::vector<float> full(m * n);
   cpu_->Matmul(x.data(), m, whole.view, full.data());
   for (const auto& [a, b] : {std::pair<int64_t, int64_t>{0, 50}, {50, 100}, {7, 61}}) {
     SCOPED_TRACE("columns " + std::to_string(a) + ".." + std::to_string(b));
-    const std::vector<uint16_t> slice(w.begin() + a * k, w.begin() + b * k);
-    const Packed part = Pack(slice, b - a, k);
+    const Packed part = Pack(w.Rows(a, b));
     std::vector<float> y(m * (b - a));
     cpu_->Matmul(x.data(), m, part.view, y.data());
     for (int64_t t = 0; t < m; ++t) {
@@ -161,19 +215,22 @@ TEST_F(PairPanelMatmulTest, TensorParallelSlicesAgreeWithTheWholeWeight) {
   std::vector<float> sum(m * n, 0.0f);
   for (const auto& [c0, c1] : {std::pair<int64_t, int64_t>{0, h}, {h, k}}) {
     const int64_t kc = c1 - c0;
-    std::vector<uint16_t> wpart(n * kc);
-    for (int64_t o = 0; o < n; ++o) std::copy(w.begin() + o * k + c0, w.begin() + o * k + c1, wpart.begin() + o * kc);
     std::vector<float> xpart(m * kc);
     for (int64_t t = 0; t < m; ++t) std::copy(x.begin() + t * k + c0, x.begin() + t * k + c1, xpart.begin() + t * kc);
-    const Packed part = Pack(wpart, n, kc);
+    const Packed part = Pack(w.Cols(c0, c1));
     std::vector<float> y(m * n);
     cpu_->Matmul(xpart.data(), m, part.view, y.data());
     for (size_t i = 0; i < y.size(); ++i) sum[i] += y[i];
   }
   std::vector<float> want(m * n);
-  ref_->Matmul(x.data(), m, WeightView{w.data(), DType::kBF16, n, k}, want.data());
+  ref_->Matmul(x.data(), m, w.view(), want.data());
   ExpectClose(sum, want, k, "row-split sum vs reference");
 }
+
+INSTANTIATE_TEST_SUITE_P(Dtypes, PairPanelMatmulTest, ::testing::Values(DType::kBF16, DType::kI8),
+                         [](const ::testing::TestParamInfo<DType>& info) {
+                           return std::string(info.param == DType::kI8 ? "Int8" : "Bf16");
+                         });
 
 }  // namespace
 }  // namespace tpserve::kernels
