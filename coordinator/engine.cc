@@ -67,8 +67,7 @@ absl::StatusOr<uint64_t> Engine::Submit(RequestSpec spec, std::shared_ptr<Reques
     TP_LOG(INFO) << "request_prompt id=" << spec.request_id << " prompt=\""
                  << absl::CHexEscape(tokenizer_->Decode(spec.prompt_ids)) << "\"";
   }
-  auto state = std::make_unique<RequestState>(id, std::move(spec), std::move(sink), *tokenizer_,
-                                              options_.scheduler.max_model_len);
+  auto state = std::make_unique<RequestState>(id, std::move(spec), std::move(sink), *tokenizer_);
   ++in_flight_;
   absl::MutexLock lock(&inbox_mu_);
   inbox_.submitted.push_back(std::move(state));

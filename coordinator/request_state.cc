@@ -20,7 +20,7 @@ const char* FinishReasonName(v1::FinishReason r) {
 }
 
 RequestState::RequestState(uint64_t seq_id, RequestSpec spec, std::shared_ptr<RequestSink> sink,
-                           const Tokenizer& tokenizer, int max_model_len)
+                           const Tokenizer& tokenizer)
     : first_scheduled(absl::InfinitePast()),
       first_token(absl::InfinitePast()),
       last_token(absl::InfinitePast()),
@@ -28,7 +28,6 @@ RequestState::RequestState(uint64_t seq_id, RequestSpec spec, std::shared_ptr<Re
       spec_(std::move(spec)),
       sink_(std::move(sink)),
       tokenizer_(tokenizer),
-      max_model_len_(max_model_len),
       detok_(tokenizer, spec_.prompt_ids) {}
 
 bool RequestState::ReleaseText(std::string* out) {
@@ -105,7 +104,7 @@ v1::FinishReason RequestState::OnToken(const tpserve::worker::v1::SampledToken& 
     if (ReleaseText(&text)) reason = v1::FINISH_REASON_STOP_SEQUENCE;
   }
   if (reason == v1::FINISH_REASON_UNSPECIFIED &&
-      (num_generated() >= spec_.max_new_tokens || static_cast<int>(spec_.prompt_ids.size()) + num_generated_ >= max_model_len_)) {
+      num_generated() >= spec_.max_new_tokens) {
     reason = v1::FINISH_REASON_LENGTH;
   }
   if (reason != v1::FINISH_REASON_UNSPECIFIED && reason != v1::FINISH_REASON_STOP_SEQUENCE) {

@@ -46,8 +46,9 @@ class RequestSink {
 
 class RequestState {
  public:
-  RequestState(uint64_t seq_id, RequestSpec spec, std::shared_ptr<RequestSink> sink, const Tokenizer& tokenizer,
-               int max_model_len);
+  // The context length is not a stop rule here: the scheduler admits no request whose prompt + max_new_tokens
+  // exceeds max_model_len (its one owner at run time), so max_new_tokens always ends a request first.
+  RequestState(uint64_t seq_id, RequestSpec spec, std::shared_ptr<RequestSink> sink, const Tokenizer& tokenizer);
 
   uint64_t seq_id() const { return seq_id_; }
   const RequestSpec& spec() const { return spec_; }
@@ -84,7 +85,6 @@ class RequestState {
   RequestSpec spec_;
   std::shared_ptr<RequestSink> sink_;
   const Tokenizer& tokenizer_;
-  int max_model_len_;
   IncrementalDetokenizer detok_;
   int num_generated_ = 0;
   std::string pending_;  // detokenized text held back because it may begin a stop string
