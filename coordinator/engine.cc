@@ -94,6 +94,7 @@ void Engine::DrainInbox() {
       r->sink().OnError(s, nullptr);
       continue;
     }
+    if (r->spec().no_speculation) scheduler_->DisableSpeculation(id);
     requests_[id] = std::move(r);
   }
   for (uint64_t id : inbox.cancelled) {

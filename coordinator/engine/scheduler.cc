@@ -384,6 +384,15 @@ int Scheduler::DraftProposalsWanted(const Sequence& seq) const {
   return std::max(0, std::min(want, seq.max_new_tokens - seq.num_generated() - 2));
 }
 
+void Scheduler::DisableSpeculation(uint64_t seq_id) {
+  auto it = seqs_.find(seq_id);
+  if (it == seqs_.end()) return;
+  // spec_k 0 with no resume point: neither ProposeFor nor DraftProposalsWanted ever proposes again.
+  it->second->spec_k = 0;
+  it->second->spec_resume_at = 0;
+  it->second->draft_proposals.clear();
+}
+
 void Scheduler::SetDraftProposals(uint64_t seq_id, int num_tokens, std::vector<int32_t> tokens) {
   auto it = seqs_.find(seq_id);
   if (it == seqs_.end() || it->second->num_tokens() != num_tokens) return;

@@ -116,6 +116,9 @@ class Scheduler {
   // Kept for the sequence's next decode only when its history still has that length (proposals that no
   // longer follow the history would only be rejected). Ignored for unknown sequences.
   void SetDraftProposals(uint64_t seq_id, int num_tokens, std::vector<int32_t> tokens);
+  // The request opted out (GenerateRequest.no_speculation): `seq_id` never gets proposals, nor asks the draft
+  // model for any, for the rest of its life (preemption and replay included). Ignored for unknown sequences.
+  void DisableSpeculation(uint64_t seq_id);
   // The engine decided the sequence stopped (EOS, stop string, length): frees its blocks; its full blocks stay
   // in the prefix cache for reuse. Idempotent.
   void Finish(uint64_t seq_id);

@@ -794,6 +794,34 @@ TEST(SchedulerTest, SpeculativeDraftProposalsComeFromTheStepResult) {
   EXPECT_EQ(out.seqs[0].num_proposals, 0);  // the step after this one generates the last token
 }
 
+// A request that opted out (GenerateRequest.no_speculation) never proposes, nor asks the draft, while another
+// in the same steps does.
+TEST(SchedulerTest, SpeculationOptOutIsPerSequence) {
+  for (SpeculativeMethod method : {SpeculativeMethod::kNgram, SpeculativeMethod::kDraft}) {
+    SchedulerConfig cfg = Config(/*num_blocks=*/16, /*block_size=*/4, /*max_num_seqs=*/4, /*budget=*/64, 64);
+    cfg.speculative.num_speculative_tokens = 2;
+    cfg.speculative.method = method;
+    cfg.speculative.ngram = {1, 1};
+    Scheduler s(cfg);
+    ASSERT_TRUE(s.AddSequence(1, {5, 5, 5}, 10, 0).ok());
+    ASSERT_TRUE(s.AddSequence(2, {5, 5, 5}, 10, 0).ok());
+    s.DisableSpeculation(2);
+    s.DisableSpeculation(3);  // unknown: ignored
+    SchedulerOutput out = s.Schedule();
+    ASSERT_EQ(out.seqs.size(), 2u);
+    EXPECT_EQ(out.seqs[0].num_proposals, method == SpeculativeMethod::kDraft ? 2 : 0);
+    EXPECT_EQ(out.seqs[1].num_proposals, 0);
+    s.OnStepComplete(out, {{1, {5}}, {2, {5}}});
+    s.SetDraftProposals(1, 4, {5, 5});
+    s.SetDraftProposals(2, 4, {5, 5});
+    out = s.Schedule();
+    ASSERT_EQ(out.seqs.size(), 2u);
+    EXPECT_EQ(out.seqs[0].num_draft_tokens, 2);  // ngram: "5" recurs; draft: the proposals above
+    EXPECT_EQ(out.seqs[1].num_draft_tokens, 0);
+    EXPECT_EQ(out.seqs[1].token_ids, (std::vector<int32_t>{5}));
+  }
+}
+
 // Proposals stay within max_new_tokens (each kept one is a generated token, plus the model's own) and within
 // the step's token budget, and never preempt another sequence.
 TEST(SchedulerTest, SpeculationRespectsMaxNewTokensBudgetAndFreeBlocks) {

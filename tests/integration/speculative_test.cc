@@ -166,6 +166,57 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{2, 4, Proposer::kRandomDraft}, Case{2, 8, Proposer::kRandomDraft}),
     Name);
 
+// 16 concurrent streams, every other one opted out (GenerateRequest.no_speculation): each gets the reference
+// ids, the opted-out ones carry no proposal, and the others do. Both methods; the draft one at TP = 2.
+TEST(SpeculativeMixedTest, SixteenStreamsMixedWithPlainRequestsEqualReference) {
+  TP_REQUIRE_SHARED(model_dir, "models/stories260K");
+  TP_REQUIRE_SHARED(ref_path, "reference/stories260K.json");
+  nlohmann::json ref = nlohmann::json::parse(ReadFileOrDie(ref_path));
+  const int num_cases = static_cast<int>(ref["cases"].size());
+  for (const auto& [proposer, tp] : {std::pair{Proposer::kNgram, 1}, std::pair{Proposer::kSelfDraft, 2}}) {
+    std::vector<std::string> flags = SpeculationFlags(proposer, model_dir, 4);
+    flags.push_back("--max_num_seqs=16");
+    ServerProcess server({model_dir, tp, flags});
+    ASSERT_TRUE(server.Start().ok()) << server.ReadLog();
+    constexpr int kStreams = 16;
+    std::vector<std::vector<int32_t>> ids(kStreams);
+    std::vector<grpc::Status> status(kStreams);
+    std::vector<v1::SpeculativeUsage> usage(kStreams);
+    std::vector<std::thread> clients;
+    for (int i = 0; i < kStreams; ++i) {
+      clients.emplace_back([&, i] {
+        const auto& rc = ref["cases"][i % num_cases];
+        v1::GenerateRequest req =
+            GreedyRequest(rc["prompt"].get<std::string>(), static_cast<int>(rc["generated_ids"].size()));
+        req.set_no_speculation(i / num_cases % 2 == 1);
+        grpc::ClientContext ctx;
+        ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(180));
+        auto reader = server.NewStub()->GenerateStream(&ctx, req);
+        v1::GenerateStreamResponse msg;
+        while (reader->Read(&msg)) {
+          ids[i].insert(ids[i].end(), msg.token_ids().begin(), msg.token_ids().end());
+          if (msg.has_usage()) usage[i] = msg.usage().speculative();
+        }
+        status[i] = reader->Finish();
+      });
+    }
+    for (auto& t : clients) t.join();
+    int accepted = 0;
+    for (int i = 0; i < kStreams; ++i) {
+      const std::string what = ProposerName(proposer) + " stream " + std::to_string(i);
+      ASSERT_TRUE(status[i].ok()) << what << ": " << status[i].error_message() << "\n" << server.LogTail();
+      EXPECT_EQ(ids[i], ref["cases"][i % num_cases]["generated_ids"].get<std::vector<int32_t>>()) << what;
+      if (i / num_cases % 2 == 1) {
+        EXPECT_EQ(usage[i].num_drafts(), 0) << what << " opted out";
+      } else {
+        accepted += usage[i].num_accepted_tokens();
+      }
+    }
+    EXPECT_GT(accepted, 0) << ProposerName(proposer);
+    EXPECT_EQ(server.Stop(), 0) << server.ReadLog();
+  }
+}
+
 // Seeded sampling with speculation: the same tokens as without it. The worker samples each verified position
 // with the counter-based RNG keyed by (seed, token index) and the same history, so a proposal is kept only
 // when it is the token the plain run draws there. Repetition and frequency penalties read the history too.
