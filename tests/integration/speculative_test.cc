@@ -4,6 +4,9 @@
 // and the tpserve:spec_decode_* metrics). The draft method runs with the target as its own draft (it agrees:
 // nearly every proposal is kept) and with a different random model of the same vocabulary (it disagrees:
 // nearly nothing is kept), and the output is the reference either way.
+#include <signal.h>
+
+#include <atomic>
 #include <string>
 #include <thread>
 #include <vector>
@@ -213,6 +216,64 @@ TEST(SpeculativeMixedTest, SixteenStreamsMixedWithPlainRequestsEqualReference) {
       }
     }
     EXPECT_GT(accepted, 0) << ProposerName(proposer);
+    EXPECT_EQ(server.Stop(), 0) << server.ReadLog();
+  }
+}
+
+// A worker killed with kill -9 while speculating requests are in flight: the launcher restarts the group, the
+// coordinator replays every request from its token history (the draft's cache is rebuilt from it on rank 0),
+// and each request still gets exactly the reference ids. The two runs kill different worker processes
+// (ChildPids' rank order is unknown). max_num_seqs 4 with 6 requests: some are waiting, some mid-verify, when
+// the worker dies.
+TEST(SpeculativeWorkerLossTest, GreedyIdsEqualReferenceAcrossAWorkerKillAndReplay) {
+  TP_REQUIRE_SHARED(model_dir, "models/stories260K");
+  TP_REQUIRE_SHARED(ref_path, "reference/stories260K.json");
+  nlohmann::json ref = nlohmann::json::parse(ReadFileOrDie(ref_path));
+  const int num_cases = static_cast<int>(ref["cases"].size());
+  constexpr int kRequests = 6;
+  std::vector<std::pair<std::string, int>> requests;
+  for (int i = 0; i < kRequests; ++i) {
+    const auto& rc = ref["cases"][i % num_cases];
+    requests.emplace_back(rc["prompt"].get<std::string>(), static_cast<int>(rc["generated_ids"].size()));
+  }
+  const std::string label = "{model_name=\"stories260K\"}";
+  for (const auto& [proposer, killed] : {std::pair{Proposer::kNgram, 1}, std::pair{Proposer::kSelfDraft, 0}}) {
+    const std::string what = ProposerName(proposer);
+    std::vector<std::string> flags = SpeculationFlags(proposer, model_dir, 4);
+    flags.push_back("--max_num_seqs=4");
+    ServerProcess server({model_dir, 2, flags});
+    ASSERT_TRUE(server.Start().ok()) << server.ReadLog();
+    std::atomic<int> seen{0};
+    std::vector<StreamOutcome> out;
+    std::thread clients([&] { out = RunGreedyStreams(server, requests, &seen, absl::Seconds(180)); });
+    // Mid-way (6 x 196 tokens in all), after proposals have been verified, so the kill lands on speculating
+    // sequences.
+    if (auto mid = server.WaitUntil(
+            [&] {
+              return seen.load() >= 120 &&
+                     MetricValue(server.HttpGet("/metrics"), "tpserve:spec_decode_num_drafts_total" + label) > 0;
+            },
+            what + ": 120 streamed tokens and a verified proposal");
+        !mid) {
+      server.Signal(SIGKILL);  // ends the streams, so the client thread can be joined
+      clients.join();
+      FAIL() << mid.message();
+    }
+    std::vector<pid_t> workers = server.ChildPids();
+    ASSERT_EQ(workers.size(), 2u) << what;
+    const int seen_at_kill = seen.load();
+    kill(workers[killed], SIGKILL);
+    clients.join();
+    ASSERT_LT(seen_at_kill, kRequests * 196) << what << ": every token had arrived before the kill";
+    for (int i = 0; i < kRequests; ++i) {
+      ASSERT_TRUE(out[i].status.ok()) << what << " request " << i << ": " << out[i].status.error_message() << "\n"
+                                      << server.LogTail();
+      EXPECT_EQ(out[i].ids, ref["cases"][i % num_cases]["generated_ids"].get<std::vector<int32_t>>())
+          << what << " request " << i;
+    }
+    EXPECT_NE(server.ReadLog().find("replaying"), std::string::npos) << what << ": no replay\n" << server.LogTail();
+    EXPECT_GT(MetricValue(server.HttpGet("/metrics"), "tpserve:spec_decode_num_accepted_tokens_total" + label), 0)
+        << what;
     EXPECT_EQ(server.Stop(), 0) << server.ReadLog();
   }
 }
