@@ -20,6 +20,7 @@
 #include "cli/shared_flags.h"
 #include "common/model_config.h"
 #include "coordinator/engine/scheduler.h"
+#include "worker/draft_runner.h"
 #include "worker/model/quantization.h"
 #include "worker/model/shard_spec.h"
 
@@ -54,7 +55,11 @@ ABSL_FLAG(int, max_new_tokens_limit, 0, "largest accepted max_new_tokens (0 = up
 ABSL_FLAG(bool, enable_prefix_caching, true, "reuse KV blocks of shared prompt prefixes across requests");
 ABSL_FLAG(std::string, speculative_method, "",
           "speculative decoding: empty = off, ngram = propose the tokens that followed the latest earlier occurrence "
-          "of the last n tokens (prompt lookup); output is unchanged either way (docs/SPECULATIVE.md)");
+          "of the last n tokens (prompt lookup), draft = a small model sharing the tokenizer proposes "
+          "(--draft-model); output is unchanged either way (docs/SPECULATIVE.md)");
+ABSL_FLAG(std::string, draft_model, "",
+          "with --speculative-method draft: the draft model directory (like --model; same vocab, bos and eos), "
+          "loaded whole by rank 0's worker");
 ABSL_FLAG(int, num_speculative_tokens, 4, "with --speculative-method: most tokens proposed per step, in [1, 16]");
 ABSL_FLAG(int, ngram_max, 4, "with --speculative-method ngram: longest n-gram matched (tried first)");
 ABSL_FLAG(int, ngram_min, 1, "with --speculative-method ngram: shortest n-gram matched");
@@ -163,21 +168,28 @@ absl::StatusOr<coordinator::CoordinatorOptions> CoordinatorOptionsFromFlags() {
   if (o.engine.max_queued_requests < 1) return absl::InvalidArgumentError("--max-queued-requests must be >= 1");
   o.engine.scheduler.enable_prefix_caching = absl::GetFlag(FLAGS_enable_prefix_caching);
   const std::string method = absl::GetFlag(FLAGS_speculative_method);
-  if (method == "ngram") {
+  const std::string draft_model = absl::GetFlag(FLAGS_draft_model);
+  if (method != "ngram" && method != "draft" && !method.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--speculative-method '", method, "': expected ngram, draft (or empty for off)"));
+  }
+  if (method == "draft" && draft_model.empty()) {
+    return absl::InvalidArgumentError("--speculative-method draft needs --draft-model DIR (the draft model)");
+  }
+  if (method != "draft" && !draft_model.empty()) {
+    return absl::InvalidArgumentError("--draft-model is only used with --speculative-method draft");
+  }
+  if (!method.empty()) {
     auto& spec = o.engine.scheduler.speculative;
     spec.num_speculative_tokens = absl::GetFlag(FLAGS_num_speculative_tokens);
     if (spec.num_speculative_tokens < 1 || spec.num_speculative_tokens > coordinator::kMaxSpeculativeTokens) {
       return absl::InvalidArgumentError(absl::StrCat("--num-speculative-tokens = ", spec.num_speculative_tokens,
                                                      " must be in [1, ", coordinator::kMaxSpeculativeTokens, "]"));
     }
+    spec.method = method == "draft" ? coordinator::SpeculativeMethod::kDraft : coordinator::SpeculativeMethod::kNgram;
     spec.ngram = {absl::GetFlag(FLAGS_ngram_min), absl::GetFlag(FLAGS_ngram_max)};
     if (absl::Status s = coordinator::ValidateNgramProposerOptions(spec.ngram); !s.ok()) return s;
-  } else if (method == "draft") {
-    return absl::InvalidArgumentError(
-        "--speculative-method draft is not implemented yet; use ngram (or leave --speculative-method empty)");
-  } else if (!method.empty()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--speculative-method '", method, "': expected ngram (or empty for off)"));
+    g.draft_model_path = draft_model;
   }
   o.engine.recovery_timeout = absl::Seconds(absl::GetFlag(FLAGS_recovery_timeout));
   o.engine.step_timeout = absl::Seconds(absl::GetFlag(FLAGS_step_timeout));
@@ -229,6 +241,13 @@ int RunCoordinator(coordinator::CoordinatorOptions options, const CoordinatorHoo
   {
     auto config = LoadModelConfig(options.model_dir);
     absl::Status s = config.ok() ? model::ValidateTensorParallel(*config, options.group.world_size) : config.status();
+    // A draft that cannot share the tokenizer is refused here too, before any worker loads anything.
+    if (s.ok() && !options.group.draft_model_path.empty()) {
+      auto draft = LoadModelConfig(options.group.draft_model_path);
+      s = draft.ok() ? worker::CheckDraftMatchesTarget(*draft, *config)
+                     : absl::Status(draft.status().code(), absl::StrCat("--draft-model ", options.group.draft_model_path,
+                                                                        ": ", draft.status().message()));
+    }
     if (!s.ok()) {
       std::fprintf(stderr, "tpserve: %s\n", std::string(s.message()).c_str());
       return 1;

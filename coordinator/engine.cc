@@ -94,6 +94,7 @@ void Engine::DrainInbox() {
       r->sink().OnError(s, nullptr);
       continue;
     }
+    if (r->spec().no_speculation) scheduler_->DisableSpeculation(id);
     requests_[id] = std::move(r);
   }
   for (uint64_t id : inbox.cancelled) {
@@ -207,6 +208,7 @@ bool Engine::RunOneStep() {
     step->mutable_block_table()->Assign(s.block_table.begin(), s.block_table.end());
     step->set_sample(s.sample);
     step->set_num_draft_tokens(s.num_draft_tokens);
+    step->set_num_proposals(s.num_proposals);
     num_tokens += static_cast<int>(s.token_ids.size());
   }
   for (uint64_t id : undelivered_finished_) plan.add_finished(id);
@@ -235,6 +237,9 @@ bool Engine::RunOneStep() {
   for (const auto& t : outcome->result.tokens()) sampled[t.seq_id()].push_back(t.token_id());
   RecordSpeculation(out, sampled);
   scheduler_->OnStepComplete(out, sampled);
+  for (const auto& p : outcome->result.proposals()) {
+    scheduler_->SetDraftProposals(p.seq_id(), p.num_tokens(), {p.token_ids().begin(), p.token_ids().end()});
+  }
 
   const absl::Time done = absl::Now();
   for (const auto& t : outcome->result.tokens()) {

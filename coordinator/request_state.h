@@ -27,6 +27,7 @@ struct RequestSpec {
   bool ignore_eos = false;
   int logprobs = 0;
   int priority = 0;
+  bool no_speculation = false;  // GenerateRequest.no_speculation
   absl::Time arrival = absl::Now();
   bool internal = false;  // server-made (warm-up): kept out of metrics and request logs
 };

@@ -165,6 +165,7 @@ absl::StatusOr<RequestSpec> ValidateGenerateRequest(const v1::GenerateRequest& r
   spec.logprobs = request.logprobs();
   sc.set_logprobs(request.logprobs());
   spec.priority = request.priority();
+  spec.no_speculation = request.no_speculation();
   return spec;
 }
 

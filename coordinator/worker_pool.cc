@@ -83,6 +83,7 @@ void WorkerPool::ApplyLocked(const GroupMembership::Effects& fx) {
       load->set_dtype(options_.dtype);
       load->set_quantization(options_.quantization);
       load->set_quantize_lm_head(options_.quantize_lm_head);
+      load->set_draft_model_path(options_.draft_model_path);
       load->set_kv_cache_bytes(options_.kv_cache_bytes);
       load->set_kv_memory_fraction(options_.kv_memory_fraction);
       load->set_block_size(options_.block_size);

@@ -34,6 +34,7 @@ struct WorkerGroupOptions {
   std::string dtype = "auto";
   std::string quantization = "none";  // --quantization: "none" or "int8"
   bool quantize_lm_head = false;
+  std::string draft_model_path;    // --draft-model: rank 0 loads it for --speculative-method draft
   int64_t kv_cache_bytes = 0;      // per worker; 0 => fraction of free device memory (GPU)
   float kv_memory_fraction = 0.9f;
   int max_kv_blocks = 0;           // cap (0 = none)

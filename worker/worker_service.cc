@@ -24,6 +24,7 @@
 #include "worker.grpc.pb.h"
 #include "worker/checkpoint/checkpoint.h"
 #include "worker/comm/communicator.h"
+#include "worker/draft_runner.h"
 #include "worker/grpc_store.h"
 #include "worker/model/llama_model.h"
 #include "worker/model/shard_spec.h"
@@ -34,6 +35,8 @@ namespace tpserve::worker {
 namespace wv1 = tpserve::worker::v1;
 
 namespace {
+
+constexpr int kMaxProposals = 16;  // coordinator/engine/scheduler.h kMaxSpeculativeTokens
 
 using Stream = grpc::ClientReaderWriter<wv1::WorkerMessage, wv1::CoordinatorMessage>;
 
@@ -108,6 +111,9 @@ class Worker {
   absl::Status AllocateKv(int num_blocks);
   void Step(const wv1::StepPlan& plan, wv1::StepResult* result);
   void DumpLogits(uint64_t step_id, uint64_t seq_id, const float* logits, int64_t vocab);
+  // Rank 0 with a draft model: the proposals the plan asked for (SeqStep.num_proposals), from the
+  // sampler's histories after this step's tokens.
+  void Propose(const wv1::StepPlan& plan, wv1::StepResult* result);
 
   const WorkerOptions options_;
   std::string loaded_key_;  // model path + rank + world + dtype of what is loaded
@@ -116,6 +122,8 @@ class Worker {
   std::unique_ptr<comm::Communicator> comm_;
   std::unique_ptr<model::LlamaModel> model_;
   std::unique_ptr<sampler::Sampler> sampler_;
+  std::string draft_key_;                // draft model path + device of what draft_ holds
+  std::unique_ptr<DraftRunner> draft_;   // rank 0 with --draft-model only
   int block_size_ = 16;
   int64_t kv_budget_bytes_ = 0;
   float kv_fraction_ = 0.9f;
@@ -139,6 +147,7 @@ absl::Status Worker::Load(const wv1::LoadCommand& cmd, GrpcStore& store, wv1::Lo
   // A survivor of a lost peer keeps its weights and only rebuilds its communicator.
   comm_.reset();
   if (model_ != nullptr && key != loaded_key_) {
+    draft_.reset();  // it lives on the backend too
     model_.reset();
     backend_.reset();
   }
@@ -197,14 +206,32 @@ absl::Status Worker::Load(const wv1::LoadCommand& cmd, GrpcStore& store, wv1::Lo
   }
   sampler_ = std::make_unique<sampler::Sampler>(config_.vocab_size);
 
+  // The draft model lives on rank 0 only (worker/draft_runner.h says why).
+  const std::string draft_path = options_.rank == 0 ? cmd.draft_model_path() : "";
+  const std::string draft_key = absl::StrCat(draft_path, "|", cmd.dtype(), "|", options_.device);
+  if (draft_path.empty()) {
+    draft_.reset();
+  } else if (draft_ == nullptr || draft_key != draft_key_) {
+    draft_.reset();
+    model::LlamaModelOptions mo;
+    if (cmd.dtype() != "auto" && !cmd.dtype().empty()) {
+      TP_ASSIGN_OR_RETURN(DType dt, ParseDType(cmd.dtype()));
+      mo.weight_dtype = dt;
+    }
+    TP_ASSIGN_OR_RETURN(draft_, DraftRunner::Load(draft_path, config_, backend_.get(), mo));
+    draft_key_ = draft_key;
+  }
+
   const int64_t block_bytes = static_cast<int64_t>(model_->KvBlockBytes(block_size_));
+  // The draft's pool has as many blocks as the target's: the budget pays for both.
+  const int64_t draft_block_bytes = draft_ ? static_cast<int64_t>(draft_->KvBlockBytes(block_size_)) : 0;
   int64_t budget = kv_budget_bytes_;
   if (budget <= 0) budget = static_cast<int64_t>(kv_fraction_ * static_cast<double>(backend_->FreeMemoryBytes()));
   if (budget <= 0) budget = int64_t{1} << 30;  // host backends without a budget: 1 GiB
   result->set_ok(true);
-  result->set_weight_bytes(model_->weight_bytes());
+  result->set_weight_bytes(model_->weight_bytes() + (draft_ ? draft_->weight_bytes() : 0));
   result->set_kv_bytes_per_block(block_bytes);
-  result->set_max_kv_blocks(block_bytes > 0 ? budget / block_bytes : 0);
+  result->set_max_kv_blocks(block_bytes > 0 ? budget / (block_bytes + draft_block_bytes) : 0);
   result->set_device_name(backend_->name());
   result->set_load_seconds(absl::ToDoubleSeconds(absl::Now() - start));
   TP_LOG(INFO) << "rank " << options_.rank << "/" << options_.world_size << " ready on " << backend_->name() << " ("
@@ -215,7 +242,9 @@ absl::Status Worker::Load(const wv1::LoadCommand& cmd, GrpcStore& store, wv1::Lo
 
 absl::Status Worker::AllocateKv(int num_blocks) {
   if (model_ == nullptr) return absl::FailedPreconditionError("AllocateKv before Load");
-  return model_->AllocateKv(num_blocks, block_size_);
+  TP_RETURN_IF_ERROR(model_->AllocateKv(num_blocks, block_size_));
+  if (draft_ != nullptr) TP_RETURN_IF_ERROR(draft_->AllocateKv(num_blocks, block_size_));
+  return absl::OkStatus();
 }
 
 void Worker::DumpLogits(uint64_t step_id, uint64_t seq_id, const float* logits, int64_t vocab) {
@@ -231,10 +260,15 @@ void Worker::Step(const wv1::StepPlan& plan, wv1::StepResult* result) {
     result->set_error("step before load");
     return;
   }
-  for (uint64_t id : plan.finished()) sampler_->Finish(id);
+  for (uint64_t id : plan.finished()) {
+    sampler_->Finish(id);
+    if (draft_ != nullptr) draft_->Forget(id);
+  }
   const bool samples = options_.rank == 0;
   if (samples) {
     for (const auto& st : plan.starts()) {
+      // A (re)started sequence gives its draft blocks back while it waits; Propose rebuilds them.
+      if (draft_ != nullptr) draft_->Forget(st.seq_id());
       absl::Status s = sampler_->Start(st);
       if (!s.ok()) {
         result->set_error(std::string(s.message()));
@@ -257,6 +291,11 @@ void Worker::Step(const wv1::StepPlan& plan, wv1::StepResult* result) {
       return;
     }
     q.num_logits = 1 + s.num_draft_tokens();
+    if (s.num_proposals() < 0 || s.num_proposals() > kMaxProposals || (s.num_proposals() > 0 && !s.sample())) {
+      result->set_error(absl::StrCat("seq ", s.seq_id(), ": num_proposals ", s.num_proposals(),
+                                     " must be in [0, ", kMaxProposals, "] and needs sample"));
+      return;
+    }
     in.seqs.push_back(std::move(q));
   }
   // On a GPU, a step whose sampled sequences are all plain greedy brings back only their top candidates
@@ -321,8 +360,33 @@ void Worker::Step(const wv1::StepPlan& plan, wv1::StepResult* result) {
         if (i < d && r->token != s.token_ids(s.token_ids_size() - d + i)) break;
       }
     }
+    if (draft_ != nullptr) Propose(plan, result);
   }
   result->set_step_seconds(absl::ToDoubleSeconds(absl::Now() - start));
+}
+
+void Worker::Propose(const wv1::StepPlan& plan, wv1::StepResult* result) {
+  std::vector<DraftRunner::Request> requests;
+  for (const auto& s : plan.seqs()) {
+    if (s.num_proposals() <= 0) continue;
+    const absl::Span<const int32_t> history = sampler_->TokenHistory(s.seq_id());
+    if (history.empty()) continue;
+    requests.push_back({s.seq_id(), history, s.num_proposals()});
+  }
+  if (requests.empty()) return;
+  auto proposals = draft_->Propose(requests);
+  if (!proposals.ok()) {
+    // Proposals only save steps: the step's tokens stand, its sequences go on without proposals.
+    TP_LOG(WARNING) << "step " << plan.step_id() << ": " << proposals.status();
+    return;
+  }
+  for (size_t i = 0; i < requests.size(); ++i) {
+    if ((*proposals)[i].empty()) continue;
+    auto* p = result->add_proposals();
+    p->set_seq_id(requests[i].seq_id);
+    p->set_num_tokens(static_cast<int>(requests[i].history.size()));
+    p->mutable_token_ids()->Assign((*proposals)[i].begin(), (*proposals)[i].end());
+  }
 }
 
 absl::Status Worker::Session(const std::shared_ptr<wv1::WorkerControl::Stub>& stub, bool* registered,

@@ -194,6 +194,7 @@ void Scheduler::Emit(Sequence* seq, int num_tokens, StepState* step, SchedulerOu
   s.start_position = start;
   s.block_table = seq->block_table;
   s.sample = start + num_tokens - num_drafts == seq->num_tokens();
+  if (s.sample) s.num_proposals = DraftProposalsWanted(*seq);
   s.is_new = seq->needs_start;
   s.num_cached_tokens = seq->num_cached_tokens;
   seq->needs_start = false;
@@ -361,8 +362,44 @@ std::vector<int32_t> Scheduler::ProposeFor(Sequence* seq, int budget) const {
   }
   // Every kept proposal becomes a generated token, and the model adds one more: stay within max_new_tokens.
   const int k = std::min({seq->spec_k, budget, seq->max_new_tokens - seq->num_generated() - 1});
+  if (config_.speculative.method == SpeculativeMethod::kDraft) {
+    std::vector<int32_t> drafts = std::move(seq->draft_proposals);
+    seq->draft_proposals.clear();
+    drafts.resize(std::min(drafts.size(), static_cast<size_t>(std::max(k, 0))));
+    return drafts;
+  }
   if (k <= 0) return {};
   return proposer_.Propose(seq->token_ids, k);
+}
+
+int Scheduler::DraftProposalsWanted(const Sequence& seq) const {
+  if (config_.speculative.num_speculative_tokens == 0 || config_.speculative.method != SpeculativeMethod::kDraft) {
+    return 0;
+  }
+  // The proposal length the next decode will use as far as is known now (this step's acceptance adapts it
+  // afterwards; ProposeFor trims). A paused sequence asks for its probe one step ahead.
+  int want = seq.spec_k;
+  if (want == 0 && seq.spec_resume_at > 0 && seq.num_generated() + 1 >= seq.spec_resume_at) want = 1;
+  // This step generates at least one token; the next keeps at most max_new_tokens - generated - 1 proposals.
+  return std::max(0, std::min(want, seq.max_new_tokens - seq.num_generated() - 2));
+}
+
+void Scheduler::DisableSpeculation(uint64_t seq_id) {
+  auto it = seqs_.find(seq_id);
+  if (it == seqs_.end()) return;
+  // spec_k 0 with no resume point: neither ProposeFor nor DraftProposalsWanted ever proposes again.
+  it->second->spec_k = 0;
+  it->second->spec_resume_at = 0;
+  it->second->draft_proposals.clear();
+}
+
+void Scheduler::SetDraftProposals(uint64_t seq_id, int num_tokens, std::vector<int32_t> tokens) {
+  auto it = seqs_.find(seq_id);
+  if (it == seqs_.end() || it->second->num_tokens() != num_tokens) return;
+  for (int32_t t : tokens) {
+    if (t < 0) return;  // the workers check the vocabulary when the proposals run
+  }
+  it->second->draft_proposals = std::move(tokens);
 }
 
 void Scheduler::RecordAcceptance(Sequence* seq, int proposed, int accepted) const {

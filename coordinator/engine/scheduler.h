@@ -24,9 +24,15 @@ namespace tpserve::coordinator {
 // runs without them. Output is unchanged by construction: every kept token is one the model sampled.
 constexpr int kMaxSpeculativeTokens = 16;  // upper bound of --num-speculative-tokens
 
+enum class SpeculativeMethod {
+  kNgram,  // prompt lookup on the coordinator (ngram_proposer.h)
+  kDraft,  // a draft model on rank 0 (worker/draft_runner.h): proposals arrive with each step's result
+};
+
 struct SpeculativeConfig {
   int num_speculative_tokens = 0;  // --num-speculative-tokens K; 0 = off
-  NgramProposerOptions ngram;      // --speculative-method ngram (the only method so far)
+  SpeculativeMethod method = SpeculativeMethod::kNgram;  // --speculative-method
+  NgramProposerOptions ngram;      // --speculative-method ngram
 };
 
 struct SchedulerConfig {
@@ -53,6 +59,9 @@ struct ScheduledSeq {
   bool is_new = false;               // first schedule since (re)admission: send SequenceStart first
   int num_cached_tokens = 0;         // tokens served from the prefix cache (valid when is_new)
   int num_draft_tokens = 0;          // the last num_draft_tokens of token_ids are proposals to verify
+  // SpeculativeMethod::kDraft: proposals rank 0's draft model should return after this step (worker.v1
+  // SeqStep.num_proposals), for SetDraftProposals.
+  int num_proposals = 0;
 };
 
 struct SchedulerOutput {
@@ -102,6 +111,14 @@ class Scheduler {
   // back to the waiting queue with all its tokens (its seniority kept; not counted as a preemption) and the
   // prefix cache is emptied. The next admission recomputes each from its token history.
   void RequeueAllForReplay();
+  // SpeculativeMethod::kDraft: the draft model's proposals for `seq_id`, continuing a history of
+  // `num_tokens` tokens (worker.v1 DraftProposal), after OnStepComplete of the step that asked for them.
+  // Kept for the sequence's next decode only when its history still has that length (proposals that no
+  // longer follow the history would only be rejected). Ignored for unknown sequences.
+  void SetDraftProposals(uint64_t seq_id, int num_tokens, std::vector<int32_t> tokens);
+  // The request opted out (GenerateRequest.no_speculation): `seq_id` never gets proposals, nor asks the draft
+  // model for any, for the rest of its life (preemption and replay included). Ignored for unknown sequences.
+  void DisableSpeculation(uint64_t seq_id);
   // The engine decided the sequence stopped (EOS, stop string, length): frees its blocks; its full blocks stay
   // in the prefix cache for reuse. Idempotent.
   void Finish(uint64_t seq_id);
@@ -151,6 +168,8 @@ class Scheduler {
   // Proposals for a decoding sequence about to run its last token, within its limits and `budget` tokens.
   // Resumes a paused sequence's speculation when its pause is over.
   std::vector<int32_t> ProposeFor(Sequence* seq, int budget) const;
+  // SpeculativeMethod::kDraft: proposals to ask of the draft model in a step where `seq` samples.
+  int DraftProposalsWanted(const Sequence& seq) const;
   // Adapts seq->spec_k to how many of `proposed` tokens were accepted.
   void RecordAcceptance(Sequence* seq, int proposed, int accepted) const;
   // Releases blocks past BlocksFor(num_computed_tokens): the KV of rejected proposals.

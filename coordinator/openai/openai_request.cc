@@ -293,6 +293,10 @@ absl::StatusOr<OpenAiRequest> ParseOpenAiRequest(absl::string_view body, Endpoin
   if (auto s = ParseSampling(j, &g); !s.ok()) return s;
   if (auto s = GetInt(j, "priority", std::numeric_limits<int32_t>::min(), kInt32Max, &priority); !s.ok()) return s;
   g.set_priority(static_cast<int32_t>(priority.value_or(0)));
+  // tpserve's extension, GenerateRequest.no_speculation: opt out of speculative decoding (same output).
+  std::optional<bool> no_speculation;
+  if (auto s = GetBool(j, "no_speculation", &no_speculation); !s.ok()) return s;
+  g.set_no_speculation(no_speculation.value_or(false));
 
   // Logprobs: chat has a boolean and top_logprobs; completions an integer count of alternatives.
   if (endpoint == Endpoint::kChat) {

@@ -129,6 +129,17 @@ class FakeExecutor : public StepExecutor {
         tok->set_token_id(t);
         if (i < d && t != s.token_ids(known + i)) break;
       }
+      // Rank 0's draft model (worker/draft_runner.h): its greedy continuation of the new history.
+      if (s.num_proposals() > 0 && draft_ != nullptr) {
+        auto* p = out.result.add_proposals();
+        p->set_seq_id(s.seq_id());
+        p->set_num_tokens(static_cast<int>(h.size()));
+        std::vector<int32_t> g = h;
+        for (int i = 0; i < s.num_proposals(); ++i) {
+          g.push_back(draft_(g));
+          p->add_token_ids(g.back());
+        }
+      }
     }
     return out;
   }
@@ -197,6 +208,11 @@ class FakeExecutor : public StepExecutor {
     absl::MutexLock lock(&mu_);
     model_ = model;
   }
+  // The draft model answering SeqStep.num_proposals (nullptr: none).
+  void SetDraftModel(FakeModel model) {
+    absl::MutexLock lock(&mu_);
+    draft_ = model;
+  }
   int64_t DraftTokens() const {
     absl::MutexLock lock(&mu_);
     return draft_tokens_;
@@ -226,6 +242,7 @@ class FakeExecutor : public StepExecutor {
   std::vector<wv1::StepPlan> plans_ ABSL_GUARDED_BY(mu_);
   std::vector<std::string> errors_ ABSL_GUARDED_BY(mu_);
   FakeModel model_ ABSL_GUARDED_BY(mu_) = NextToken;
+  FakeModel draft_ ABSL_GUARDED_BY(mu_) = nullptr;
   int64_t draft_tokens_ ABSL_GUARDED_BY(mu_) = 0;  // proposals the plans carried
 };
 
@@ -651,6 +668,47 @@ TEST_F(EngineTest, SpeculationNeverChangesTheIds) {
     }
   }
   EXPECT_GT(executor_.DraftTokens(), 0);
+}
+
+// Draft-model speculation through the engine: proposals come back with each step and are verified in the
+// next; a draft equal to the model is (nearly) always right, a different one nearly always wrong, and the ids
+// are those of a run without speculation either way, across a worker loss and replay too.
+TEST_F(EngineTest, DraftSpeculationNeverChangesTheIdsAcrossAReplay) {
+  for (FakeModel draft : {LoopingNextToken, NextToken}) {
+    SCOPED_TRACE(draft == NextToken ? "hash draft (disagrees)" : "looping draft (agrees)");
+    executor_.SetModel(LoopingNextToken);
+    executor_.SetDraftModel(draft);
+    options_.scheduler.speculative.num_speculative_tokens = 4;
+    options_.scheduler.speculative.method = SpeculativeMethod::kDraft;
+    // Lost mid-speculation: the 7th step from here, after proposals have been verified.
+    executor_.LoseAtStep(static_cast<int>(executor_.Plans().size()) + 7, /*reform_after_waits=*/2);
+    const int64_t drafts_before = executor_.DraftTokens();
+    const int generation_before = executor_.generation();
+    StartEngine();
+    std::vector<std::shared_ptr<RecordingSink>> sinks;
+    for (int i = 0; i < 4; ++i) {
+      sinks.push_back(std::make_shared<RecordingSink>());
+      Submit(Spec(Prompt(i, 5 + i), 30), sinks.back());
+    }
+    int accepted = 0, proposed = 0;
+    for (int i = 0; i < 4; ++i) {
+      ASSERT_TRUE(sinks[i]->WaitDone());
+      EXPECT_EQ(sinks[i]->ids(), ReferenceIds(Prompt(i, 5 + i), 30, LoopingNextToken)) << "request " << i;
+      const v1::Usage usage = sinks[i]->usage();
+      accepted += usage.speculative().num_accepted_tokens();
+      proposed += usage.speculative().num_draft_tokens();
+    }
+    EXPECT_TRUE(WaitAllBlocksFree());
+    EXPECT_GT(executor_.DraftTokens(), drafts_before);
+    EXPECT_GT(executor_.generation(), generation_before) << "the group was never lost: no replay tested";
+    if (draft == LoopingNextToken) {
+      EXPECT_EQ(accepted, proposed) << "the model as its own draft is always right";
+    } else {
+      EXPECT_LT(accepted, proposed);
+    }
+    engine_->Stop();
+    engine_.reset();
+  }
 }
 
 // Replay after a worker loss restarts speculation from the Sequence's token history: still the same ids.

@@ -14,7 +14,7 @@ TEST(OpenAiRequestTest, ChatFieldsMapOntoTheGenerateRequest) {
     "max_completion_tokens": 7, "max_tokens": 99, "temperature": 0.5, "top_p": 0.9, "n": 3, "stop": "END",
     "seed": 42, "presence_penalty": 0.5, "frequency_penalty": -0.5, "logprobs": true, "top_logprobs": 4,
     "user": "u1", "top_k": -1, "min_p": 0.05, "repetition_penalty": 1.1, "ignore_eos": true,
-    "stop_token_ids": [2, 5], "priority": -3, "stream": true, "stream_options": {"include_usage": true}})",
+    "stop_token_ids": [2, 5], "priority": -3, "no_speculation": true, "stream": true, "stream_options": {"include_usage": true}})",
                               Endpoint::kChat);
   ASSERT_TRUE(r.ok()) << r.status();
   const auto& g = r->generate;
@@ -37,6 +37,7 @@ TEST(OpenAiRequestTest, ChatFieldsMapOntoTheGenerateRequest) {
   EXPECT_EQ(g.stopping().stop_token_ids_size(), 2);
   EXPECT_TRUE(g.stopping().ignore_eos());
   EXPECT_EQ(g.priority(), -3);
+  EXPECT_TRUE(g.no_speculation());
   EXPECT_TRUE(r->logprobs);
   EXPECT_EQ(r->top_logprobs, 4);
   EXPECT_EQ(g.logprobs(), 4);
@@ -48,6 +49,7 @@ TEST(OpenAiRequestTest, CompletionPromptForms) {
   auto text = ParseOpenAiRequest(R"({"prompt": ["Once"], "logprobs": 0})", Endpoint::kCompletions);
   ASSERT_TRUE(text.ok()) << text.status();
   EXPECT_EQ(text->generate.prompt(), "Once");
+  EXPECT_FALSE(text->generate.no_speculation());  // speculation is opt-out: on unless the body says otherwise
   EXPECT_EQ(text->generate.stopping().max_new_tokens(), 0);  // unset: the service fills the default
   EXPECT_TRUE(text->logprobs);
   EXPECT_EQ(text->generate.logprobs(), 1);  // the sampled token's logprob needs one alternative
@@ -80,6 +82,7 @@ TEST(OpenAiRequestTest, BadFieldsNameTheirParameter) {
       {R"({"prompt": "a", "tools": [{"type": "function"}]})", Endpoint::kCompletions, "tools"},
       {R"({"prompt": "a", "echo": true})", Endpoint::kCompletions, "echo"},
       {R"({"prompt": "a", "model": 7})", Endpoint::kCompletions, "model"},
+      {R"({"prompt": "a", "no_speculation": "yes"})", Endpoint::kCompletions, "no_speculation"},
   };
   for (const auto& c : cases) {
     auto r = ParseOpenAiRequest(c.body, c.endpoint);

@@ -752,6 +752,76 @@ TEST(SchedulerTest, SpeculativeStepVerifiesProposalsAndRollsBackTheRest) {
   EXPECT_EQ(out.seqs[0].token_ids[0], 9);
 }
 
+// Draft-model speculation: a step where a sequence samples asks rank 0 for proposals (num_proposals), those
+// that come back for the history they continue become the next decode's verify tokens, trimmed to the
+// adapted k and max_new_tokens; proposals for a history that moved on are dropped.
+TEST(SchedulerTest, SpeculativeDraftProposalsComeFromTheStepResult) {
+  SchedulerConfig cfg = Config(/*num_blocks=*/8, /*block_size=*/4, /*max_num_seqs=*/4, /*budget=*/64, 64);
+  cfg.speculative.num_speculative_tokens = 3;
+  cfg.speculative.method = SpeculativeMethod::kDraft;
+  Scheduler s(cfg);
+  ASSERT_TRUE(s.AddSequence(1, {5, 6, 7}, 6, 0).ok());
+  SchedulerOutput out = s.Schedule();  // prefill: it samples, so it asks for proposals
+  ASSERT_EQ(out.seqs.size(), 1u);
+  EXPECT_EQ(out.seqs[0].num_draft_tokens, 0);
+  EXPECT_EQ(out.seqs[0].num_proposals, 3);
+  s.OnStepComplete(out, {{1, {8}}});  // 5 6 7 | 8
+  s.SetDraftProposals(1, 3, {1, 2, 3});  // for a history of 3 tokens: stale, dropped
+  s.SetDraftProposals(2, 4, {1, 2, 3});  // unknown sequence: ignored
+  s.SetDraftProposals(1, 4, {9, 10, 11, 12});  // more than k: trimmed
+
+  out = s.Schedule();
+  ASSERT_EQ(out.seqs.size(), 1u);
+  EXPECT_EQ(out.seqs[0].token_ids, (std::vector<int32_t>{8, 9, 10, 11}));
+  EXPECT_EQ(out.seqs[0].num_draft_tokens, 3);
+  // One token generated, at most 3 more after this step, minus the model's own: 6 - 1 - 2 = 3.
+  EXPECT_EQ(out.seqs[0].num_proposals, 3);
+  s.OnStepComplete(out, {{1, {9, 4}}});  // 9 accepted, 4 instead of 10
+  EXPECT_EQ(s.sequence(1)->token_ids, (std::vector<int32_t>{5, 6, 7, 8, 9, 4}));
+  EXPECT_TRUE(s.block_manager().CheckConsistency(s.BlockOwnerCounts()).ok());
+
+  // No proposals arrived: a plain decode, which asks again within max_new_tokens (6 - 3 - 2 = 1).
+  out = s.Schedule();
+  ASSERT_EQ(out.seqs.size(), 1u);
+  EXPECT_EQ(out.seqs[0].token_ids, (std::vector<int32_t>{4}));
+  EXPECT_EQ(out.seqs[0].num_draft_tokens, 0);
+  EXPECT_EQ(out.seqs[0].num_proposals, 1);
+  s.OnStepComplete(out, {{1, {3}}});
+  s.SetDraftProposals(1, 7, {5, 6});
+  out = s.Schedule();
+  ASSERT_EQ(out.seqs.size(), 1u);
+  EXPECT_EQ(out.seqs[0].token_ids, (std::vector<int32_t>{3, 5}));  // 6 - 4 - 1 = 1 proposal may be kept
+  EXPECT_EQ(out.seqs[0].num_proposals, 0);  // the step after this one generates the last token
+}
+
+// A request that opted out (GenerateRequest.no_speculation) never proposes, nor asks the draft, while another
+// in the same steps does.
+TEST(SchedulerTest, SpeculationOptOutIsPerSequence) {
+  for (SpeculativeMethod method : {SpeculativeMethod::kNgram, SpeculativeMethod::kDraft}) {
+    SchedulerConfig cfg = Config(/*num_blocks=*/16, /*block_size=*/4, /*max_num_seqs=*/4, /*budget=*/64, 64);
+    cfg.speculative.num_speculative_tokens = 2;
+    cfg.speculative.method = method;
+    cfg.speculative.ngram = {1, 1};
+    Scheduler s(cfg);
+    ASSERT_TRUE(s.AddSequence(1, {5, 5, 5}, 10, 0).ok());
+    ASSERT_TRUE(s.AddSequence(2, {5, 5, 5}, 10, 0).ok());
+    s.DisableSpeculation(2);
+    s.DisableSpeculation(3);  // unknown: ignored
+    SchedulerOutput out = s.Schedule();
+    ASSERT_EQ(out.seqs.size(), 2u);
+    EXPECT_EQ(out.seqs[0].num_proposals, method == SpeculativeMethod::kDraft ? 2 : 0);
+    EXPECT_EQ(out.seqs[1].num_proposals, 0);
+    s.OnStepComplete(out, {{1, {5}}, {2, {5}}});
+    s.SetDraftProposals(1, 4, {5, 5});
+    s.SetDraftProposals(2, 4, {5, 5});
+    out = s.Schedule();
+    ASSERT_EQ(out.seqs.size(), 2u);
+    EXPECT_EQ(out.seqs[0].num_draft_tokens, 2);  // ngram: "5" recurs; draft: the proposals above
+    EXPECT_EQ(out.seqs[1].num_draft_tokens, 0);
+    EXPECT_EQ(out.seqs[1].token_ids, (std::vector<int32_t>{5}));
+  }
+}
+
 // Proposals stay within max_new_tokens (each kept one is a generated token, plus the model's own) and within
 // the step's token budget, and never preempt another sequence.
 TEST(SchedulerTest, SpeculationRespectsMaxNewTokensBudgetAndFreeBlocks) {

@@ -202,6 +202,35 @@ TEST(OpenAiHttpTest, HostileBodiesGetA4xxNeverACrash) {
   EXPECT_EQ(server.Stop(), 0);
 }
 
+// The body field no_speculation (tpserve's extension, GenerateRequest.no_speculation) opts one request out of
+// speculative decoding on a server that speculates: the server verifies no proposal for it, and its greedy text
+// is the one the same request gets with speculation (which does propose: stories260K's stories repeat).
+TEST(OpenAiHttpTest, NoSpeculationOptsOneRequestOut) {
+  TP_REQUIRE_SHARED(model_dir, "models/stories260K");
+  ServerProcess server({model_dir, 1, {"--speculative-method=ngram", "--num-speculative-tokens=4"}});
+  ASSERT_TRUE(server.Start().ok()) << server.ReadLog();
+  const std::string drafts = "tpserve:spec_decode_num_drafts_total{model_name=\"stories260K\"}";
+  auto complete = [&](bool no_speculation) {
+    json body = {{"prompt", "Once upon a time"}, {"max_tokens", 150}, {"temperature", 0}, {"ignore_eos", true},
+                 {"no_speculation", no_speculation}};
+    HttpResult r = Post(server.http_port(), "/v1/completions", body.dump());
+    EXPECT_EQ(r.status, 200) << r.body;
+    json j = json::parse(r.body, nullptr, false);
+    if (j.is_discarded() || !j.contains("choices")) {
+      ADD_FAILURE() << "not a completion: " << r.body;
+      return std::string();
+    }
+    return j["choices"][0]["text"].get<std::string>();
+  };
+  const std::string plain = complete(true);
+  EXPECT_FALSE(MetricValue(server.HttpGet("/metrics"), drafts) > 0) << "an opted-out request was speculated";
+  const std::string speculated = complete(false);
+  EXPECT_GT(MetricValue(server.HttpGet("/metrics"), drafts), 0) << "the control request proposed nothing";
+  EXPECT_FALSE(plain.empty());
+  EXPECT_EQ(speculated, plain);
+  EXPECT_EQ(server.Stop(), 0) << server.ReadLog();
+}
+
 // The gRPC API's greedy answer to a request, as {text, prompt_tokens}.
 json GrpcAnswer(ServerProcess& server, const v1::GenerateRequest& req, const std::string& key) {
   auto stub = server.NewStub();

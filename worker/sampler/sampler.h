@@ -70,6 +70,12 @@ class Sampler {
   void Finish(uint64_t seq_id);  // no-op when unknown
   bool Has(uint64_t seq_id) const { return seqs_.contains(seq_id); }
   size_t num_sequences() const { return seqs_.size(); }
+  // The sequence's history (prompt + generated, every token sampled so far included); empty when unknown.
+  // Valid until the next non-const call.
+  absl::Span<const int32_t> TokenHistory(uint64_t seq_id) const {
+    auto it = seqs_.find(seq_id);
+    return it == seqs_.end() ? absl::Span<const int32_t>() : absl::MakeConstSpan(it->second.history);
+  }
 
   // logits: [vocab] for the sequence's next token (-inf entries are never chosen). Appends the chosen
   // token to the sequence's history and advances its counter. NOT_FOUND for an unknown seq_id;
