@@ -96,6 +96,10 @@ int64_t DecodeScratchFloats(const PagedAttentionParams& p);
 // Prefill chunks (query_len > 1): tiled flash attention with online softmax. Decode tokens
 // (query_len == 1): split-K over kDecodeSplitKeys-key chunks, then a combine pass.
 void LaunchPagedAttention(const PagedAttentionParams& p, cudaStream_t stream);
+// Prefill chunks on tensor cores (prefill_attention_mma.cu): bf16 caches with head_dim % 16 == 0 and
+// <= 256. LaunchPagedAttention picks it; other caches keep the fp32 CUDA-core prefill kernel.
+bool PrefillAttentionUsesMma(const PagedAttentionParams& p);
+void LaunchPrefillAttentionMma(const PagedAttentionParams& p, cudaStream_t stream);
 // Raises the dynamic shared-memory limit of the prefill kernel; call once per device.
 cudaError_t ConfigureAttentionKernels();
 
