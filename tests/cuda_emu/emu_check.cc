@@ -231,6 +231,66 @@ void CheckMmaPrimitive() {
   }
 }
 
+// RoPE from the table fused with the KV write, against the reference's Rope then the cache contents it
+// implies: q and k bitwise (the table holds the reference's cos / sin, the rotation does not contract),
+// the cache the rotated k and v in its dtype, padding slots (-1) untouched, positions past the table
+// computed in the kernel with the same result.
+void CheckRopeWriteKv(Backend& ref, tpserve::DType kv_dtype) {
+  const int nq = 5, nk = 2, hd = 128, n = 6, table_positions = 64;
+  const int64_t kvw = int64_t{nk} * hd;
+  const float theta = 10000.0f;
+  const std::vector<int32_t> positions = {0, 1, 63, 64, 500, 7};  // 64 and 500: past the table
+  const std::vector<int32_t> slots = {3, 0, -1, 5, 1, 4};
+  auto q = Rand(size_t(n) * nq * hd, 81, -2, 2), k = Rand(size_t(n) * kvw, 82, -2, 2), v = Rand(size_t(n) * kvw, 83);
+  auto rq = q, rk = k;
+  ref.Rope(rq.data(), rk.data(), positions.data(), n, nq, nk, hd, theta);
+  const int num_slots = 8;
+  const size_t esize = DTypeSize(kv_dtype);
+  std::vector<char> kc(num_slots * kvw * esize, 0x7f), vc(num_slots * kvw * esize, 0x7f);
+  const std::vector<float> table = cuda::RopeCosSinTable(theta, hd, table_positions);
+  cuda::RopeWriteKvParams p;
+  p.q = q.data();
+  p.k = k.data();
+  p.v = v.data();
+  p.positions = positions.data();
+  p.slot_mapping = slots.data();
+  p.num_tokens = n;
+  p.nq = nq;
+  p.nk = nk;
+  p.head_dim = hd;
+  p.theta = theta;
+  p.cos_sin = table.data();
+  p.table_positions = table_positions;
+  p.kv_dtype = static_cast<int>(kv_dtype);
+  p.k_cache = kc.data();
+  p.v_cache = vc.data();
+  cuda::LaunchRopeWriteKv(p, nullptr);
+  const std::string what = std::string("rope+kv write ") + DTypeName(kv_dtype);
+  Check(q, rq, 0, 0, what + " q (bitwise)");
+  Check(k, rk, 0, 0, what + " k (bitwise)");
+  auto cached = [&](const std::vector<char>& c, int slot, int64_t i) -> float {
+    if (kv_dtype == tpserve::DType::kF32) return reinterpret_cast<const float*>(c.data())[slot * kvw + i];
+    return BF16ToF32(reinterpret_cast<const uint16_t*>(c.data())[slot * kvw + i]);
+  };
+  auto stored = [&](float x) { return kv_dtype == tpserve::DType::kF32 ? x : BF16ToF32(F32ToBF16(x)); };
+  std::vector<float> got, want;
+  for (int t = 0; t < n; ++t) {
+    if (slots[t] < 0) continue;
+    for (int64_t i = 0; i < kvw; ++i) {
+      got.push_back(cached(kc, slots[t], i));
+      want.push_back(stored(rk[t * kvw + i]));
+      got.push_back(cached(vc, slots[t], i));
+      want.push_back(stored(v[t * kvw + i]));
+    }
+  }
+  Check(got, want, 0, 0, what + " cache (bitwise)");
+  // Slots 2, 6, 7 were never written (token 2's slot is -1): still the fill pattern.
+  size_t touched = 0;
+  for (int slot : {2, 6, 7})
+    for (int64_t b = 0; b < kvw * int64_t(esize); ++b) touched += kc[slot * kvw * esize + b] != 0x7f;
+  if (touched) ++g_failures, std::printf("%s: %zu bytes written outside the slots FAIL\n", what.c_str(), touched);
+}
+
 struct Seq {
   int history, query;
 };
@@ -341,31 +401,43 @@ void CheckAttention(Backend& ref, int nq, int nk, int hd, int bs, const std::vec
 }  // namespace
 }  // namespace tpserve::kernels
 
-int main() {
+// With an argument, runs only the groups whose name contains it (elementwise, gemv, topk, mma, rope,
+// attention): bash tests/cuda_emu/run_emu_check.sh rope
+int main(int argc, char** argv) {
   using namespace tpserve::kernels;
+  const std::string only = argc > 1 ? argv[1] : "";
+  auto run = [&](const char* group) { return only.empty() || std::string(group).find(only) != std::string::npos; };
   auto ref = CreateReferenceBackend();
-  CheckElementwise(*ref);
-  CheckGemv(*ref);
-  CheckGemvInt8(*ref);
-  CheckTopK();
-  CheckMmaPrimitive();
-  // Prefill on tensor cores at 13B head shapes (128 dims, 40 q heads; 40 kv heads and GQA 40 / 8), odd
-  // chunk lengths, chunks after a cached prefix (offsets not multiples of a tile), a chunk longer than
-  // one 64-query tile, beside decodes in the same step.
-  const std::vector<Seq> chunks = {{0, 67}, {45, 19}, {130, 3}, {300, 1}, {7, 2}};
-  CheckAttention(*ref, 40, 40, 128, 16, chunks, 21);
-  CheckAttention(*ref, 40, 8, 128, 16, chunks, 22);
-  CheckAttention(*ref, 4, 2, 80, 8, {{0, 33}, {70, 5}, {17, 1}}, 23);   // head_dim 80: 5 k-steps of 16
-  CheckAttention(*ref, 2, 1, 256, 16, {{0, 40}, {33, 9}}, 24);          // head_dim 256: 32-key tiles
-  const std::vector<Seq> mixed = {{0, 37}, {40, 5}, {600, 1}, {5, 1}, {0, 2}, {1100, 1}};
-  CheckAttention(*ref, 4, 2, 40, 16, mixed, 7);
-  CheckAttention(*ref, 2, 1, 128, 8, mixed, 8);
-  CheckAttention(*ref, 2, 2, 8, 4, {{0, 20}, {3, 1}}, 9);
-  CheckAttention(*ref, 4, 2, 40, 16, mixed, 10, tpserve::DType::kF32);
-  // head_dim without 16-byte vectors (bf16 36, float32 6): the element-wise decode path.
-  const std::vector<Seq> short_mixed = {{0, 19}, {300, 1}, {5, 1}};
-  CheckAttention(*ref, 4, 2, 36, 16, short_mixed, 11);
-  CheckAttention(*ref, 2, 1, 6, 8, short_mixed, 12, tpserve::DType::kF32);
+  if (run("elementwise")) CheckElementwise(*ref);
+  if (run("gemv")) {
+    CheckGemv(*ref);
+    CheckGemvInt8(*ref);
+  }
+  if (run("topk")) CheckTopK();
+  if (run("mma")) CheckMmaPrimitive();
+  if (run("rope")) {
+    CheckRopeWriteKv(*ref, tpserve::DType::kF32);
+    CheckRopeWriteKv(*ref, tpserve::DType::kBF16);
+  }
+  if (run("attention")) {
+    // Prefill on tensor cores at 13B head shapes (128 dims, 40 q heads; 40 kv heads and GQA 40 / 8), odd
+    // chunk lengths, chunks after a cached prefix (offsets not multiples of a tile), a chunk longer than
+    // one 64-query tile, beside decodes in the same step.
+    const std::vector<Seq> chunks = {{0, 67}, {45, 19}, {130, 3}, {300, 1}, {7, 2}};
+    CheckAttention(*ref, 40, 40, 128, 16, chunks, 21);
+    CheckAttention(*ref, 40, 8, 128, 16, chunks, 22);
+    CheckAttention(*ref, 4, 2, 80, 8, {{0, 33}, {70, 5}, {17, 1}}, 23);  // head_dim 80: 5 k-steps of 16
+    CheckAttention(*ref, 2, 1, 256, 16, {{0, 40}, {33, 9}}, 24);         // head_dim 256: 32-key tiles
+    const std::vector<Seq> mixed = {{0, 37}, {40, 5}, {600, 1}, {5, 1}, {0, 2}, {1100, 1}};
+    CheckAttention(*ref, 4, 2, 40, 16, mixed, 7);
+    CheckAttention(*ref, 2, 1, 128, 8, mixed, 8);
+    CheckAttention(*ref, 2, 2, 8, 4, {{0, 20}, {3, 1}}, 9);
+    CheckAttention(*ref, 4, 2, 40, 16, mixed, 10, tpserve::DType::kF32);
+    // head_dim without 16-byte vectors (bf16 36, float32 6): the element-wise decode path.
+    const std::vector<Seq> short_mixed = {{0, 19}, {300, 1}, {5, 1}};
+    CheckAttention(*ref, 4, 2, 36, 16, short_mixed, 11);
+    CheckAttention(*ref, 2, 1, 6, 8, short_mixed, 12, tpserve::DType::kF32);
+  }
   std::printf("%s: %d failure(s)\n", g_failures ? "FAIL" : "PASS", g_failures);
   return g_failures ? 1 : 0;
 }
