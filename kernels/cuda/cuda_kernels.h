@@ -7,7 +7,6 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
-#include <vector>
 
 namespace tpserve::kernels::cuda {
 
@@ -77,15 +76,13 @@ struct RopeWriteKvParams {
   int nk = 0;
   int head_dim = 0;
   float theta = 10000.0f;
-  const float* cos_sin = nullptr;  // [table_positions, head_dim / 2, 2] from RopeCosSinTable
+  const float* cos_sin = nullptr;  // [table_positions, head_dim / 2, 2] from kernels/rope_table.h
   int table_positions = 0;
   int kv_dtype = 1;  // int(DType) of the cache: 0 float32, 1 bf16
   void* k_cache = nullptr;  // this layer's [num_slots, nk * head_dim]
   void* v_cache = nullptr;
 };
 void LaunchRopeWriteKv(const RopeWriteKvParams& p, cudaStream_t stream);
-// Host: [positions, head_dim / 2, {cos, sin}], the reference backend's float32 numbers.
-std::vector<float> RopeCosSinTable(float theta, int head_dim, int positions);
 
 void LaunchWriteKv(const float* k, const float* v, const int32_t* slot_mapping, int64_t num_tokens,
                    int64_t kv_width, int kv_dtype, void* k_cache, void* v_cache, cudaStream_t stream);

@@ -2,15 +2,13 @@
 // launch per layer rotates q in place, rotates k (written back for activation dumps) and stores the
 // rotated k and v at each token's slot, instead of a RoPE kernel that recomputes inv_freq and sincosf
 // per element followed by a separate KV-write kernel that reads k and v again.
-// The table holds, for positions [0, table_positions), the reference backend's exact float32 numbers
-// (inv_freq = 1 / float(theta ^ (2i / d)) in double, angle = float(position) * inv_freq in float, cos
-// and sin of that angle in double, rounded to float), and the rotation avoids FMA contraction
+// The table (kernels/rope_table.h, built once at load) holds the reference backend's exact float32
+// cos / sin for positions [0, table_positions), and the rotation avoids FMA contraction
 // (__fmul_rn), so q and k are bitwise the reference's. A position past the table (a contract breach:
 // the table covers max_position_embeddings) is computed the same way in the kernel, slowly.
 #include <cuda_bf16.h>
 
 #include <cmath>
-#include <vector>
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_kernels.h"
@@ -25,7 +23,7 @@ __device__ __forceinline__ void StoreCache(float x, uint16_t* dst) {
   *dst = *reinterpret_cast<const uint16_t*>(&b);
 }
 
-// cos / sin of rotary pair i at `pos`, as RopeCosSinTable computes them.
+// cos / sin of rotary pair i at `pos`, as RopeCosSinTable (kernels/rope_table.cc) computes them.
 __device__ __forceinline__ void CosSin(const float* __restrict__ table, int table_positions, int pos, int i, int head_dim,
                                        float theta, float* c, float* s) {
   const int half = head_dim / 2;
@@ -81,25 +79,6 @@ __global__ void RopeWriteKvKernel(RopeWriteKvParams p) {
 }
 
 }  // namespace
-
-std::vector<float> RopeCosSinTable(float theta, int head_dim, int positions) {
-  const int half = head_dim / 2;
-  std::vector<float> inv_freq(half);
-  for (int i = 0; i < half; ++i) {
-    const float exponent = static_cast<float>(2 * i) / static_cast<float>(head_dim);
-    inv_freq[i] = 1.0f / static_cast<float>(std::pow(static_cast<double>(theta), static_cast<double>(exponent)));
-  }
-  std::vector<float> table(static_cast<size_t>(positions) * half * 2);
-  for (int pos = 0; pos < positions; ++pos) {
-    for (int i = 0; i < half; ++i) {
-      const float angle = static_cast<float>(pos) * inv_freq[i];  // one float multiply, as the reference
-      const size_t e = (static_cast<size_t>(pos) * half + i) * 2;
-      table[e] = static_cast<float>(std::cos(static_cast<double>(angle)));
-      table[e + 1] = static_cast<float>(std::sin(static_cast<double>(angle)));
-    }
-  }
-  return table;
-}
 
 void LaunchRopeWriteKv(const RopeWriteKvParams& p, cudaStream_t stream) {
   if (p.num_tokens <= 0) return;

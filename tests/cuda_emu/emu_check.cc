@@ -12,6 +12,7 @@
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/mma_bf16.cuh"
 #include "kernels/host_top_k.h"
+#include "kernels/rope_table.h"
 
 namespace tpserve::kernels {
 namespace {
@@ -247,7 +248,7 @@ void CheckRopeWriteKv(Backend& ref, tpserve::DType kv_dtype) {
   const int num_slots = 8;
   const size_t esize = DTypeSize(kv_dtype);
   std::vector<char> kc(num_slots * kvw * esize, 0x7f), vc(num_slots * kvw * esize, 0x7f);
-  const std::vector<float> table = cuda::RopeCosSinTable(theta, hd, table_positions);
+  const std::vector<float> table = RopeCosSinTable(theta, hd, table_positions);
   cuda::RopeWriteKvParams p;
   p.q = q.data();
   p.k = k.data();

@@ -13,6 +13,7 @@
 
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
+#include "kernels/rope_table.h"
 
 namespace tpserve::kernels {
 namespace {
@@ -415,6 +416,27 @@ void ExpectAttentionClose(const AttentionCase& c, const std::vector<float>& got,
 
 class CudaAttentionTest : public CudaOpsTest {
  protected:
+  // The step's AttentionBatch over host arrays (reference) and over device copies (GPU).
+  void Batches(const AttentionCase& c, const BatchArrays& b, AttentionBatch* host, AttentionBatch* dev) {
+    AttentionBatch& br = *host;
+    br.num_seqs = static_cast<int>(c.seqs.size());
+    br.num_tokens = b.num_tokens;
+    br.max_blocks_per_seq = b.max_blocks;
+    br.max_query_len = b.max_query;
+    br.max_context_len = b.max_context;
+    br.query_start = b.query_start.data();
+    br.context_lens = b.context_lens.data();
+    br.block_tables = b.block_tables.data();
+    br.slot_mapping = b.slot_mapping.data();
+    br.positions = b.positions.data();
+    *dev = br;
+    dev->query_start = Dev(b.query_start);
+    dev->context_lens = Dev(b.context_lens);
+    dev->block_tables = Dev(b.block_tables);
+    dev->slot_mapping = Dev(b.slot_mapping);
+    dev->positions = Dev(b.positions);
+  }
+
   // Writes history + this step's K/V into both caches, runs Attention, returns {gpu, reference}.
   void Run(const AttentionCase& c, uint32_t seed, std::vector<float>* got, std::vector<float>* want) {
     const BatchArrays b = MakeBatch(c, seed);
@@ -450,23 +472,8 @@ class CudaAttentionTest : public CudaOpsTest {
       gpu_->WriteKv(**gc, layer, Dev(hk), Dev(hv), hist_g);
     }
 
-    AttentionBatch br;
-    br.num_seqs = static_cast<int>(c.seqs.size());
-    br.num_tokens = b.num_tokens;
-    br.max_blocks_per_seq = b.max_blocks;
-    br.max_query_len = b.max_query;
-    br.max_context_len = b.max_context;
-    br.query_start = b.query_start.data();
-    br.context_lens = b.context_lens.data();
-    br.block_tables = b.block_tables.data();
-    br.slot_mapping = b.slot_mapping.data();
-    br.positions = b.positions.data();
-    AttentionBatch bg = br;
-    bg.query_start = Dev(b.query_start);
-    bg.context_lens = Dev(b.context_lens);
-    bg.block_tables = Dev(b.block_tables);
-    bg.slot_mapping = Dev(b.slot_mapping);
-    bg.positions = Dev(b.positions);
+    AttentionBatch br, bg;
+    Batches(c, b, &br, &bg);
 
     want->assign(q.size(), 0.0f);
     ref_->WriteKv(**rc, layer, k.data(), v.data(), br);
@@ -531,6 +538,45 @@ TEST_F(CudaAttentionTest, DecodeIsBatchInvariant) {
   const size_t row = 40 * 128;
   ASSERT_GE(b.size(), row);
   EXPECT_EQ(0, std::memcmp(a.data(), b.data(), row * sizeof(float)));
+}
+
+// The fused RoPE + KV write (a cos / sin table for the first 16 positions, the rest computed in the kernel)
+// against the reference's Rope then WriteKv: q and k to float32 rounding (the table holds the reference's
+// numbers), and the cache through attention over it.
+TEST_F(CudaAttentionTest, RopeWriteKvMatchesRopeThenWriteKv) {
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    SCOPED_TRACE(DTypeName(dtype));
+    const AttentionCase c{40, 8, 128, 16, {{0, 40}}, dtype};
+    const BatchArrays b = MakeBatch(c, 600);
+    const int n = b.num_tokens;
+    auto q = RandomVec(static_cast<size_t>(n) * c.nq * c.hd, 601, -2.0f, 2.0f);
+    auto k = RandomVec(static_cast<size_t>(n) * c.nk * c.hd, 602);
+    auto v = RandomVec(static_cast<size_t>(n) * c.nk * c.hd, 603);
+    const int table_positions = 16;
+    const float theta = 10000.0f;
+    const std::vector<float> table = RopeCosSinTable(theta, c.hd, table_positions);
+    KvCacheSpec spec{1, b.num_blocks, c.block_size, c.nk, c.hd, dtype};
+    auto rc = ref_->CreateKvCache(spec);
+    auto gc = gpu_->CreateKvCache(spec);
+    ASSERT_TRUE(rc.ok() && gc.ok());
+    AttentionBatch br, bg;
+    Batches(c, b, &br, &bg);
+    float* dq = Dev(q);
+    float* dk = Dev(k);
+    gpu_->RopeWriteKv(dq, dk, Dev(v), c.nq, c.nk, c.hd, theta, Dev(table), table_positions, **gc, 0, bg);
+    ref_->Rope(q.data(), k.data(), b.positions.data(), n, c.nq, c.nk, c.hd, theta);
+    ref_->WriteKv(**rc, 0, k.data(), v.data(), br);
+    ExpectClose(Host(dq, q.size()), q, 1e-6, 1e-6, "rope q");
+    ExpectClose(Host(dk, k.size()), k, 1e-6, 1e-6, "rope k");
+    const float scale = 1.0f / std::sqrt(static_cast<float>(c.hd));
+    std::vector<float> want(q.size());
+    ref_->Attention(**rc, 0, q.data(), br, c.nq, scale, want.data());
+    float* out = DevZeros(q.size());
+    gpu_->Attention(**gc, 0, dq, bg, c.nq, scale, out);
+    // A bf16 cache holds the rotated k rounded (the reference's float32 cache does not): bf16 tolerance.
+    const bool bf16 = dtype == DType::kBF16;
+    ExpectClose(Host(out, q.size()), want, bf16 ? 1e-2 : 2e-5, bf16 ? 1e-2 : 2e-4, "attention over the written cache");
+  }
 }
 
 // A prefill chunk after a cached prefix (tensor-core path, several 64-query and 64-key tiles) is bitwise
