@@ -144,6 +144,19 @@ class Backend {
   virtual void WriteKv(KvCache& cache, int layer, const float* k, const float* v,
                        const AttentionBatch& batch) = 0;
 
+  // Rope (positions = batch.positions) then WriteKv, as one op: a backend with a fused kernel (CUDA)
+  // rotates q and k in place, stores the rotated k and v, and reads cos / sin from `table` (backend
+  // memory from kernels/rope_table.h, built once at load; positions past table_positions are computed).
+  // The default runs the two ops; host backends need no table (null, 0).
+  virtual void RopeWriteKv(float* q, float* k, const float* v, int nq, int nk, int head_dim, float theta,
+                           const float* table, int table_positions, KvCache& cache, int layer,
+                           const AttentionBatch& batch) {
+    Rope(q, k, batch.positions, batch.num_tokens, nq, nk, head_dim, theta);
+    WriteKv(cache, layer, k, v, batch);
+  }
+  // Whether RopeWriteKv reads a cos / sin table (callers build one only then).
+  virtual bool uses_rope_table() const { return false; }
+
   // Causal GQA attention of q ([num_tokens, nq * head_dim]) over the cache (after WriteKv):
   // head h reads KV head h / (nq / nk). out: [num_tokens, nq * head_dim]. scale = 1/sqrt(head_dim).
   virtual void Attention(const KvCache& cache, int layer, const float* q, const AttentionBatch& batch,

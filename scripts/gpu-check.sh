@@ -33,7 +33,7 @@ E2E_TESTS=(
 )
 # Under compute-sanitizer (slow: small-grid tests only): "tool gtest-filter".
 SANITIZER_RUNS=(
-  "memcheck CudaOpsTest.RmsNormAndAddRmsNorm:CudaOpsTest.SiluMulGatherRows:CudaOpsTest.Rope:CudaOpsTest.EmbeddingVocabSplit:CudaOpsTest.GemvRowsAreBatchInvariant:CudaOpsTest.KvCacheSpecValidationAndBlockBytes:CudaOpsTest.TopKAndArgmax:CudaAttentionTest.SmallMixedBatchForSanitizers"
+  "memcheck CudaOpsTest.RmsNormAndAddRmsNorm:CudaOpsTest.SiluMulGatherRows:CudaOpsTest.Rope:CudaOpsTest.EmbeddingVocabSplit:CudaOpsTest.GemvRowsAreBatchInvariant:CudaOpsTest.KvCacheSpecValidationAndBlockBytes:CudaOpsTest.TopKAndArgmax:CudaAttentionTest.SmallMixedBatchForSanitizers:CudaAttentionTest.RopeWriteKvMatchesRopeThenWriteKv"
   "racecheck CudaOpsTest.RmsNormAndAddRmsNorm:CudaOpsTest.Rope:CudaOpsTest.TopKAndArgmax:CudaAttentionTest.SmallMixedBatchForSanitizers"
 )
 ENGINE_BENCH=(engine-bench --device cuda:0 --preset llama-2-13b --random-weights --prefill-lens 512,2048

@@ -1,7 +1,9 @@
 // Paged causal GQA attention over the KV cache (float32 or bf16, the model's choice), for a mixed
 // batch of prefill chunks and decodes.
-//  - Prefill chunks (query_len > 1): one block per (sequence, 16-query tile, q head); K/V tiles of 32
-//    keys are staged in shared memory (fp32) and every query keeps a flash-style online softmax.
+//  - Prefill chunks (query_len > 1) of bf16 caches with head_dim % 16 == 0 run on tensor cores
+//    (prefill_attention_mma.cu). The rest (float32 caches: float32 models, whose references stay exact;
+//    odd head dims) run here, fp32 on CUDA cores: one block per (sequence, 16-query tile, q head); K/V
+//    tiles of 32 keys are staged in shared memory (fp32) and every query keeps a flash-style online softmax.
 //  - Decode tokens (query_len == 1): FlashDecoding / paged-attention-v2: one block per (sequence, q head,
 //    kDecodeSplitKeys-key chunk) stages the chunk's block-table entries in shared memory, reads K and V
 //    rows with 16-byte loads by groups of lanes (several rows in flight per warp), and writes a partial
@@ -455,7 +457,9 @@ template <typename KvT>
 void LaunchPagedAttentionT(const PagedAttentionParams& p, cudaStream_t stream) {
   TP_CHECK(p.head_dim > 0 && p.head_dim <= kMaxHeadDim) << "head_dim " << p.head_dim;
   TP_CHECK(p.nk > 0 && p.nq % p.nk == 0) << "nq " << p.nq << " nk " << p.nk;
-  if (p.max_query_len > 1) {
+  if (p.max_query_len > 1 && PrefillAttentionUsesMma(p)) {
+    LaunchPrefillAttentionMma(p, stream);
+  } else if (p.max_query_len > 1) {
     const int q_tiles = (p.max_query_len + kTileQ - 1) / kTileQ;
     const dim3 grid(static_cast<unsigned int>(static_cast<int64_t>(p.num_seqs) * q_tiles),
                     static_cast<unsigned int>(p.nq));

@@ -394,6 +394,34 @@ class CudaBackend : public Backend {
                         stream_);
   }
 
+  void RopeWriteKv(float* q, float* k, const float* v, int nq, int nk, int head_dim, float theta, const float* table,
+                   int table_positions, KvCache& cache, int layer, const AttentionBatch& batch) override {
+    auto& c = static_cast<CudaKvCache&>(cache);
+    const KvCacheSpec& s = c.spec();
+    TP_CHECK(layer >= 0 && layer < s.num_layers) << "layer " << layer;
+    TP_CHECK(head_dim % 2 == 0 && nk == s.num_kv_heads && head_dim == s.head_dim)
+        << "RoPE head_dim " << head_dim << " nk " << nk << " vs cache " << s.num_kv_heads << " x " << s.head_dim;
+    Bind();
+    cuda::RopeWriteKvParams p;
+    p.q = q;
+    p.k = k;
+    p.v = v;
+    p.positions = batch.positions;
+    p.slot_mapping = batch.slot_mapping;
+    p.num_tokens = batch.num_tokens;
+    p.nq = nq;
+    p.nk = nk;
+    p.head_dim = head_dim;
+    p.theta = theta;
+    p.cos_sin = table;
+    p.table_positions = table != nullptr ? table_positions : 0;
+    p.kv_dtype = DevDType(s.dtype);
+    p.k_cache = c.k(layer);
+    p.v_cache = c.v(layer);
+    cuda::LaunchRopeWriteKv(p, stream_);
+  }
+  bool uses_rope_table() const override { return true; }
+
   void Attention(const KvCache& cache, int layer, const float* q, const AttentionBatch& batch, int nq,
                  float scale, float* out) override {
     const auto& c = static_cast<const CudaKvCache&>(cache);

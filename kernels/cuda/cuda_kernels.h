@@ -8,7 +8,6 @@
 
 #include <cstdint>
 
-
 namespace tpserve::kernels::cuda {
 
 // ---- elementwise_kernels.cu ----
@@ -63,6 +62,28 @@ void LaunchTopK(const float* logits, int64_t rows, int parts, int64_t part_len, 
 // k, v: [num_tokens, nk * head_dim] fp32 -> k_cache, v_cache: [num_blocks, block_size, nk, head_dim]
 // in `kv_dtype` (kF32 stored as is, kBF16 rounded to nearest even) at slot_mapping[t] (flat
 // block * block_size + offset); negative slots are skipped (padding).
+// RoPE from a cos/sin table fused with the KV write (rope_kv_kernels.cu): q, k rotated in place, then
+// rotated k and v stored at slot_mapping[t] (slot < 0: not stored). A position outside
+// [0, table_positions) is computed in the kernel instead (same numbers, slower).
+struct RopeWriteKvParams {
+  float* q = nullptr;                     // [num_tokens, nq * head_dim]
+  float* k = nullptr;                     // [num_tokens, nk * head_dim]
+  const float* v = nullptr;               // [num_tokens, nk * head_dim]
+  const int32_t* positions = nullptr;     // [num_tokens]
+  const int32_t* slot_mapping = nullptr;  // [num_tokens]
+  int64_t num_tokens = 0;
+  int nq = 0;
+  int nk = 0;
+  int head_dim = 0;
+  float theta = 10000.0f;
+  const float* cos_sin = nullptr;  // [table_positions, head_dim / 2, 2] from kernels/rope_table.h
+  int table_positions = 0;
+  int kv_dtype = 1;  // int(DType) of the cache: 0 float32, 1 bf16
+  void* k_cache = nullptr;  // this layer's [num_slots, nk * head_dim]
+  void* v_cache = nullptr;
+};
+void LaunchRopeWriteKv(const RopeWriteKvParams& p, cudaStream_t stream);
+
 void LaunchWriteKv(const float* k, const float* v, const int32_t* slot_mapping, int64_t num_tokens,
                    int64_t kv_width, int kv_dtype, void* k_cache, void* v_cache, cudaStream_t stream);
 
@@ -96,6 +117,10 @@ int64_t DecodeScratchFloats(const PagedAttentionParams& p);
 // Prefill chunks (query_len > 1): tiled flash attention with online softmax. Decode tokens
 // (query_len == 1): split-K over kDecodeSplitKeys-key chunks, then a combine pass.
 void LaunchPagedAttention(const PagedAttentionParams& p, cudaStream_t stream);
+// Prefill chunks on tensor cores (prefill_attention_mma.cu): bf16 caches with head_dim % 16 == 0 and
+// <= 256. LaunchPagedAttention picks it; other caches keep the fp32 CUDA-core prefill kernel.
+bool PrefillAttentionUsesMma(const PagedAttentionParams& p);
+void LaunchPrefillAttentionMma(const PagedAttentionParams& p, cudaStream_t stream);
 // Raises the dynamic shared-memory limit of the prefill kernel; call once per device.
 cudaError_t ConfigureAttentionKernels();
 

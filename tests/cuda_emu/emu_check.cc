@@ -10,7 +10,9 @@
 
 #include "kernels/backend.h"
 #include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/mma_bf16.cuh"
 #include "kernels/host_top_k.h"
+#include "kernels/rope_table.h"
 
 namespace tpserve::kernels {
 namespace {
@@ -185,6 +187,111 @@ void CheckTopK() {
   }
 }
 
+// The tensor-core primitive alone: each warp of a 2-warp block loads its own A [16, 16] and B [16, 8]
+// (bf16-exact) and C [16, 8] into registers by the PTX ISA's table for mma.m16n8k16 (written out here
+// per register, not shared with the emulator's lookup), runs MmaBf16M16N8K16 and stores D the same
+// way; D must equal the plain matmul A B + C.
+void MmaPrimitiveKernel(const float* a, const float* b, const float* c, float* d) {
+  using cuda::PackBf16x2;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const float* A = a + warp * 256;  // [16][16]
+  const float* B = b + warp * 128;  // [16][8], B[k][n] at k * 8 + n
+  const float* C = c + warp * 128;  // [16][8]
+  float* D = d + warp * 128;
+  const uint32_t af[4] = {PackBf16x2(A[g * 16 + 2 * t], A[g * 16 + 2 * t + 1]),
+                          PackBf16x2(A[(g + 8) * 16 + 2 * t], A[(g + 8) * 16 + 2 * t + 1]),
+                          PackBf16x2(A[g * 16 + 2 * t + 8], A[g * 16 + 2 * t + 9]),
+                          PackBf16x2(A[(g + 8) * 16 + 2 * t + 8], A[(g + 8) * 16 + 2 * t + 9])};
+  const uint32_t bf[2] = {PackBf16x2(B[(2 * t) * 8 + g], B[(2 * t + 1) * 8 + g]),
+                          PackBf16x2(B[(2 * t + 8) * 8 + g], B[(2 * t + 9) * 8 + g])};
+  float acc[4] = {C[g * 8 + 2 * t], C[g * 8 + 2 * t + 1], C[(g + 8) * 8 + 2 * t], C[(g + 8) * 8 + 2 * t + 1]};
+  cuda::MmaBf16M16N8K16(acc, af, bf);
+  D[g * 8 + 2 * t] = acc[0];
+  D[g * 8 + 2 * t + 1] = acc[1];
+  D[(g + 8) * 8 + 2 * t] = acc[2];
+  D[(g + 8) * 8 + 2 * t + 1] = acc[3];
+}
+
+void CheckMmaPrimitive() {
+  auto a = Rand(2 * 256, 71, -2, 2, true), b = Rand(2 * 128, 72, -2, 2, true), c = Rand(2 * 128, 73);
+  std::vector<float> want(2 * 128), got(2 * 128, NAN);
+  for (int w = 0; w < 2; ++w)
+    for (int i = 0; i < 16; ++i)
+      for (int n = 0; n < 8; ++n) {
+        double acc = c[w * 128 + i * 8 + n];
+        for (int k = 0; k < 16; ++k) acc += double(a[w * 256 + i * 16 + k]) * b[w * 128 + k * 8 + n];
+        want[w * 128 + i * 8 + n] = static_cast<float>(acc);
+      }
+  ::emu::Launch(MmaPrimitiveKernel, dim3(1), dim3(64), 0, nullptr)(a.data(), b.data(), c.data(), got.data());
+  Check(got, want, 1e-6, 1e-6, "mma.sync m16n8k16 bf16 vs plain matmul");
+  // bf16 rounding of the packing: round-to-nearest-even at the tie and an ordinary value.
+  const uint32_t packed = cuda::PackBf16x2(1.0f + 1.0f / 256, 1.0f + 3.0f / 256);  // ties: down to even, up to even
+  if (packed != (0x3f80u | (0x3f82u << 16))) {
+    ++g_failures;
+    std::printf("PackBf16x2 ties FAIL: %08x\n", packed);
+  }
+}
+
+// RoPE from the table fused with the KV write, against the reference's Rope then the cache contents it
+// implies: q and k bitwise (the table holds the reference's cos / sin, the rotation does not contract),
+// the cache the rotated k and v in its dtype, padding slots (-1) untouched, positions past the table
+// computed in the kernel with the same result.
+void CheckRopeWriteKv(Backend& ref, tpserve::DType kv_dtype) {
+  const int nq = 5, nk = 2, hd = 128, n = 6, table_positions = 64;
+  const int64_t kvw = int64_t{nk} * hd;
+  const float theta = 10000.0f;
+  const std::vector<int32_t> positions = {0, 1, 63, 64, 500, 7};  // 64 and 500: past the table
+  const std::vector<int32_t> slots = {3, 0, -1, 5, 1, 4};
+  auto q = Rand(size_t(n) * nq * hd, 81, -2, 2), k = Rand(size_t(n) * kvw, 82, -2, 2), v = Rand(size_t(n) * kvw, 83);
+  auto rq = q, rk = k;
+  ref.Rope(rq.data(), rk.data(), positions.data(), n, nq, nk, hd, theta);
+  const int num_slots = 8;
+  const size_t esize = DTypeSize(kv_dtype);
+  std::vector<char> kc(num_slots * kvw * esize, 0x7f), vc(num_slots * kvw * esize, 0x7f);
+  const std::vector<float> table = RopeCosSinTable(theta, hd, table_positions);
+  cuda::RopeWriteKvParams p;
+  p.q = q.data();
+  p.k = k.data();
+  p.v = v.data();
+  p.positions = positions.data();
+  p.slot_mapping = slots.data();
+  p.num_tokens = n;
+  p.nq = nq;
+  p.nk = nk;
+  p.head_dim = hd;
+  p.theta = theta;
+  p.cos_sin = table.data();
+  p.table_positions = table_positions;
+  p.kv_dtype = static_cast<int>(kv_dtype);
+  p.k_cache = kc.data();
+  p.v_cache = vc.data();
+  cuda::LaunchRopeWriteKv(p, nullptr);
+  const std::string what = std::string("rope+kv write ") + DTypeName(kv_dtype);
+  Check(q, rq, 0, 0, what + " q (bitwise)");
+  Check(k, rk, 0, 0, what + " k (bitwise)");
+  auto cached = [&](const std::vector<char>& c, int slot, int64_t i) -> float {
+    if (kv_dtype == tpserve::DType::kF32) return reinterpret_cast<const float*>(c.data())[slot * kvw + i];
+    return BF16ToF32(reinterpret_cast<const uint16_t*>(c.data())[slot * kvw + i]);
+  };
+  auto stored = [&](float x) { return kv_dtype == tpserve::DType::kF32 ? x : BF16ToF32(F32ToBF16(x)); };
+  std::vector<float> got, want;
+  for (int t = 0; t < n; ++t) {
+    if (slots[t] < 0) continue;
+    for (int64_t i = 0; i < kvw; ++i) {
+      got.push_back(cached(kc, slots[t], i));
+      want.push_back(stored(rk[t * kvw + i]));
+      got.push_back(cached(vc, slots[t], i));
+      want.push_back(stored(v[t * kvw + i]));
+    }
+  }
+  Check(got, want, 0, 0, what + " cache (bitwise)");
+  // Slots 2, 6, 7 were never written (token 2's slot is -1): still the fill pattern.
+  size_t touched = 0;
+  for (int slot : {2, 6, 7})
+    for (int64_t b = 0; b < kvw * int64_t(esize); ++b) touched += kc[slot * kvw * esize + b] != 0x7f;
+  if (touched) ++g_failures, std::printf("%s: %zu bytes written outside the slots FAIL\n", what.c_str(), touched);
+}
+
 struct Seq {
   int history, query;
 };
@@ -273,30 +380,65 @@ void CheckAttention(Backend& ref, int nq, int nk, int hd, int bs, const std::vec
   std::vector<float> scratch(std::max<int64_t>(cuda::DecodeScratchFloats(p), 1), NAN);
   p.scratch = scratch.data();
   cuda::LaunchPagedAttention(p, nullptr);
-  Check(got, want, 2e-5, 2e-4,
-        std::string("attention ") + DTypeName(kv_dtype) + " nq=" + std::to_string(nq) + " nk=" + std::to_string(nk) + " hd=" + std::to_string(hd) +
-            " bs=" + std::to_string(bs));
+  const std::string what = std::string("attention ") + DTypeName(kv_dtype) + " nq=" + std::to_string(nq) +
+                           " nk=" + std::to_string(nk) + " hd=" + std::to_string(hd) + " bs=" + std::to_string(bs);
+  // Decode tokens and the fp32 prefill kernel: float32 arithmetic. Prefill chunks on tensor cores round
+  // q and the softmax weights to bf16 (FlashAttention-2's precision): relative 2^-9 on each, so a
+  // bf16 tolerance against the float64 reference.
+  const bool mma = cuda::PrefillAttentionUsesMma(p);
+  std::vector<float> got_d, want_d, got_p, want_p;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    const bool prefill = seqs[i].query > 1;
+    const size_t lo = size_t(qs[i]) * nq * hd, hi = size_t(qs[i + 1]) * nq * hd;
+    auto& g = prefill && mma ? got_p : got_d;
+    auto& w = prefill && mma ? want_p : want_d;
+    g.insert(g.end(), got.begin() + lo, got.begin() + hi);
+    w.insert(w.end(), want.begin() + lo, want.begin() + hi);
+  }
+  Check(got_d, want_d, 2e-5, 2e-4, what);
+  if (!got_p.empty()) Check(got_p, want_p, 1e-2, 1e-2, what + " prefill on tensor cores");
 }
 
 }  // namespace
 }  // namespace tpserve::kernels
 
-int main() {
+// With an argument, runs only the groups whose name contains it (elementwise, gemv, topk, mma, rope,
+// attention): bash tests/cuda_emu/run_emu_check.sh rope
+int main(int argc, char** argv) {
   using namespace tpserve::kernels;
+  const std::string only = argc > 1 ? argv[1] : "";
+  auto run = [&](const char* group) { return only.empty() || std::string(group).find(only) != std::string::npos; };
   auto ref = CreateReferenceBackend();
-  CheckElementwise(*ref);
-  CheckGemv(*ref);
-  CheckGemvInt8(*ref);
-  CheckTopK();
-  const std::vector<Seq> mixed = {{0, 37}, {40, 5}, {600, 1}, {5, 1}, {0, 2}, {1100, 1}};
-  CheckAttention(*ref, 4, 2, 40, 16, mixed, 7);
-  CheckAttention(*ref, 2, 1, 128, 8, mixed, 8);
-  CheckAttention(*ref, 2, 2, 8, 4, {{0, 20}, {3, 1}}, 9);
-  CheckAttention(*ref, 4, 2, 40, 16, mixed, 10, tpserve::DType::kF32);
-  // head_dim without 16-byte vectors (bf16 36, float32 6): the element-wise decode path.
-  const std::vector<Seq> short_mixed = {{0, 19}, {300, 1}, {5, 1}};
-  CheckAttention(*ref, 4, 2, 36, 16, short_mixed, 11);
-  CheckAttention(*ref, 2, 1, 6, 8, short_mixed, 12, tpserve::DType::kF32);
+  if (run("elementwise")) CheckElementwise(*ref);
+  if (run("gemv")) {
+    CheckGemv(*ref);
+    CheckGemvInt8(*ref);
+  }
+  if (run("topk")) CheckTopK();
+  if (run("mma")) CheckMmaPrimitive();
+  if (run("rope")) {
+    CheckRopeWriteKv(*ref, tpserve::DType::kF32);
+    CheckRopeWriteKv(*ref, tpserve::DType::kBF16);
+  }
+  if (run("attention")) {
+    // Prefill on tensor cores at 13B head shapes (128 dims, 40 q heads; 40 kv heads and GQA 40 / 8), odd
+    // chunk lengths, chunks after a cached prefix (offsets not multiples of a tile), a chunk longer than
+    // one 64-query tile, beside decodes in the same step.
+    const std::vector<Seq> chunks = {{0, 67}, {45, 19}, {130, 3}, {300, 1}, {7, 2}};
+    CheckAttention(*ref, 40, 40, 128, 16, chunks, 21);
+    CheckAttention(*ref, 40, 8, 128, 16, chunks, 22);
+    CheckAttention(*ref, 4, 2, 80, 8, {{0, 33}, {70, 5}, {17, 1}}, 23);  // head_dim 80: 5 k-steps of 16
+    CheckAttention(*ref, 2, 1, 256, 16, {{0, 40}, {33, 9}}, 24);         // head_dim 256: 32-key tiles
+    const std::vector<Seq> mixed = {{0, 37}, {40, 5}, {600, 1}, {5, 1}, {0, 2}, {1100, 1}};
+    CheckAttention(*ref, 4, 2, 40, 16, mixed, 7);
+    CheckAttention(*ref, 2, 1, 128, 8, mixed, 8);
+    CheckAttention(*ref, 2, 2, 8, 4, {{0, 20}, {3, 1}}, 9);
+    CheckAttention(*ref, 4, 2, 40, 16, mixed, 10, tpserve::DType::kF32);
+    // head_dim without 16-byte vectors (bf16 36, float32 6): the element-wise decode path.
+    const std::vector<Seq> short_mixed = {{0, 19}, {300, 1}, {5, 1}};
+    CheckAttention(*ref, 4, 2, 36, 16, short_mixed, 11);
+    CheckAttention(*ref, 2, 1, 6, 8, short_mixed, 12, tpserve::DType::kF32);
+  }
   std::printf("%s: %d failure(s)\n", g_failures ? "FAIL" : "PASS", g_failures);
   return g_failures ? 1 : 0;
 }

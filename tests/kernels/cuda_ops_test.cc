@@ -13,6 +13,7 @@
 
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
+#include "kernels/rope_table.h"
 
 namespace tpserve::kernels {
 namespace {
@@ -389,8 +390,53 @@ BatchArrays MakeBatch(const AttentionCase& c, uint32_t seed) {
   return b;
 }
 
+// Decode tokens and fp32-cache prefills run float32 arithmetic: tight tolerance. Prefill chunks of a
+// bf16 cache with head_dim % 16 == 0 run on tensor cores (kernels/cuda/prefill_attention_mma.cu,
+// PrefillAttentionUsesMma), which round q and the softmax weights to bf16 as FlashAttention-2 does
+// (relative 2^-9 each): a bf16 tolerance for those rows.
+void ExpectAttentionClose(const AttentionCase& c, const std::vector<float>& got, const std::vector<float>& want,
+                          const std::string& what) {
+  const bool mma = c.kv_dtype == DType::kBF16 && c.hd % 16 == 0 && c.hd <= 256;
+  std::vector<float> got_f32, want_f32, got_mma, want_mma;
+  size_t row = 0;
+  const size_t width = static_cast<size_t>(c.nq) * c.hd;
+  for (const SeqCase& s : c.seqs) {
+    const bool on_mma = mma && s.query > 1;
+    auto& g = on_mma ? got_mma : got_f32;
+    auto& w = on_mma ? want_mma : want_f32;
+    const size_t lo = row * width, hi = (row + s.query) * width;
+    ASSERT_LE(hi, got.size());
+    g.insert(g.end(), got.begin() + lo, got.begin() + hi);
+    w.insert(w.end(), want.begin() + lo, want.begin() + hi);
+    row += s.query;
+  }
+  if (!got_f32.empty()) ExpectClose(got_f32, want_f32, 2e-5, 2e-4, what);
+  if (!got_mma.empty()) ExpectClose(got_mma, want_mma, 1e-2, 1e-2, what + " (prefill on tensor cores)");
+}
+
 class CudaAttentionTest : public CudaOpsTest {
  protected:
+  // The step's AttentionBatch over host arrays (reference) and over device copies (GPU).
+  void Batches(const AttentionCase& c, const BatchArrays& b, AttentionBatch* host, AttentionBatch* dev) {
+    AttentionBatch& br = *host;
+    br.num_seqs = static_cast<int>(c.seqs.size());
+    br.num_tokens = b.num_tokens;
+    br.max_blocks_per_seq = b.max_blocks;
+    br.max_query_len = b.max_query;
+    br.max_context_len = b.max_context;
+    br.query_start = b.query_start.data();
+    br.context_lens = b.context_lens.data();
+    br.block_tables = b.block_tables.data();
+    br.slot_mapping = b.slot_mapping.data();
+    br.positions = b.positions.data();
+    *dev = br;
+    dev->query_start = Dev(b.query_start);
+    dev->context_lens = Dev(b.context_lens);
+    dev->block_tables = Dev(b.block_tables);
+    dev->slot_mapping = Dev(b.slot_mapping);
+    dev->positions = Dev(b.positions);
+  }
+
   // Writes history + this step's K/V into both caches, runs Attention, returns {gpu, reference}.
   void Run(const AttentionCase& c, uint32_t seed, std::vector<float>* got, std::vector<float>* want) {
     const BatchArrays b = MakeBatch(c, seed);
@@ -426,23 +472,8 @@ class CudaAttentionTest : public CudaOpsTest {
       gpu_->WriteKv(**gc, layer, Dev(hk), Dev(hv), hist_g);
     }
 
-    AttentionBatch br;
-    br.num_seqs = static_cast<int>(c.seqs.size());
-    br.num_tokens = b.num_tokens;
-    br.max_blocks_per_seq = b.max_blocks;
-    br.max_query_len = b.max_query;
-    br.max_context_len = b.max_context;
-    br.query_start = b.query_start.data();
-    br.context_lens = b.context_lens.data();
-    br.block_tables = b.block_tables.data();
-    br.slot_mapping = b.slot_mapping.data();
-    br.positions = b.positions.data();
-    AttentionBatch bg = br;
-    bg.query_start = Dev(b.query_start);
-    bg.context_lens = Dev(b.context_lens);
-    bg.block_tables = Dev(b.block_tables);
-    bg.slot_mapping = Dev(b.slot_mapping);
-    bg.positions = Dev(b.positions);
+    AttentionBatch br, bg;
+    Batches(c, b, &br, &bg);
 
     want->assign(q.size(), 0.0f);
     ref_->WriteKv(**rc, layer, k.data(), v.data(), br);
@@ -468,7 +499,7 @@ TEST_F(CudaAttentionTest, MixedPrefillAndDecodeMatchesReference) {
                                     << " kv " << DTypeName(c.kv_dtype));
     std::vector<float> got, want;
     Run(c, 100 + c.hd, &got, &want);
-    ExpectClose(got, want, 2e-5, 2e-4, "attention");
+    ExpectAttentionClose(c, got, want, "attention");
   }
 }
 
@@ -477,7 +508,7 @@ TEST_F(CudaAttentionTest, PrefillOnlyAndDecodeOnlyBatches) {
                           AttentionCase{40, 40, 128, 16, {{3000, 1}, {1, 1}, {1023, 1}, {1024, 1}}}}) {
     std::vector<float> got, want;
     Run(c, 200, &got, &want);
-    ExpectClose(got, want, 2e-5, 2e-4, "attention");
+    ExpectAttentionClose(c, got, want, "attention");
   }
 }
 
@@ -488,7 +519,7 @@ TEST_F(CudaAttentionTest, SmallMixedBatchForSanitizers) {
   for (AttentionCase c : {AttentionCase{4, 2, 128, 16, seqs}, AttentionCase{4, 2, 36, 16, seqs, DType::kF32}}) {
     std::vector<float> got, want;
     Run(c, 400, &got, &want);
-    ExpectClose(got, want, 2e-5, 2e-4, "attention");
+    ExpectAttentionClose(c, got, want, "attention");
   }
 }
 
@@ -501,12 +532,66 @@ TEST_F(CudaAttentionTest, DecodeIsBatchInvariant) {
   // Same seed: the first sequence's history, K/V and q are the same prefix of each random stream;
   // only the block placement differs.
   Run(alone, 300, &a, &want);
-  ExpectClose(a, want, 2e-5, 2e-4, "attention alone");
+  ExpectAttentionClose(alone, a, want, "attention alone");
   Run(mixed, 300, &b, &want);
-  ExpectClose(b, want, 2e-5, 2e-4, "attention mixed");
+  ExpectAttentionClose(mixed, b, want, "attention mixed");
   const size_t row = 40 * 128;
   ASSERT_GE(b.size(), row);
   EXPECT_EQ(0, std::memcmp(a.data(), b.data(), row * sizeof(float)));
+}
+
+// The fused RoPE + KV write (a cos / sin table for the first 16 positions, the rest computed in the kernel)
+// against the reference's Rope then WriteKv: q and k to float32 rounding (the table holds the reference's
+// numbers), and the cache through attention over it.
+TEST_F(CudaAttentionTest, RopeWriteKvMatchesRopeThenWriteKv) {
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    SCOPED_TRACE(DTypeName(dtype));
+    const AttentionCase c{40, 8, 128, 16, {{0, 40}}, dtype};
+    const BatchArrays b = MakeBatch(c, 600);
+    const int n = b.num_tokens;
+    auto q = RandomVec(static_cast<size_t>(n) * c.nq * c.hd, 601, -2.0f, 2.0f);
+    auto k = RandomVec(static_cast<size_t>(n) * c.nk * c.hd, 602);
+    auto v = RandomVec(static_cast<size_t>(n) * c.nk * c.hd, 603);
+    const int table_positions = 16;
+    const float theta = 10000.0f;
+    const std::vector<float> table = RopeCosSinTable(theta, c.hd, table_positions);
+    KvCacheSpec spec{1, b.num_blocks, c.block_size, c.nk, c.hd, dtype};
+    auto rc = ref_->CreateKvCache(spec);
+    auto gc = gpu_->CreateKvCache(spec);
+    ASSERT_TRUE(rc.ok() && gc.ok());
+    AttentionBatch br, bg;
+    Batches(c, b, &br, &bg);
+    float* dq = Dev(q);
+    float* dk = Dev(k);
+    gpu_->RopeWriteKv(dq, dk, Dev(v), c.nq, c.nk, c.hd, theta, Dev(table), table_positions, **gc, 0, bg);
+    ref_->Rope(q.data(), k.data(), b.positions.data(), n, c.nq, c.nk, c.hd, theta);
+    ref_->WriteKv(**rc, 0, k.data(), v.data(), br);
+    ExpectClose(Host(dq, q.size()), q, 1e-6, 1e-6, "rope q");
+    ExpectClose(Host(dk, k.size()), k, 1e-6, 1e-6, "rope k");
+    const float scale = 1.0f / std::sqrt(static_cast<float>(c.hd));
+    std::vector<float> want(q.size());
+    ref_->Attention(**rc, 0, q.data(), br, c.nq, scale, want.data());
+    float* out = DevZeros(q.size());
+    gpu_->Attention(**gc, 0, dq, bg, c.nq, scale, out);
+    // A bf16 cache holds the rotated k rounded (the reference's float32 cache does not): bf16 tolerance.
+    const bool bf16 = dtype == DType::kBF16;
+    ExpectClose(Host(out, q.size()), want, bf16 ? 1e-2 : 2e-5, bf16 ? 1e-2 : 2e-4, "attention over the written cache");
+  }
+}
+
+// A prefill chunk after a cached prefix (tensor-core path, several 64-query and 64-key tiles) is bitwise
+// the same alone or beside a longer chunk (more query tiles in the grid), a fresh prefill and decodes.
+TEST_F(CudaAttentionTest, PrefillChunkIsBatchInvariant) {
+  const AttentionCase alone{40, 8, 128, 16, {{100, 75}}};
+  const AttentionCase mixed{40, 8, 128, 16, {{100, 75}, {0, 200}, {2500, 1}, {30, 9}}};
+  std::vector<float> a, b, want;
+  Run(alone, 500, &a, &want);  // same seed: the first sequence's data is the same prefix of each stream
+  ExpectAttentionClose(alone, a, want, "prefill alone");
+  Run(mixed, 500, &b, &want);
+  ExpectAttentionClose(mixed, b, want, "prefill mixed");
+  const size_t rows = 75 * 40 * 128;
+  ASSERT_GE(b.size(), rows);
+  EXPECT_EQ(0, std::memcmp(a.data(), b.data(), rows * sizeof(float)));
 }
 
 }  // namespace

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
 #include "common/status_macros.h"
+#include "kernels/rope_table.h"
 
 namespace tpserve::model {
 namespace {
@@ -43,7 +44,7 @@ LlamaModel::~LlamaModel() {
   ReleaseGraphs();
   kv_.reset();
   for (Buffer* b : {&residual_, &normed_, &qkv_, &qkv_split_, &attn_, &partial_, &gate_up_, &act_, &sampled_,
-                    &logits_local_, &logits_all_, &ints_, &top_}) {
+                    &logits_local_, &logits_all_, &ints_, &top_, &rope_table_}) {
     if (b->ptr != nullptr) backend_->Free(b->ptr);
   }
   weights_.reset();  // frees through backend_, which outlives us
@@ -76,6 +77,7 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const checkpoint::C
   wo.quantization = options.quantization;
   wo.quantize_lm_head = options.quantize_lm_head;
   TP_ASSIGN_OR_RETURN(m->weights_, LlamaWeights::Load(checkpoint, m->spec_, backend, wo));
+  m->BuildRopeTable();
   return m;
 }
 
@@ -87,7 +89,18 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::CreateRandom(const Shard
   TP_RETURN_IF_ERROR(CheckComm(spec, backend, comm));
   std::unique_ptr<LlamaModel> m(new LlamaModel(spec, backend, comm, options));
   TP_ASSIGN_OR_RETURN(m->weights_, LlamaWeights::Random(m->spec_, backend, weights));
+  m->BuildRopeTable();
   return m;
+}
+
+void LlamaModel::BuildRopeTable() {
+  const ModelConfig& c = config();
+  if (!backend_->uses_rope_table() || c.max_position_embeddings <= 0) return;
+  const std::vector<float> table = kernels::RopeCosSinTable(c.rope_theta, c.head_dim, c.max_position_embeddings);
+  rope_table_.bytes = table.size() * sizeof(float);
+  rope_table_.ptr = backend_->Alloc(rope_table_.bytes);
+  backend_->Upload(rope_table_.ptr, table.data(), rope_table_.bytes);
+  rope_positions_ = c.max_position_embeddings;
 }
 
 // K and V in the model's dtype when its matrices are bf16 (as vLLM's kv_cache_dtype "auto"): a bf16 model's
@@ -378,11 +391,11 @@ absl::Status LlamaModel::RunStep(const StepPlanArrays& a, int top_k) {
     be.Matmul(h, T, w.qkv, qkv);
     TP_RETURN_IF_ERROR(Dump(l, "qkv", qkv, T, qkv_cols));
     be.GatherRows(qkv, dev + a.split, T * (nq + 2 * nk), hd, q);
-    be.Rope(q, k, dev + a.positions, T, nq, nk, hd, c.rope_theta);
+    be.RopeWriteKv(q, k, v, nq, nk, hd, c.rope_theta, static_cast<const float*>(rope_table_.ptr), rope_positions_,
+                   *kv_, l, batch);
     TP_RETURN_IF_ERROR(Dump(l, "q", q, T, int64_t{nq} * hd));
     TP_RETURN_IF_ERROR(Dump(l, "k", k, T, int64_t{nk} * hd));
     TP_RETURN_IF_ERROR(Dump(l, "v", v, T, int64_t{nk} * hd));
-    be.WriteKv(*kv_, l, k, v, batch);
     be.Attention(*kv_, l, q, batch, nq, scale, attn);
     TP_RETURN_IF_ERROR(Dump(l, "attn", attn, T, int64_t{nq} * hd));
     be.Matmul(attn, T, w.o_proj, part);

@@ -178,6 +178,11 @@ class LlamaModel {
   Buffer residual_, normed_, qkv_, qkv_split_, attn_, partial_, gate_up_, act_;
   Buffer sampled_, logits_local_, logits_all_, ints_;
   Buffer top_;  // [sampled, kMaxStepTopK] ids | [sampled, kMaxStepTopK] logits | [sampled] lse
+  // RoPE cos / sin for positions [0, rope_positions_) (kernels/rope_table.h), built once at load when the
+  // backend's fused RopeWriteKv reads one; never reallocated, so step graphs may read it.
+  Buffer rope_table_;
+  int rope_positions_ = 0;
+  void BuildRopeTable();
   int64_t token_capacity_ = 0;
   int64_t sampled_capacity_ = 0;
   std::vector<float> host_logits_;  // [tp, sampled, local_vocab] before unpadding

@@ -18,4 +18,7 @@ struct dim3 {
 struct int4 { int x, y, z, w; };
 struct float4 { float x, y, z, w; };
 struct uint4 { unsigned int x, y, z, w; };
+struct float2 { float x, y; };
 inline int4 make_int4(int a, int b, int c, int d) { return int4{a, b, c, d}; }
+inline uint4 make_uint4(unsigned a, unsigned b, unsigned c, unsigned d) { return uint4{a, b, c, d}; }
+inline float2 make_float2(float a, float b) { return float2{a, b}; }
