@@ -15,6 +15,11 @@
 //   a callback-API tag             its functor_run is swapped for a trampoline that does __tsan_acquire(tag),
 //                                  puts the original back and runs it (core calls functor_run exactly once per
 //                                  batch, and a tag is in at most one batch at a time).
+// A server reactor's OnDone is not a batch's completion: when the last callback drops the call's refcount,
+// libgrpc++'s ServerCallbackCall::ScheduleOnDone hands CallOnDone (OnDone, then the call's teardown) to gRPC's
+// executor. That function is defined here too: it does __tsan_release(reactor) before forwarding, and each of
+// our reactors' OnDone starts with TsanAcquire(this) (common/tsan_annotations.h), which orders OnDone and the
+// teardown after it behind everything that happened on the call.
 // Only edges gRPC guarantees are added: the batch's completion follows its start. Anything our code does
 // between two batches is still checked.
 #include <dlfcn.h>
@@ -29,6 +34,7 @@
 #include <utility>
 
 #include <grpc/grpc.h>
+#include <grpcpp/support/server_callback.h>  // ServerCallbackCall: private reactor() (see ScheduleOnDone below)
 
 namespace {
 
@@ -159,3 +165,25 @@ grpc_event grpc_completion_queue_pluck(grpc_completion_queue* cq, void* tag, gpr
 }
 
 }  // extern "C"
+
+namespace grpc::internal {
+
+// ServerCallbackCall::reactor() is private (the real ScheduleOnDone calls it too); an explicit instantiation may
+// name a private member, which is how this reads it.
+struct ReactorMember {
+  using type = ServerReactor* (ServerCallbackCall::*)();
+  friend type Get(ReactorMember);
+};
+template <typename Tag, typename Tag::type M>
+struct Expose {
+  friend typename Tag::type Get(Tag) { return M; }
+};
+template struct Expose<ReactorMember, &ServerCallbackCall::reactor>;
+
+void ServerCallbackCall::ScheduleOnDone(bool inline_ondone) {
+  static auto real = Next<void (*)(ServerCallbackCall*, bool)>("_ZN4grpc8internal18ServerCallbackCall14ScheduleOnDoneEb");
+  __tsan_release((this->*Get(ReactorMember{}))());
+  real(this, inline_ondone);
+}
+
+}  // namespace grpc::internal
