@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "common/log.h"
+#include "common/tsan_annotations.h"
 #include "coordinator/api_key.h"
 #include "coordinator/status_details.h"
 #include "coordinator/tokenizer/utf8.h"
@@ -66,7 +67,10 @@ class UnaryGenerateReactor final : public grpc::ServerUnaryReactor, public Reque
     Finish(ToGrpcStatus(s));
   }
   void OnCancel() override { latch_.Cancel(); }
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    TsanAcquire(static_cast<grpc::internal::ServerReactor*>(this));
+    delete this;
+  }
   CancelLatch& latch() { return latch_; }
 
  private:
@@ -122,7 +126,10 @@ class StreamGenerateReactor final : public grpc::ServerWriteReactor<v1::Generate
     if (finish) Finish(final_status_);
   }
   void OnCancel() override { latch_.Cancel(); }
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    TsanAcquire(static_cast<grpc::internal::ServerReactor*>(this));
+    delete this;
+  }
   CancelLatch& latch() { return latch_; }
 
  private:

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "absl/synchronization/mutex.h"
+#include "common/tsan_annotations.h"
 #include "coordinator/worker_auth.h"
 #include "worker.grpc.pb.h"
 
@@ -46,7 +47,10 @@ class WorkerConnection final
 
   void OnReadDone(bool ok) override;
   void OnWriteDone(bool ok) override;
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    TsanAcquire(static_cast<grpc::internal::ServerReactor*>(this));  // see common/tsan_annotations.h
+    delete this;
+  }
   void OnCancel() override {}
 
  private:

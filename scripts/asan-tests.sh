@@ -17,10 +17,12 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD_DIR="${BUILD_DIR:-${ROOT}/build-asan}"
 JOBS="${JOBS:-2}"
 export CCACHE_BASEDIR="${CCACHE_BASEDIR:-${ROOT}}"
+start=$(date +%s)
 
 cmake -S "${ROOT}" -B "${BUILD_DIR}" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTPSERVE_SANITIZE=ON \
   -DTPSERVE_BUILD_BENCH=OFF >/dev/null
 ninja -C "${BUILD_DIR}" -j"${JOBS}" tpserve common_tests kernels_tests worker_tests coordinator_tests tools_tests integration_tests
+built=$(date +%s)
 
 # Child processes (the servers integration tests start) inherit these.
 export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:strict_string_checks=1:detect_stack_use_after_return=1"
@@ -30,4 +32,4 @@ export LSAN_OPTIONS="suppressions=${ROOT}/scripts/lsan-suppressions.txt:print_su
 cd "${BUILD_DIR}"
 ctest --output-on-failure -j "${CTEST_JOBS:-2}" --timeout 1200 \
   -E '^(TpserveBench|deploy\.|LlamaTpMemoryTest|LongStepTest)' "$@"
-echo "asan-tests: all passed"
+echo "asan-tests: all passed (build $((built - start)) s, tests $(( $(date +%s) - built )) s)"
