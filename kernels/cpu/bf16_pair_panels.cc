@@ -34,6 +34,33 @@ void PermutePanels(E* w, int64_t n, int64_t k, int64_t panel_begin, int64_t pane
   }
 }
 
+// Moves the 2-pair blocks of the full panels in [panel_begin, panel_end) between kInt8PairPanels and
+// kInt8PairBlocks (bf16_pair_panels.h) in place: to_blocks picks the direction.
+void PermutePairBlocks(int8_t* w, int64_t n, int64_t k, int64_t panel_begin, int64_t panel_end, bool to_blocks) {
+  const int64_t blocks = (k / 2) / 2;
+  for (int64_t p = panel_begin; p < panel_end; ++p) {
+    if (n - p * kPairPanelCols < kPairPanelCols) continue;  // a narrow panel keeps its bytes
+    int8_t* panel = w + p * kPairPanelCols * k;
+    for (int64_t b = 0; b < blocks; ++b) {
+      uint8_t* block = reinterpret_cast<uint8_t*>(panel + 64 * b);
+      uint8_t out[64];
+      for (int h = 0; h < 2; ++h) {
+        for (int e = 0; e < 32; ++e) {
+          const int plain = 32 * h + e, at = (e / 8) * 16 + 8 * h + e % 8;
+          if (to_blocks) {
+            const int q = static_cast<int8_t>(block[plain]);
+            out[at] = static_cast<uint8_t>(q < 0 ? 0x80 | -q : q);
+          } else {
+            const int s = block[at];
+            out[plain] = static_cast<uint8_t>(static_cast<int8_t>((s & 0x80) != 0 ? -(s & 0x7f) : s));
+          }
+        }
+      }
+      std::memcpy(block, out, sizeof(out));
+    }
+  }
+}
+
 }  // namespace
 
 void RepackBf16PairPanels(uint16_t* w, int64_t n, int64_t k, int64_t panel_begin, int64_t panel_end,
@@ -53,6 +80,25 @@ void RepackInt8PairPanels(int8_t* w, int64_t n, int64_t k, int64_t panel_begin, 
 
 void UnpackInt8PairPanels(int8_t* w, int64_t n, int64_t k, int64_t panel_begin, int64_t panel_end,
                           int8_t* scratch) {
+  PermutePanels(w, n, k, panel_begin, panel_end, scratch, /*to_panels=*/false);
+}
+
+bool Int8FitsPairBlocks(const int8_t* w, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) {
+    if (w[i] == -128) return false;
+  }
+  return true;
+}
+
+void RepackInt8PairBlocks(int8_t* w, int64_t n, int64_t k, int64_t panel_begin, int64_t panel_end,
+                          int8_t* scratch) {
+  PermutePanels(w, n, k, panel_begin, panel_end, scratch, /*to_panels=*/true);
+  PermutePairBlocks(w, n, k, panel_begin, panel_end, /*to_blocks=*/true);
+}
+
+void UnpackInt8PairBlocks(int8_t* w, int64_t n, int64_t k, int64_t panel_begin, int64_t panel_end,
+                          int8_t* scratch) {
+  PermutePairBlocks(w, n, k, panel_begin, panel_end, /*to_blocks=*/false);
   PermutePanels(w, n, k, panel_begin, panel_end, scratch, /*to_panels=*/false);
 }
 

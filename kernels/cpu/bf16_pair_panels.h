@@ -40,6 +40,21 @@ void RepackInt8PairPanels(int8_t* w, int64_t n, int64_t k, int64_t panel_begin, 
 void UnpackInt8PairPanels(int8_t* w, int64_t n, int64_t k, int64_t panel_begin, int64_t panel_end,
                           int8_t* scratch);
 
+// kInt8PairBlocks (CPUs with AVX512-VBMI): the int8 pair panels above, then inside every full panel
+// (16 columns) each block of two pairs (2b, 2b + 1) for b < (k / 2) / 2, the 64 bytes at byte 64 b of the
+// panel, is reordered and re-encoded:
+//   pair 2b's byte e (0..31) at (e / 8) * 16 + e % 8, pair 2b + 1's byte e at (e / 8) * 16 + 8 + e % 8
+//   (what vpunpcklbw / vpunpckhbw undo in each 128-bit lane), every byte sign-magnitude: bit 7 the sign,
+//   bits 0-6 |q|, so one 128-entry vpermi2b lookup of the magnitude gives either byte of bf16(|q|).
+// A lone last pair (k / 2 odd), the odd-k tail and a narrow last panel keep kInt8PairPanels' bytes.
+// Sign-magnitude has no -128: only weights with Int8FitsPairBlocks take this layout (the quantizer's
+// symmetric scales never produce -128).
+bool Int8FitsPairBlocks(const int8_t* w, int64_t count);
+void RepackInt8PairBlocks(int8_t* w, int64_t n, int64_t k, int64_t panel_begin, int64_t panel_end,
+                          int8_t* scratch);
+void UnpackInt8PairBlocks(int8_t* w, int64_t n, int64_t k, int64_t panel_begin, int64_t panel_end,
+                          int8_t* scratch);
+
 // Token group `block` (rows [16 block, 16 block + 16) of xb [m, k]) into its slot of out (layout above).
 void PackXPairsBlock(const uint16_t* xb, int64_t m, int64_t k, int64_t block, uint16_t* out);
 
