@@ -34,6 +34,22 @@ void PermutePanels(E* w, int64_t n, int64_t k, int64_t panel_begin, int64_t pane
   }
 }
 
+// Where byte i of a plain 2-pair block (pair 2b at 0..31, pair 2b + 1 at 32..63) sits in its
+// kInt8PairBlocks block (bf16_pair_panels.h).
+struct BlockOrder {
+  uint8_t at[64];
+};
+constexpr BlockOrder MakeBlockOrder() {
+  BlockOrder o{};
+  for (int i = 0; i < 64; ++i) o.at[i] = static_cast<uint8_t>((i % 32 / 8) * 16 + 8 * (i / 32) + i % 8);
+  return o;
+}
+constexpr BlockOrder kBlockOrder = MakeBlockOrder();
+
+// Two's complement <-> sign-magnitude byte (-128 has no sign-magnitude form: never passed here).
+inline uint8_t ToSignMagnitude(int8_t q) { return static_cast<uint8_t>(q < 0 ? 0x80 | -q : q); }
+inline int8_t FromSignMagnitude(uint8_t s) { return static_cast<int8_t>((s & 0x80) != 0 ? -(s & 0x7f) : s); }
+
 // Moves the 2-pair blocks of the full panels in [panel_begin, panel_end) between kInt8PairPanels and
 // kInt8PairBlocks (bf16_pair_panels.h) in place: to_blocks picks the direction.
 void PermutePairBlocks(int8_t* w, int64_t n, int64_t k, int64_t panel_begin, int64_t panel_end, bool to_blocks) {
@@ -44,17 +60,10 @@ void PermutePairBlocks(int8_t* w, int64_t n, int64_t k, int64_t panel_begin, int
     for (int64_t b = 0; b < blocks; ++b) {
       uint8_t* block = reinterpret_cast<uint8_t*>(panel + 64 * b);
       uint8_t out[64];
-      for (int h = 0; h < 2; ++h) {
-        for (int e = 0; e < 32; ++e) {
-          const int plain = 32 * h + e, at = (e / 8) * 16 + 8 * h + e % 8;
-          if (to_blocks) {
-            const int q = static_cast<int8_t>(block[plain]);
-            out[at] = static_cast<uint8_t>(q < 0 ? 0x80 | -q : q);
-          } else {
-            const int s = block[at];
-            out[plain] = static_cast<uint8_t>(static_cast<int8_t>((s & 0x80) != 0 ? -(s & 0x7f) : s));
-          }
-        }
+      if (to_blocks) {
+        for (int i = 0; i < 64; ++i) out[kBlockOrder.at[i]] = ToSignMagnitude(static_cast<int8_t>(block[i]));
+      } else {
+        for (int i = 0; i < 64; ++i) out[i] = static_cast<uint8_t>(FromSignMagnitude(block[kBlockOrder.at[i]]));
       }
       std::memcpy(block, out, sizeof(out));
     }
@@ -84,10 +93,9 @@ void UnpackInt8PairPanels(int8_t* w, int64_t n, int64_t k, int64_t panel_begin, 
 }
 
 bool Int8FitsPairBlocks(const int8_t* w, int64_t count) {
-  for (int64_t i = 0; i < count; ++i) {
-    if (w[i] == -128) return false;
-  }
-  return true;
+  bool min_seen = false;  // no early exit: the loop vectorizes (this scans every weight at load)
+  for (int64_t i = 0; i < count; ++i) min_seen |= w[i] == -128;
+  return !min_seen;
 }
 
 void RepackInt8PairBlocks(int8_t* w, int64_t n, int64_t k, int64_t panel_begin, int64_t panel_end,
@@ -103,19 +111,14 @@ void UnpackInt8PairBlocks(int8_t* w, int64_t n, int64_t k, int64_t panel_begin, 
 }
 
 void PackXPairsBlock(const uint16_t* xb, int64_t m, int64_t k, int64_t block, uint16_t* out) {
-  const int64_t pairs = PairCount(k);
+  const int64_t pairs = PairCount(k), stride = PairXStride(m);
   uint32_t* dst = reinterpret_cast<uint32_t*>(out + block * 16 * PackXCols(k));
-  for (int64_t i = 0; i < 16; ++i) {
-    const int64_t t = block * 16 + i;
-    if (t >= m) {
-      for (int64_t q = 0; q < pairs; ++q) dst[q * 16 + i] = 0;
-      continue;
-    }
-    const uint16_t* row = xb + t * k;
+  for (int64_t i = 0; i < 16 && block * 16 + i < m; ++i) {
+    const uint16_t* row = xb + (block * 16 + i) * k;
     for (int64_t q = 0; q < k / 2; ++q) {
-      dst[q * 16 + i] = static_cast<uint32_t>(row[2 * q]) | static_cast<uint32_t>(row[2 * q + 1]) << 16;
+      dst[q * stride + i] = static_cast<uint32_t>(row[2 * q]) | static_cast<uint32_t>(row[2 * q + 1]) << 16;
     }
-    if (k % 2 != 0) dst[(pairs - 1) * 16 + i] = row[k - 1];
+    if (k % 2 != 0) dst[(pairs - 1) * stride + i] = row[k - 1];
   }
 }
 

@@ -9,9 +9,11 @@
 //   k odd:           elements [(k / 2) * 2r, + r):   column j's W[c0 + j, k - 1] at j
 // so one 64-byte load of pair q is the vdpbf16ps operand for 16 output columns: no horizontal sums.
 //
-// x for that kernel: groups of 16 tokens, each [PairCount(k)][16 tokens][2 bf16] (as uint32 pairs: one
-// 32-bit broadcast per token and pair), the odd-k tail pair (x[k - 1], 0), tokens past m zero. Group g
-// starts at out + g * 16 * PackXCols(k) (the slot size of CpuKernels::pack_x_block).
+// x for that kernel: groups of 16 tokens, each [PairCount(k)][S][2 bf16] (as uint32 pairs: one 32-bit
+// broadcast per token and pair), the odd-k tail pair (x[k - 1], 0), S = PairXStride(m): 16, or m when all
+// of x is one short group (decode: one token's pairs stay contiguous instead of one per cache line).
+// Slots of tokens past m are not written (the tiles read only a group's tokens). Group g starts at
+// out + g * 16 * PackXCols(k) (the slot size of CpuKernels::pack_x_block).
 #pragma once
 
 #include <cstdint>
@@ -21,6 +23,7 @@ namespace tpserve::kernels::cpu {
 constexpr int kPairPanelCols = 16;
 
 inline int64_t PairCount(int64_t k) { return (k + 1) / 2; }
+inline int64_t PairXStride(int64_t m) { return m < kPairPanelCols ? m : kPairPanelCols; }
 
 // Repacks panels [panel_begin, panel_end) of the row-major bf16 weight w [n, k] in place.
 // scratch: >= kPairPanelCols * k elements, this caller's own.

@@ -38,7 +38,8 @@ constexpr int64_t kPrefetchBytes = 8192;
 constexpr int PanelsFor(int t) { return t >= 12 ? 1 : t >= 6 ? 2 : t >= 4 ? 3 : 4; }
 
 struct PairTileArgs {
-  const uint32_t* x;   // the group: [pairs][16] bf16 pairs
+  const uint32_t* x;   // the group: pair q of token t at x[q * xstride + t] (PairXStride)
+  int64_t xstride;
   const void* w;       // the tile's first panel (bf16, or int8 for the Int8Weights tiles)
   int64_t panel_elems;  // 16 * k: panel p of the tile at w + p * panel_elems elements
   int64_t k;
@@ -116,8 +117,8 @@ void PairTile(const PairTileArgs& a) {
         WL::Pair2(wp, &w0[p], &w1[p]);
       }
       for (int t = 0; t < T; ++t) {
-        const __m512bh x0 = (__m512bh)_mm512_set1_epi32(static_cast<int>(x[q * kGroup + t]));
-        const __m512bh x1 = (__m512bh)_mm512_set1_epi32(static_cast<int>(x[(q + 1) * kGroup + t]));
+        const __m512bh x0 = (__m512bh)_mm512_set1_epi32(static_cast<int>(x[q * a.xstride + t]));
+        const __m512bh x1 = (__m512bh)_mm512_set1_epi32(static_cast<int>(x[(q + 1) * a.xstride + t]));
         for (int p = 0; p < P; ++p) acc[t][p] = _mm512_dpbf16_ps(_mm512_dpbf16_ps(acc[t][p], x0, w0[p]), x1, w1[p]);
       }
     }
@@ -130,7 +131,7 @@ void PairTile(const PairTileArgs& a) {
       wv[p] = WL::template Pair<kNarrow>(wp, r);
     }
     for (int t = 0; t < T; ++t) {
-      const __m512bh xv = (__m512bh)_mm512_set1_epi32(static_cast<int>(x[q * kGroup + t]));
+      const __m512bh xv = (__m512bh)_mm512_set1_epi32(static_cast<int>(x[q * a.xstride + t]));
       for (int p = 0; p < P; ++p) acc[t][p] = _mm512_dpbf16_ps(acc[t][p], xv, wv[p]);
     }
   }
@@ -139,7 +140,7 @@ void PairTile(const PairTileArgs& a) {
     __m512bh wv[P];
     for (int p = 0; p < P; ++p) wv[p] = WL::Tail(w + p * a.panel_elems + pairs * 2 * r, r);
     for (int t = 0; t < T; ++t) {
-      const __m512bh xv = (__m512bh)_mm512_set1_epi32(static_cast<int>(x[pairs * kGroup + t]));
+      const __m512bh xv = (__m512bh)_mm512_set1_epi32(static_cast<int>(x[pairs * a.xstride + t]));
       for (int p = 0; p < P; ++p) acc[t][p] = _mm512_dpbf16_ps(acc[t][p], xv, wv[p]);
     }
   }
@@ -239,6 +240,7 @@ void RunPairs(const MatmulJob& job, int64_t n_begin, int64_t n_end, WidenFn wide
   a.k = k;
   a.ldy = job.n;
   a.panel_elems = panel_elems;
+  a.xstride = PairXStride(job.m);
   // Columns [c0, c0 + cols) as the tile's weights: in place, or widened into the scratch (64-byte aligned
   // like the weights: a pair load that straddles two cache lines cost 10-15% at m = 512).
   thread_local std::vector<uint16_t> scratch;
