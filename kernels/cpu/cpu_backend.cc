@@ -223,7 +223,8 @@ class CpuBackend : public Backend {
       const int64_t blocks = (m + 15) / 16;
       const int64_t block_elems = 16 * cpu::PackXCols(w.cols);
       uint16_t* xp = CacheLineAligned(xp_, blocks * block_elems);
-      pool_.ParallelFor(blocks, 1, [&](int64_t b, int64_t e) {
+      // One block (decode, m <= 16) on this thread: a fork / join per matmul cost more than the packing.
+      pool_.ParallelFor(blocks, 2, [&](int64_t b, int64_t e) {
         for (int64_t blk = b; blk < e; ++blk) pack(job.xb, m, w.cols, blk, xp);
       });
       job.xp = xp;
