@@ -29,6 +29,7 @@ enum class WeightLayout {
   kRowMajor,
   kBf16PairPanels,  // CPU avx512-bf16: kernels/cpu/bf16_pair_panels.h (same bytes, in place)
   kInt8PairPanels,  // CPU avx512-bf16, kI8 weights: the same layout in bytes; scales stay [rows]
+  kInt8PairBlocks,  // CPU avx512-bf16 with AVX512-VBMI, kI8: kInt8PairPanels in sign-magnitude 2-pair blocks
 };
 
 // A weight matrix [rows, cols] in backend memory. A 1-D weight (norm) has rows = 1.
@@ -200,6 +201,9 @@ enum class CpuIsa { kAuto, kAmx, kAvx512, kAvx2, kScalar };
 struct CpuBackendOptions {
   int threads = 0;            // 0 => std::thread::hardware_concurrency()
   CpuIsa isa = CpuIsa::kAuto;  // tests force kAvx512 / kAvx2 / kScalar to cover every path
+  // int8 weights on avx512-bf16 CPUs that have AVX512-VBMI take its cheaper widening (kInt8PairBlocks);
+  // false keeps the layout of CPUs without it (tests cover both paths on one machine).
+  bool int8_vbmi = true;
 };
 // Fails (INVALID_ARGUMENT) when the requested ISA is not supported by this CPU.
 absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(const CpuBackendOptions& options);

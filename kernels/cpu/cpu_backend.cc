@@ -42,6 +42,11 @@ bool HasAvx512Bf16() {
   return __builtin_cpu_supports("avx512bf16");
 }
 
+bool HasAvx512Vbmi() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512vbmi");
+}
+
 // Large buffers (weights, the KV pool) are 2 MiB aligned and asked for transparent huge pages: a decode
 // step streams every weight once, and with 4 KiB pages the TLB misses cost ~10% of the read bandwidth.
 // (THP is often in "madvise" mode, so without the advice the kernel never backs them with huge pages.)
@@ -124,8 +129,13 @@ struct RopeTable {
 // Thread-safety: one op at a time (ops share the pool and per-call scratch buffers).
 class CpuBackend : public Backend {
  public:
-  CpuBackend(CpuIsa isa, const CpuKernels& kernels, int threads)
-      : isa_(isa), k_(kernels), int8_(cpu::Int8MatmulKernel(isa, kernels.bf16_dot(DType::kBF16))), pool_(threads) {}
+  // int8_vbmi: pack int8 weights as kInt8PairBlocks (the caller checked the CPU has AVX512-VBMI).
+  CpuBackend(CpuIsa isa, const CpuKernels& kernels, int threads, bool int8_vbmi)
+      : isa_(isa),
+        k_(kernels),
+        int8_(cpu::Int8MatmulKernel(isa, kernels.bf16_dot(DType::kBF16))),
+        int8_vbmi_(int8_vbmi),
+        pool_(threads) {}
 
   std::string name() const override { return absl::StrCat("cpu-", k_.name); }
   bool is_host() const override { return true; }
@@ -150,7 +160,13 @@ class CpuBackend : public Backend {
     }
     // int8 weights (--quantization int8) go into the same panels, byte for byte: the pair-panel kernel widens
     // them to bf16 in registers, so int8 gets bf16's register tiles at half the bytes.
-    if (w->dtype == DType::kI8) return RepackPanels(w, &cpu::RepackInt8PairPanels, WeightLayout::kInt8PairPanels);
+    // With AVX512-VBMI they go in sign-magnitude 2-pair blocks, widened by byte lookups (about half the
+    // instructions: matmul_int8_pairs_avx512vbmi.cc), unless a -128 (no sign-magnitude form) is present.
+    if (w->dtype == DType::kI8) {
+      const bool blocks = int8_vbmi_ && cpu::Int8FitsPairBlocks(static_cast<const int8_t*>(w->data), w->rows * w->cols);
+      if (blocks) return RepackPanels(w, &cpu::RepackInt8PairBlocks, WeightLayout::kInt8PairBlocks);
+      return RepackPanels(w, &cpu::RepackInt8PairPanels, WeightLayout::kInt8PairPanels);
+    }
     return RepackPanels(w, &cpu::RepackBf16PairPanels, WeightLayout::kBf16PairPanels);
   }
 
@@ -171,10 +187,11 @@ class CpuBackend : public Backend {
     if (m <= 0 || w.rows <= 0) return;
     if (w.dtype == DType::kI8 && w.layout == WeightLayout::kRowMajor) return MatmulInt8(x, m, w, y);
     // Pair-panel weights (PackMatmulWeight) take their own kernel and x packing (bf16_pair_panels.h).
-    const bool pairs = w.layout == WeightLayout::kBf16PairPanels || w.layout == WeightLayout::kInt8PairPanels;
+    const bool int8_pairs = w.layout == WeightLayout::kInt8PairPanels || w.layout == WeightLayout::kInt8PairBlocks;
+    const bool pairs = w.layout == WeightLayout::kBf16PairPanels || int8_pairs;
     TP_CHECK(pairs || w.dtype != DType::kI8) << "int8 weights in an unknown layout";
-    TP_CHECK(!pairs || (k_.matmul_pairs != nullptr &&
-                        w.dtype == (w.layout == WeightLayout::kInt8PairPanels ? DType::kI8 : DType::kBF16)))
+    TP_CHECK(!pairs || (k_.matmul_pairs != nullptr && w.dtype == (int8_pairs ? DType::kI8 : DType::kBF16) &&
+                        (w.layout != WeightLayout::kInt8PairBlocks || int8_vbmi_)))
         << "a pair-panel weight reached the " << k_.name << " kernels, which cannot read it";
     MatmulJob job;
     job.x = x;
@@ -183,6 +200,7 @@ class CpuBackend : public Backend {
     job.w = w.data;
     job.wdt = w.dtype;
     job.scales = w.dtype == DType::kI8 ? w.scales : nullptr;
+    job.int8_blocks = w.layout == WeightLayout::kInt8PairBlocks;
     job.n = w.rows;
     job.y = y;
     if (pairs || k_.bf16_dot(w.dtype)) {
@@ -205,7 +223,8 @@ class CpuBackend : public Backend {
       const int64_t blocks = (m + 15) / 16;
       const int64_t block_elems = 16 * cpu::PackXCols(w.cols);
       uint16_t* xp = CacheLineAligned(xp_, blocks * block_elems);
-      pool_.ParallelFor(blocks, 1, [&](int64_t b, int64_t e) {
+      // One block (decode, m <= 16) on this thread: a fork / join per matmul cost more than the packing.
+      pool_.ParallelFor(blocks, 2, [&](int64_t b, int64_t e) {
         for (int64_t blk = b; blk < e; ++blk) pack(job.xb, m, w.cols, blk, xp);
       });
       job.xp = xp;
@@ -462,6 +481,7 @@ class CpuBackend : public Backend {
   CpuIsa isa_;
   const CpuKernels& k_;
   cpu::Int8Kernel int8_;
+  const bool int8_vbmi_;
   ThreadPool pool_;
   std::vector<uint16_t> xb_;  // x rounded to bf16 for vdpbf16ps matmuls
   std::vector<float> xs_;     // x rows repacked by split_x_row
@@ -510,7 +530,8 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(const CpuBackendOption
   }
   int threads = options.threads;
   if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
-  return std::unique_ptr<Backend>(new CpuBackend(isa, *kernels, threads));
+  const bool int8_vbmi = options.int8_vbmi && kernels->matmul_pairs != nullptr && HasAvx512Vbmi();
+  return std::unique_ptr<Backend>(new CpuBackend(isa, *kernels, threads, int8_vbmi));
 }
 
 }  // namespace tpserve::kernels

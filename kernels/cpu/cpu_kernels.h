@@ -22,6 +22,7 @@ struct MatmulJob {
   const void* w = nullptr;  // [n, k] weights in `wdt`
   DType wdt = DType::kF32;
   const float* scales = nullptr;  // kI8 (int8 pair panels only): [n], y[:, o] = scales[o] * dot
+  bool int8_blocks = false;       // kI8 in WeightLayout::kInt8PairBlocks (bf16_pair_panels.h)
   int64_t n = 0;
   float* y = nullptr;  // [m, n]
 };
@@ -112,5 +113,7 @@ void PackXAvx512Bf16Block(const uint16_t* xb, int64_t m, int64_t k, int64_t bloc
 
 // matmul_avx512_bf16_pairs.cc: the weight-stationary vdpbf16ps matmul over pair-panel weights.
 void MatmulAvx512Bf16Pairs(const MatmulJob& job, int64_t n_begin, int64_t n_end);
+// matmul_int8_pairs_avx512vbmi.cc: the same tiles over kInt8PairBlocks weights; needs AVX512-VBMI.
+void MatmulInt8PairsVbmi(const MatmulJob& job, int64_t n_begin, int64_t n_end);
 
 }  // namespace tpserve::kernels::cpu

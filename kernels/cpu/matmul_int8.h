@@ -13,6 +13,8 @@
 //                                   weights are repacked at load (Backend::PackMatmulWeight) into the pair
 //                                   panels of bf16_pair_panels.h and run by matmul_avx512_bf16_pairs.cc instead
 //                                   (widened in registers inside its weight-stationary tiles; faster for every m)
+//                                   With AVX512-VBMI the panels are stored as kInt8PairBlocks and widened by byte
+//                                   lookups (matmul_int8_pairs_avx512vbmi.cc): half the instructions, same bits
 //   amx      the avx512 + avx512_bf16 kernel: AMX has no int8-weight / float-activation tile op (AMX-INT8
 //            needs int8 activations too), and no AMX machine was at hand to build and measure a tile path.
 //            Untested on AMX hardware beyond what that kernel itself is tested for.

@@ -3,7 +3,8 @@
 // results match the plain reference, every token of m = 1 .. 33 gets the bits it gets alone (batch
 // invariance), thread count does not matter, and tensor-parallel slices repacked on their own agree with
 // the whole weight. Layout tests run everywhere; matmul tests skip where the backend keeps row-major.
-// The matmul tests run for bf16 weights and for int8 weights (--quantization int8) in the same layout.
+// The matmul tests run for bf16 weights and for int8 weights (--quantization int8) in the same layout, and
+// in the sign-magnitude blocks of CPUs with AVX512-VBMI (kInt8PairBlocks), which must give the same bits.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -56,6 +57,39 @@ TEST(PairPanels, RepackPlacesEveryElementAndRoundTrips) {
   }
 }
 
+// kInt8PairBlocks (bf16_pair_panels.h): every element where the layout says and sign-magnitude inside the
+// blocks of full panels, plain int8 panel bytes elsewhere (lone pair, odd-k tail, narrow panel); round trip.
+TEST(PairPanels, Int8PairBlocksPlaceAndEncodeEveryElementAndRoundTrip) {
+  for (const auto& [n, k] : {std::pair<int64_t, int64_t>{16, 4}, {37, 1}, {37, 33}, {21, 6}, {5, 1029}, {48, 64}}) {
+    SCOPED_TRACE(std::to_string(n) + "x" + std::to_string(k));
+    std::vector<int8_t> w(n * k);
+    for (size_t i = 0; i < w.size(); ++i) w[i] = static_cast<int8_t>(static_cast<int>((i * 2654435761u) % 255) - 127);
+    ASSERT_TRUE(cpu::Int8FitsPairBlocks(w.data(), n * k));
+    std::vector<int8_t> p = w, scratch(cpu::kPairPanelCols * k);
+    const int64_t panels = (n + 15) / 16, blocks = (k / 2) / 2;
+    cpu::RepackInt8PairBlocks(p.data(), n, k, 0, panels, scratch.data());
+    for (int64_t o = 0; o < n; ++o) {
+      const int64_t c0 = o / 16 * 16, j = o - c0, r = std::min<int64_t>(16, n - c0);
+      for (int64_t e = 0; e < k; ++e) {
+        const int64_t q = e / 2, byte = 2 * j + e % 2;  // pair, and byte within the pair's 2r
+        const int v = w[o * k + e];
+        if (r == 16 && e < k / 2 * 2 && q < 2 * blocks) {
+          const int64_t at = c0 * k + 64 * (q / 2) + (byte / 8) * 16 + 8 * (q % 2) + byte % 8;
+          const int sm = v < 0 ? 0x80 + -v : v;
+          ASSERT_EQ(static_cast<uint8_t>(p[at]), sm) << "column " << o << " k " << e;
+        } else {
+          const int64_t at = e < k / 2 * 2 ? c0 * k + q * 2 * r + byte : c0 * k + (k / 2) * 2 * r + j;
+          ASSERT_EQ(p[at], v) << "column " << o << " k " << e;
+        }
+      }
+    }
+    cpu::UnpackInt8PairBlocks(p.data(), n, k, 0, panels, scratch.data());
+    EXPECT_EQ(p, w);
+  }
+  const int8_t with_min[3] = {1, -128, 127};
+  EXPECT_FALSE(cpu::Int8FitsPairBlocks(with_min, 3));
+}
+
 // A row-major weight of the parameter dtype: bf16, or int8 with per-row scales (--quantization int8).
 struct TestWeight {
   DType dt = DType::kBF16;
@@ -102,19 +136,41 @@ TestWeight RandomWeight(DType dt, int64_t n, int64_t k, uint32_t seed) {
 
 // The matmul over pair panels, for bf16 and for int8 weights (widened in registers up to 16 tokens, from a
 // per-tile scratch beyond: both must give the same bits).
-class PairPanelMatmulTest : public ::testing::TestWithParam<DType> {
+// The weights' dtype and, for int8, whether the backend may use AVX512-VBMI (kInt8PairBlocks where the CPU
+// has it; false: the plain int8 panels of CPUs without it).
+struct Variant {
+  DType dt;
+  bool vbmi;
+};
+
+bool CpuHasVbmi() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512vbmi");
+}
+
+class PairPanelMatmulTest : public ::testing::TestWithParam<Variant> {
  protected:
   void SetUp() override {
-    auto be = CreateCpuBackend(CpuBackendOptions{2, CpuIsa::kAvx512});
+    CpuBackendOptions options{2, CpuIsa::kAvx512};
+    options.int8_vbmi = GetParam().vbmi;
+    auto be = CreateCpuBackend(options);
     if (!be.ok()) GTEST_SKIP() << "needs AVX-512: " << be.status();
     cpu_ = std::move(*be);
-    auto one = CreateCpuBackend(CpuBackendOptions{1, CpuIsa::kAvx512});
+    options.threads = 1;
+    auto one = CreateCpuBackend(options);
     ASSERT_TRUE(one.ok());
     one_thread_ = std::move(*one);
     ref_ = CreateReferenceBackend();
-    TestWeight probe = RandomWeight(GetParam(), 16, 2, 1);
+    TestWeight probe = RandomWeight(dt(), 16, 2, 1);
     WeightView v = probe.view();
     if (!cpu_->PackMatmulWeight(&v)) GTEST_SKIP() << cpu_->name() << " keeps row-major weights";
+    if (dt() == DType::kI8 && GetParam().vbmi && !CpuHasVbmi()) GTEST_SKIP() << "needs AVX512-VBMI";
+  }
+
+  DType dt() const { return GetParam().dt; }
+  WeightLayout ExpectedLayout() const {
+    if (dt() != DType::kI8) return WeightLayout::kBf16PairPanels;
+    return GetParam().vbmi ? WeightLayout::kInt8PairBlocks : WeightLayout::kInt8PairPanels;
   }
 
   // The weight's bytes repacked by the backend, kept alive with its view.
@@ -126,7 +182,7 @@ class PairPanelMatmulTest : public ::testing::TestWithParam<DType> {
     Packed p{w, {}};
     p.view = p.data.view();
     EXPECT_TRUE(cpu_->PackMatmulWeight(&p.view));
-    EXPECT_EQ(p.view.layout, w.dt == DType::kI8 ? WeightLayout::kInt8PairPanels : WeightLayout::kBf16PairPanels);
+    EXPECT_EQ(p.view.layout, ExpectedLayout());
     return p;
   }
 
@@ -153,7 +209,7 @@ void ExpectClose(const std::vector<float>& got, const std::vector<float>& want, 
 TEST_P(PairPanelMatmulTest, MatchesReferenceAndIsBatchInvariantForEveryM) {
   for (const auto& [n, k] : {std::pair<int64_t, int64_t>{37, 33}, {16, 2048}, {101, 1029}, {7, 1}, {300, 64}}) {
     SCOPED_TRACE(std::to_string(n) + "x" + std::to_string(k));
-    const TestWeight w = RandomWeight(GetParam(), n, k, uint32_t(n + 7 * k));
+    const TestWeight w = RandomWeight(dt(), n, k, uint32_t(n + 7 * k));
     const Packed p = Pack(w);
     const WeightView plain = w.view();
     const int64_t max_m = 33;
@@ -178,7 +234,7 @@ TEST_P(PairPanelMatmulTest, MatchesReferenceAndIsBatchInvariantForEveryM) {
 // A token's bits do not depend on its neighbours' values or its place in the batch.
 TEST_P(PairPanelMatmulTest, TokenBitsDoNotDependOnItsNeighbours) {
   const int64_t n = 77, k = 515;
-  const Packed p = Pack(RandomWeight(GetParam(), n, k, 5));
+  const Packed p = Pack(RandomWeight(dt(), n, k, 5));
   const std::vector<float> x = testing::RandomFloats(k, 6);
   std::vector<float> alone(n);
   cpu_->Matmul(x.data(), 1, p.view, alone.data());
@@ -196,7 +252,7 @@ TEST_P(PairPanelMatmulTest, TokenBitsDoNotDependOnItsNeighbours) {
 // whole within tolerance.
 TEST_P(PairPanelMatmulTest, TensorParallelSlicesAgreeWithTheWholeWeight) {
   const int64_t n = 100, k = 2051, m = 19;
-  const TestWeight w = RandomWeight(GetParam(), n, k, 11);
+  const TestWeight w = RandomWeight(dt(), n, k, 11);
   const Packed whole = Pack(w);
   const std::vector<float> x = testing::RandomFloats(m * k, 12);
   std::vector<float> full(m * n);
@@ -227,9 +283,38 @@ TEST_P(PairPanelMatmulTest, TensorParallelSlicesAgreeWithTheWholeWeight) {
   ExpectClose(sum, want, k, "row-split sum vs reference");
 }
 
-INSTANTIATE_TEST_SUITE_P(Dtypes, PairPanelMatmulTest, ::testing::Values(DType::kBF16, DType::kI8),
-                         [](const ::testing::TestParamInfo<DType>& info) {
-                           return std::string(info.param == DType::kI8 ? "Int8" : "Bf16");
+// The VBMI widening gives the very bits of the plain int8 panels (the same bf16 values in the same order),
+// for decode, batched decode and prefill, full and narrow panels, lone pairs and odd k.
+TEST_P(PairPanelMatmulTest, Int8PairBlocksGiveThePlainPanelsBits) {
+  if (dt() != DType::kI8 || !GetParam().vbmi) GTEST_SKIP() << "compares the two int8 layouts";
+  CpuBackendOptions plain_options{2, CpuIsa::kAvx512};
+  plain_options.int8_vbmi = false;
+  auto plain = CreateCpuBackend(plain_options);
+  ASSERT_TRUE(plain.ok());
+  for (const auto& [n, k] : {std::pair<int64_t, int64_t>{37, 33}, {64, 2048}, {101, 1030}, {48, 6}}) {
+    SCOPED_TRACE(std::to_string(n) + "x" + std::to_string(k));
+    const TestWeight w = RandomWeight(dt(), n, k, uint32_t(3 * n + k));
+    const Packed blocks = Pack(w);
+    Packed panels{w, {}};
+    panels.view = panels.data.view();
+    ASSERT_TRUE((*plain)->PackMatmulWeight(&panels.view));
+    ASSERT_EQ(panels.view.layout, WeightLayout::kInt8PairPanels);
+    for (int64_t m : {1, 3, 16, 17, 40}) {
+      const std::vector<float> x = testing::RandomFloats(m * k, uint32_t(m + k));
+      std::vector<float> a(m * n, NAN), b(m * n, NAN);
+      cpu_->Matmul(x.data(), m, blocks.view, a.data());
+      (*plain)->Matmul(x.data(), m, panels.view, b.data());
+      ExpectBitwise(a.data(), b.data(), m * n, "m=" + std::to_string(m) + " blocks vs panels");
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Dtypes, PairPanelMatmulTest,
+                         ::testing::Values(Variant{DType::kBF16, false}, Variant{DType::kI8, true},
+                                           Variant{DType::kI8, false}),
+                         [](const ::testing::TestParamInfo<Variant>& info) {
+                           if (info.param.dt != DType::kI8) return std::string("Bf16");
+                           return std::string(info.param.vbmi ? "Int8Vbmi" : "Int8");
                          });
 
 }  // namespace
