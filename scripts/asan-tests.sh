@@ -25,6 +25,8 @@ ninja -C "${BUILD_DIR}" -j"${JOBS}" tpserve common_tests kernels_tests worker_te
 built=$(date +%s)
 
 # Child processes (the servers integration tests start) inherit these.
+# Sanitized servers run slower: the tests' waits for readiness and recovery give up later (tests/util/test_env.h).
+export TPSERVE_TEST_TIMEOUT_SCALE="${TPSERVE_TEST_TIMEOUT_SCALE:-2}"
 export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:strict_string_checks=1:detect_stack_use_after_return=1"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
 export LSAN_OPTIONS="suppressions=${ROOT}/scripts/lsan-suppressions.txt:print_suppressions=0"

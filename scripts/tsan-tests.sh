@@ -51,6 +51,8 @@ ninja -C "${BUILD_DIR}" -j"${JOBS}" tpserve coordinator_tests integration_tests
 built=$(date +%s)
 
 # Child processes (the servers integration tests start) inherit these. halt_on_error: a race fails the test.
+# TSan servers run 5-15x slower: the tests' waits for readiness and recovery give up later (tests/util/test_env.h).
+export TPSERVE_TEST_TIMEOUT_SCALE="${TPSERVE_TEST_TIMEOUT_SCALE:-4}"
 export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:history_size=4:suppressions=${ROOT}/scripts/tsan-suppressions.txt"
 
 INTEGRATION='^(Tp/ConcurrencyTest\..*/tp1|CancellationTest|BackpressureTest|StoppingTest|ValidationTest|WorkerLossTest\.(FullServer|WithoutRestart)|HealthTest|MetricsTest|DrainTest|Auth/WorkerAuthTest\..*/Mtls|SecurityTest\.TlsApi|OpenAiHttpTest|GrpcStatusTest\.(InvalidArgument|DrainTimeout)|Stories260K/SpeculativeServeTest\..*/tp2_k4|Shared/ServeReferenceTest\..*/stories260K_tp2)'

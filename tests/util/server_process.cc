@@ -70,7 +70,7 @@ absl::Status ServerProcess::Start() {
     execv(argv[0], argv.data());
     _exit(127);
   }
-  const absl::Time deadline = absl::Now() + options_.ready_timeout;
+  const absl::Time deadline = absl::Now() + ScaledTimeout(options_.ready_timeout);
   // 1. The port file appears once every port is bound.
   while (true) {
     std::ifstream f(port_file);
@@ -116,6 +116,7 @@ std::string ServerProcess::LogTail(int lines) const {
 
 ::testing::AssertionResult ServerProcess::WaitUntil(const std::function<bool()>& condition, const std::string& what,
                                                     absl::Duration timeout) {
+  timeout = ScaledTimeout(timeout);
   const absl::Time deadline = absl::Now() + timeout;
   while (!condition()) {
     if (PollExit() >= 0) {
@@ -144,7 +145,7 @@ int ServerProcess::Stop(absl::Duration timeout) {
   if (pid_ <= 0) return -1;
   if (PollExit() >= 0) return exit_status_;
   kill(pid_, SIGTERM);
-  absl::Time deadline = absl::Now() + timeout;
+  absl::Time deadline = absl::Now() + ScaledTimeout(timeout);
   while (absl::Now() < deadline) {
     if (PollExit() >= 0) return exit_status_;
     absl::SleepFor(absl::Milliseconds(20));
@@ -186,7 +187,7 @@ std::string ServerProcess::HealthStatus() const {
 }
 
 bool ServerProcess::WaitForHealth(const std::string& want, absl::Duration timeout) const {
-  absl::Time deadline = absl::Now() + timeout;
+  absl::Time deadline = absl::Now() + ScaledTimeout(timeout);
   while (absl::Now() < deadline) {
     if (HealthStatus() == want) return true;
     absl::SleepFor(absl::Milliseconds(50));
@@ -257,7 +258,7 @@ pid_t SpawnLogged(const std::vector<std::string>& args, const std::string& log_p
 }
 
 int WaitExit(pid_t pid, absl::Duration timeout) {
-  const absl::Time deadline = absl::Now() + timeout;
+  const absl::Time deadline = absl::Now() + ScaledTimeout(timeout);
   while (true) {
     int status = 0;
     if (waitpid(pid, &status, WNOHANG) == pid) {
@@ -282,7 +283,7 @@ std::vector<StreamOutcome> RunGreedyStreams(const ServerProcess& server,
     threads.emplace_back([&, i] {
       grpc::ClientContext ctx;
       ctx.set_deadline(std::chrono::system_clock::now() +
-                       std::chrono::milliseconds(absl::ToInt64Milliseconds(deadline)));
+                       std::chrono::milliseconds(absl::ToInt64Milliseconds(ScaledTimeout(deadline))));
       auto reader = stub->GenerateStream(&ctx, GreedyRequest(requests[i].first, requests[i].second));
       tpserve::v1::GenerateStreamResponse msg;
       while (reader->Read(&msg)) {

@@ -31,7 +31,19 @@ std::string SharedPath(const std::string& rel) {
   return Exists(p) ? p : "";
 }
 
-std::string BinDir() { return TPSERVE_BIN_DIR; }
+std::string BinDir() {
+  const char* env = std::getenv("TPSERVE_BIN_DIR");  // another build's binaries (scripts/test.sh, CUDA stage)
+  return env && *env ? env : TPSERVE_BIN_DIR;
+}
+
+absl::Duration ScaledTimeout(absl::Duration d) {
+  static const double scale = [] {
+    const char* env = std::getenv("TPSERVE_TEST_TIMEOUT_SCALE");
+    const double v = env ? std::atof(env) : 1.0;
+    return v >= 1.0 ? v : 1.0;
+  }();
+  return d * scale;
+}
 std::string SourceDir() { return TPSERVE_SOURCE_DIR; }
 
 std::string MakeTempDir(const std::string& tag) {

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/time/time.h"
 #include "gtest/gtest.h"
 
 namespace tpserve::testing {
@@ -14,7 +15,11 @@ namespace tpserve::testing {
 std::string SharedDir();
 // "<shared>/<rel>" or "" when ../shared or the path is absent.
 std::string SharedPath(const std::string& rel);
-std::string BinDir();     // build/bin
+std::string BinDir();     // build/bin, or $TPSERVE_BIN_DIR
+// `d` times $TPSERVE_TEST_TIMEOUT_SCALE (default 1). The sanitizer stages set it (scripts/asan-tests.sh,
+// tsan-tests.sh): their servers run several times slower, and a wait's limit only decides when a test gives up
+// on something that should happen, never what it asserts.
+absl::Duration ScaledTimeout(absl::Duration d);
 std::string SourceDir();  // repository root
 // A fresh directory under $TMPDIR, removed by the caller or at exit.
 std::string MakeTempDir(const std::string& tag);
