@@ -107,42 +107,58 @@ TEST(GrpcStatusTest, InvalidArgumentNamesTheFieldAndTokenizeNeedsInput) {
 // a last message that carries finish_reason ERROR and usage counting every id the client received.
 TEST(GrpcStatusTest, DrainTimeoutEndsStreamsUnavailableAfterTheirLastMessage) {
   TP_REQUIRE_SHARED(model_dir, "models/stories260K");
-  ServerProcess server({model_dir, 1, {"--max_num_seqs=1", "--drain_timeout=0"}});
-  ASSERT_TRUE(server.Start().ok()) << server.ReadLog();
-  auto stub = server.NewStub();
-  grpc::ClientContext ctx;
-  auto reader = stub->GenerateStream(&ctx, Greedy("Once upon a time", 450));
-  std::vector<v1::GenerateStreamResponse> msgs(1);
-  ASSERT_TRUE(reader->Read(&msgs[0]));  // the first request runs (the only slot: --max_num_seqs=1)
-  // Only then the second, which must wait in the queue: started together, the two streams may reach the
-  // server in either order, and the one admitted first could finish before the drain (seen under ASan).
-  grpc::ClientContext ctx2;
-  auto waiting = stub->GenerateStream(&ctx2, Greedy("Lily and Tom", 450));
-  ASSERT_TRUE(server.WaitUntil(
-      [&] {
-        return MetricValue(server.HttpGet("/metrics"), "tpserve:num_requests_waiting{model_name=\"stories260K\"}") == 1;
-      },
-      "the second request waiting in the queue", absl::Seconds(60)));
-  server.Signal(SIGTERM);
-  v1::GenerateStreamResponse msg;
-  while (reader->Read(&msg)) msgs.push_back(msg);
-  grpc::Status s = reader->Finish();
-  ASSERT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE) << s.error_message();
-  Details d = Parse(s);
-  ASSERT_TRUE(d.info.has_value());
-  EXPECT_EQ(d.info->reason(), "DRAINING");
-  ASSERT_TRUE(d.retry.has_value());
-  EXPECT_GT(d.retry->retry_delay().seconds() * 1000000000LL + d.retry->retry_delay().nanos(), 0);
-  const v1::GenerateStreamResponse& last = msgs.back();
-  EXPECT_EQ(last.finish_reason(), v1::FINISH_REASON_ERROR);
-  int ids = 0;
-  for (const auto& m : msgs) ids += m.token_ids_size();
-  EXPECT_EQ(last.usage().completion_tokens(), ids);
-  EXPECT_GT(last.usage().prompt_tokens(), 0);
-  while (waiting->Read(&msg)) {
+  // The first stream must still run when the drain starts. stories260K decodes its 450 tokens in a few hundred
+  // ms, so it can end between the queue check and the signal (seen in CI; about one round in three here): such a
+  // round says nothing about the drain, and runs again on a fresh server, 10 rounds at most.
+  for (int round = 0; round < 10; ++round) {
+    ServerProcess server({model_dir, 1, {"--max_num_seqs=1", "--drain_timeout=0"}});
+    ASSERT_TRUE(server.Start().ok()) << server.ReadLog();
+    auto stub = server.NewStub();
+    grpc::ClientContext ctx;
+    auto reader = stub->GenerateStream(&ctx, Greedy("Once upon a time", 450));
+    std::vector<v1::GenerateStreamResponse> msgs(1);
+    ASSERT_TRUE(reader->Read(&msgs[0]));  // the first request runs (the only slot: --max_num_seqs=1)
+    // Only then the second, which must wait in the queue: started together, the two streams may reach the
+    // server in either order, and the one admitted first could finish before the drain (seen under ASan).
+    grpc::ClientContext ctx2;
+    auto waiting = stub->GenerateStream(&ctx2, Greedy("Lily and Tom", 450));
+    ASSERT_TRUE(server.WaitUntil(
+        [&] {
+          return MetricValue(server.HttpGet("/metrics"), "tpserve:num_requests_waiting{model_name=\"stories260K\"}") ==
+                 1;
+        },
+        "the second request waiting in the queue", absl::Seconds(60)));
+    server.Signal(SIGTERM);
+    v1::GenerateStreamResponse msg;
+    while (reader->Read(&msg)) msgs.push_back(msg);
+    grpc::Status s = reader->Finish();
+    if (s.ok() && msgs.back().finish_reason() != v1::FINISH_REASON_ERROR) {
+      std::printf("round %d: the first stream finished before the drain began; again\n", round);
+      while (waiting->Read(&msg)) {
+      }
+      waiting->Finish();
+      EXPECT_EQ(ExitAfterDrain(server), 0) << server.ReadLog();
+      continue;
+    }
+    ASSERT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE) << s.error_message();
+    Details d = Parse(s);
+    ASSERT_TRUE(d.info.has_value());
+    EXPECT_EQ(d.info->reason(), "DRAINING");
+    ASSERT_TRUE(d.retry.has_value());
+    EXPECT_GT(d.retry->retry_delay().seconds() * 1000000000LL + d.retry->retry_delay().nanos(), 0);
+    const v1::GenerateStreamResponse& last = msgs.back();
+    EXPECT_EQ(last.finish_reason(), v1::FINISH_REASON_ERROR);
+    int ids = 0;
+    for (const auto& m : msgs) ids += m.token_ids_size();
+    EXPECT_EQ(last.usage().completion_tokens(), ids);
+    EXPECT_GT(last.usage().prompt_tokens(), 0);
+    while (waiting->Read(&msg)) {
+    }
+    EXPECT_EQ(waiting->Finish().error_code(), grpc::StatusCode::UNAVAILABLE);
+    EXPECT_EQ(ExitAfterDrain(server), 0) << server.ReadLog();
+    return;
   }
-  EXPECT_EQ(waiting->Finish().error_code(), grpc::StatusCode::UNAVAILABLE);
-  EXPECT_EQ(ExitAfterDrain(server), 0) << server.ReadLog();
+  FAIL() << "in 10 rounds the first stream always finished before the drain began";
 }
 
 TEST(GrpcStatusTest, IndependentGrpcJsClientSeesCodesAndDetails) {
