@@ -59,10 +59,10 @@ fi
 if [ "${SKIP_TSAN:-0}" != 1 ]; then
   echo "== the concurrent tests under ThreadSanitizer"
   # Last stage: CI's hard limit is 90 minutes, and a cold TSan build of the serving binary takes 20-40 of them
-  # on 2 cores. Past TSAN_FULL_BEFORE_S (default 45 minutes) into the run, only the coordinator unit tests run
+  # on 2 cores. Past TSAN_FULL_BEFORE_S (default 40 minutes) into the run, only the coordinator unit tests run
   # under TSan, and the stage table says so.
-  if [ $(( $(date +%s) - start )) -gt "${TSAN_FULL_BEFORE_S:-2700}" ] && [ -z "${TSAN_UNIT_ONLY:-}" ]; then
-    echo "== CI is past ${TSAN_FULL_BEFORE_S:-2700} s: the TSan stage runs the coordinator unit tests only"
+  if [ $(( $(date +%s) - start )) -gt "${TSAN_FULL_BEFORE_S:-2400}" ] && [ -z "${TSAN_UNIT_ONLY:-}" ]; then
+    echo "== CI is past ${TSAN_FULL_BEFORE_S:-2400} s: the TSan stage runs the coordinator unit tests only"
     export TSAN_UNIT_ONLY=1
   fi
   stage "TSan build + tests$([ "${TSAN_UNIT_ONLY:-0}" = 1 ] && echo ' (unit only)')" bash scripts/tsan-tests.sh
