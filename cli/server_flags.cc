@@ -182,9 +182,9 @@ absl::StatusOr<coordinator::CoordinatorOptions> CoordinatorOptionsFromFlags() {
   if (!method.empty()) {
     auto& spec = o.engine.scheduler.speculative;
     spec.num_speculative_tokens = absl::GetFlag(FLAGS_num_speculative_tokens);
-    if (spec.num_speculative_tokens < 1 || spec.num_speculative_tokens > coordinator::kMaxSpeculativeTokens) {
+    if (spec.num_speculative_tokens < 1 || spec.num_speculative_tokens > tpserve::kMaxSpeculativeTokens) {
       return absl::InvalidArgumentError(absl::StrCat("--num-speculative-tokens = ", spec.num_speculative_tokens,
-                                                     " must be in [1, ", coordinator::kMaxSpeculativeTokens, "]"));
+                                                     " must be in [1, ", tpserve::kMaxSpeculativeTokens, "]"));
     }
     spec.method = method == "draft" ? coordinator::SpeculativeMethod::kDraft : coordinator::SpeculativeMethod::kNgram;
     spec.ngram = {absl::GetFlag(FLAGS_ngram_min), absl::GetFlag(FLAGS_ngram_max)};

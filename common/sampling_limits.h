@@ -7,4 +7,8 @@ namespace tpserve {
 // Most top-N logprobs a request may ask for per token (OpenAI's top_logprobs cap is 20 as well).
 inline constexpr int kMaxLogprobs = 20;
 
+// Most tokens proposed per sequence and step (upper bound of --num-speculative-tokens): the scheduler caps its
+// proposals with it and the worker refuses a step that asks its draft model for more.
+inline constexpr int kMaxSpeculativeTokens = 16;
+
 }  // namespace tpserve

@@ -21,6 +21,7 @@
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "kernels/backend.h"
+#include "common/sampling_limits.h"
 #include "worker.grpc.pb.h"
 #include "worker/checkpoint/checkpoint.h"
 #include "worker/comm/communicator.h"
@@ -35,8 +36,6 @@ namespace tpserve::worker {
 namespace wv1 = tpserve::worker::v1;
 
 namespace {
-
-constexpr int kMaxProposals = 16;  // coordinator/engine/scheduler.h kMaxSpeculativeTokens
 
 using Stream = grpc::ClientReaderWriter<wv1::WorkerMessage, wv1::CoordinatorMessage>;
 
@@ -291,9 +290,10 @@ void Worker::Step(const wv1::StepPlan& plan, wv1::StepResult* result) {
       return;
     }
     q.num_logits = 1 + s.num_draft_tokens();
-    if (s.num_proposals() < 0 || s.num_proposals() > kMaxProposals || (s.num_proposals() > 0 && !s.sample())) {
+    if (s.num_proposals() < 0 || s.num_proposals() > kMaxSpeculativeTokens ||
+        (s.num_proposals() > 0 && !s.sample())) {
       result->set_error(absl::StrCat("seq ", s.seq_id(), ": num_proposals ", s.num_proposals(),
-                                     " must be in [0, ", kMaxProposals, "] and needs sample"));
+                                     " must be in [0, ", kMaxSpeculativeTokens, "] and needs sample"));
       return;
     }
     in.seqs.push_back(std::move(q));

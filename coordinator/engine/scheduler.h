@@ -10,6 +10,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/sampling_limits.h"
 #include "coordinator/engine/block_manager.h"
 #include "coordinator/engine/ngram_proposer.h"
 #include "coordinator/engine/sequence.h"
@@ -22,7 +23,6 @@ namespace tpserve::coordinator {
 // and OnStepComplete keeps the accepted prefix plus the model's next token and rolls the KV of the rejected
 // positions back. Proposals never preempt anyone: a sequence that would need a block it cannot get for free
 // runs without them. Output is unchanged by construction: every kept token is one the model sampled.
-constexpr int kMaxSpeculativeTokens = 16;  // upper bound of --num-speculative-tokens
 
 enum class SpeculativeMethod {
   kNgram,  // prompt lookup on the coordinator (ngram_proposer.h)
