@@ -233,10 +233,12 @@ class CpuBackend : public Backend {
     // value of each element is independent of the split (cpu_kernels.h), only the load balance changes.
     // Chunks are multiples of 6 units (96 rows): even, so the AMX kernel keeps its 32-row groups whole, and
     // whole 6-row tiles of the vdpbf16ps kernel (no partial tile at every chunk's end). Pair panels (one a
-    // unit) take multiples of 12: whole 4-panel decode tiles and 3-panel prefill tiles.
+    // unit) take multiples of 12: whole 4-panel decode tiles and 3-panel prefill tiles; decode (m < 4, only
+    // 4-panel tiles) takes multiples of 4 instead: with 12, the 128 units of a 2048-row matmul made 11
+    // chunks on 2 threads, and the thread left with the 11th ran it alone while the other waited.
     const int64_t units = (w.rows + 15) / 16;
     const int64_t flops = 2 * m * w.rows * w.cols;
-    const int64_t step = pairs ? 12 : 6;
+    const int64_t step = pairs ? (m < 4 ? 4 : 12) : 6;
     const int64_t chunk = std::max<int64_t>(step, units / (8 * pool_.size()) / step * step);
     const auto kernel = pairs ? k_.matmul_pairs : k_.matmul;
     pool_.ParallelForChunks(units, chunk, flops > (1 << 18) ? 2 : units + 1, [&](int64_t b, int64_t e) {

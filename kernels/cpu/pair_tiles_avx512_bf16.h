@@ -25,12 +25,15 @@ namespace {  // NOLINT(build/namespaces): see above
 constexpr int kGroup = 16;                  // tokens per packed x group
 constexpr int kMaxPanels = 4;               // panel streams of the widest tile (T <= 3)
 constexpr int64_t kXChunkBytes = 2 << 20;  // packed x of the groups that share one pass over the weights
-// Software prefetch distance within each panel stream of tiles of >= 4 tokens. At 16 tokens one core both
-// computes and streams at its limit (64 bytes of weights per 8 cycles of vdpbf16ps); the hardware
+// Software prefetch distance within each panel stream (0: none). Tiles of >= 4 tokens: at 16 tokens one
+// core both computes and streams at its limit (64 bytes of weights per 8 cycles of vdpbf16ps); the hardware
 // prefetcher alone left the two serialised (0.58 ms for 2048x2048 on one Zen 5 core), 1 KiB ahead changed
-// nothing, 8 KiB ahead overlapped them (0.30-0.34 ms). Decode tiles (< 4 tokens) are pure streaming and
-// ran fastest with the hardware prefetcher alone.
-constexpr int64_t kPrefetchBytes = 8192;
+// nothing, 8 KiB ahead overlapped them (0.30-0.34 ms). Decode tiles (< 4 tokens) are pure streaming over 4
+// panels: the weight loader decides (WL::kDecodePrefetchBytes; measured per dtype, docs/PERFORMANCE.md).
+template <class WL, int T>
+constexpr int64_t PrefetchBytesFor() {
+  return T >= 4 ? 8192 : WL::kDecodePrefetchBytes;
+}
 
 // Panels per tile for T tokens: enough independent accumulators (T * P >= 12) to cover vdpbf16ps latency at
 // two per cycle, within 32 zmm registers (T * P accumulators + P weights + a broadcast). Decode (T <= 3)
@@ -54,6 +57,9 @@ struct PairTileArgs {
 struct Bf16Weights {
   using Elem = uint16_t;
   static constexpr bool kBlocks = false;  // no Pair2: one pair per load
+  // Decode reads bf16 at the bandwidth with the hardware prefetcher alone: 2 KiB ahead made the m = 1
+  // kernel 5-10% slower on Zen 5.
+  static constexpr int64_t kDecodePrefetchBytes = 0;
   template <bool kNarrow>
   static __m512bh Pair(const uint16_t* p, int r) {
     if (!kNarrow) return (__m512bh)_mm512_loadu_si512(p);
@@ -70,6 +76,9 @@ struct Bf16Weights {
 struct Int8Weights {
   using Elem = int8_t;
   static constexpr bool kBlocks = false;
+  // Widening between the loads left the hardware prefetcher behind at m = 1 (65-90% of the read
+  // bandwidth); 2 KiB ahead in each of the 4 panel streams made the kernel 8-12% faster on Zen 5.
+  static constexpr int64_t kDecodePrefetchBytes = 2048;
   static __m512 Widen16(__m128i b) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b)); }
   // 32 int8 -> 32 bf16 in their order.
   static __m512bh Widen32(__m256i b) {
@@ -113,7 +122,9 @@ void PairTile(const PairTileArgs& a) {
       __m512bh w0[P], w1[P];
       for (int p = 0; p < P; ++p) {
         const Elem* wp = w + p * a.panel_elems + q * 32;
-        if (T >= 4) _mm_prefetch(reinterpret_cast<const char*>(wp) + kPrefetchBytes, _MM_HINT_T0);
+        if constexpr (PrefetchBytesFor<WL, T>() > 0) {
+          _mm_prefetch(reinterpret_cast<const char*>(wp) + PrefetchBytesFor<WL, T>(), _MM_HINT_T0);
+        }
         WL::Pair2(wp, &w0[p], &w1[p]);
       }
       for (int t = 0; t < T; ++t) {
@@ -127,7 +138,10 @@ void PairTile(const PairTileArgs& a) {
     __m512bh wv[P];
     for (int p = 0; p < P; ++p) {
       const Elem* wp = w + p * a.panel_elems + q * 2 * r;
-      if (T >= 4) _mm_prefetch(reinterpret_cast<const char*>(wp) + kPrefetchBytes, _MM_HINT_T0);
+      // One prefetch per 64-byte line: a pair of 16 int8 columns is half a line.
+      if (PrefetchBytesFor<WL, T>() > 0 && (sizeof(Elem) == 2 || kNarrow || q % 2 == 0)) {
+        _mm_prefetch(reinterpret_cast<const char*>(wp) + PrefetchBytesFor<WL, T>(), _MM_HINT_T0);
+      }
       wv[p] = WL::template Pair<kNarrow>(wp, r);
     }
     for (int t = 0; t < T; ++t) {
