@@ -40,8 +40,17 @@ absl::Status ValidateSchedulerConfig(const SchedulerConfig& c) {
     return absl::InvalidArgumentError(absl::StrCat("--num-speculative-tokens = ", k, " must be in [0, ",
                                                    kMaxSpeculativeTokens, "]"));
   }
+  if (c.speculative.step_tokens < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("--speculative-step-tokens = ", c.speculative.step_tokens,
+                                                   " must be >= 0 (0 = no batch-size cap)"));
+  }
   if (k > 0) return ValidateNgramProposerOptions(c.speculative.ngram);
   return absl::OkStatus();
+}
+
+int MaxProposalsForBatch(const SpeculativeConfig& config, int batch_size) {
+  if (config.step_tokens == 0) return kMaxSpeculativeTokens;
+  return std::clamp(config.step_tokens / std::max(batch_size, 1) - 1, 0, kMaxSpeculativeTokens);
 }
 
 Scheduler::Scheduler(const SchedulerConfig& config)
@@ -194,7 +203,7 @@ void Scheduler::Emit(Sequence* seq, int num_tokens, StepState* step, SchedulerOu
   s.start_position = start;
   s.block_table = seq->block_table;
   s.sample = start + num_tokens - num_drafts == seq->num_tokens();
-  if (s.sample) s.num_proposals = DraftProposalsWanted(*seq);
+  if (s.sample) s.num_proposals = std::min(DraftProposalsWanted(*seq), step->max_proposals);
   s.is_new = seq->needs_start;
   s.num_cached_tokens = seq->num_cached_tokens;
   seq->needs_start = false;
@@ -250,6 +259,7 @@ SchedulerOutput Scheduler::Schedule() {
   finished_since_schedule_.clear();
   StepState step;
   step.token_budget = config_.max_num_batched_tokens;
+  step.max_proposals = MaxProposalsForBatch(config_.speculative, num_running());
   // Snapshot: Preempt() edits running_ while we walk it.
   const std::vector<Sequence*> order(running_.begin(), running_.end());
 
@@ -261,7 +271,7 @@ SchedulerOutput Scheduler::Schedule() {
     if (pending <= 0) continue;  // no sampled token arrived for it; nothing to run
     const int n = std::min(pending, step.token_budget);
     std::vector<int32_t> drafts;
-    if (n == pending) drafts = ProposeFor(seq, step.token_budget - n);
+    if (n == pending) drafts = ProposeFor(seq, std::min(step.token_budget - n, step.max_proposals));
     if (!drafts.empty()) {
       // Proposals take only blocks that are free now: they never preempt anyone.
       const int need = blocks_.BlocksFor(seq->num_computed_tokens + n + static_cast<int>(drafts.size())) -
