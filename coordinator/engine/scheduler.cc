@@ -17,6 +17,10 @@ namespace {
 // then probes again with k = 1. A verify step with k proposals costs a decode step plus k rows
 // (docs/PERFORMANCE.md), so a sequence accepting under a tenth of its proposals cannot win and only spends
 // the batch's token budget; text often starts repeating itself later, hence a pause rather than an end.
+// The probe alone decides what follows: its acceptance is weighed against kSpecOffBelow as if
+// kSpecMinDrafts proposals had been seen, so a rejected probe pauses again at once (a draft that keeps
+// disagreeing costs one verify row and one draft step per pause, not kSpecMinDrafts of them: the issue's
+// floor) and an accepted one resumes speculation.
 constexpr double kSpecEmaWeight = 0.3;
 constexpr double kSpecOffBelow = 0.1;
 constexpr int kSpecMinDrafts = 8;
@@ -366,8 +370,8 @@ void Scheduler::OnStepComplete(const SchedulerOutput& out,
 std::vector<int32_t> Scheduler::ProposeFor(Sequence* seq, int budget) const {
   if (seq->spec_k == 0 && seq->spec_resume_at > 0 && seq->num_generated() >= seq->spec_resume_at) {
     seq->spec_k = 1;  // probe again after a pause
-    seq->spec_acceptance = 2 * kSpecOffBelow;
-    seq->spec_num_drafts = 0;
+    seq->spec_acceptance = kSpecOffBelow;
+    seq->spec_num_drafts = kSpecMinDrafts - 1;
     seq->spec_resume_at = 0;
   }
   // Every kept proposal becomes a generated token, and the model adds one more: stay within max_new_tokens.

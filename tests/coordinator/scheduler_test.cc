@@ -891,6 +891,8 @@ TEST(SchedulerTest, SpeculationPausesForASequenceThatRejectsEverything) {
   ASSERT_GT(draft_at.size(), 9u);
   EXPECT_GE(draft_at[8] - draft_at[7], 64) << "proposals went on after 8 rejected ones";
   EXPECT_EQ(draft_len[8], 1) << "the probe after a pause proposes one token";
+  EXPECT_GE(draft_at[9] - draft_at[8], 64) << "a rejected probe should pause speculation again at once";
+  EXPECT_EQ(draft_len[9], 1);
   EXPECT_TRUE(s.block_manager().CheckConsistency(s.BlockOwnerCounts()).ok());
 }
 
