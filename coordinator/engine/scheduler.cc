@@ -20,7 +20,8 @@ namespace {
 // The probe alone decides what follows: its acceptance is weighed against kSpecOffBelow as if
 // kSpecMinDrafts proposals had been seen, so a rejected probe pauses again at once (a draft that keeps
 // disagreeing costs one verify row and one draft step per pause, not kSpecMinDrafts of them: the issue's
-// floor) and an accepted one resumes speculation.
+// floor) and an accepted one resumes speculation. With ngram a pause also ends as soon as the last ngram_max
+// tokens match an earlier occurrence (ProposeFor): a copy has begun, and a rejected probe pauses again.
 constexpr double kSpecEmaWeight = 0.3;
 constexpr double kSpecOffBelow = 0.1;
 constexpr int kSpecMinDrafts = 8;
@@ -60,7 +61,8 @@ int MaxProposalsForBatch(const SpeculativeConfig& config, int batch_size) {
 Scheduler::Scheduler(const SchedulerConfig& config)
     : config_(config),
       blocks_(BlockManagerOptions{config.num_blocks, config.block_size, config.enable_prefix_caching}),
-      proposer_(config.speculative.ngram) {
+      proposer_(config.speculative.ngram),
+      long_match_(NgramProposerOptions{config.speculative.ngram.ngram_max, config.speculative.ngram.ngram_max}) {
   const absl::Status s = ValidateSchedulerConfig(config);
   TP_CHECK(s.ok()) << s;
 }
@@ -368,6 +370,13 @@ void Scheduler::OnStepComplete(const SchedulerOutput& out,
 }
 
 std::vector<int32_t> Scheduler::ProposeFor(Sequence* seq, int budget) const {
+  // A paused ngram sequence probes at the end of its pause, or as soon as its last ngram_max tokens occurred
+  // before: the text has started repeating itself (a loop, a quote), what the pause was waiting for.
+  const bool paused = seq->spec_k == 0 && seq->spec_resume_at > 0;
+  if (paused && config_.speculative.method == SpeculativeMethod::kNgram &&
+      seq->num_generated() < seq->spec_resume_at && !long_match_.Propose(seq->token_ids, 1).empty()) {
+    seq->spec_resume_at = seq->num_generated();
+  }
   if (seq->spec_k == 0 && seq->spec_resume_at > 0 && seq->num_generated() >= seq->spec_resume_at) {
     seq->spec_k = 1;  // probe again after a pause
     seq->spec_acceptance = kSpecOffBelow;
