@@ -372,9 +372,13 @@ void Scheduler::OnStepComplete(const SchedulerOutput& out,
 std::vector<int32_t> Scheduler::ProposeFor(Sequence* seq, int budget) const {
   // A paused ngram sequence probes at the end of its pause, or as soon as its last ngram_max tokens occurred
   // before: the text has started repeating itself (a loop, a quote), what the pause was waiting for.
+  // Early probes back off: after p pauses without an accepted proposal, one comes no sooner than 2^p tokens
+  // into the pause, so text that repeats but keeps being mispredicted costs O(log) probes per pause.
   const bool paused = seq->spec_k == 0 && seq->spec_resume_at > 0;
   if (paused && config_.speculative.method == SpeculativeMethod::kNgram &&
-      seq->num_generated() < seq->spec_resume_at && !long_match_.Propose(seq->token_ids, 1).empty()) {
+      seq->num_generated() < seq->spec_resume_at &&
+      seq->num_generated() >= seq->spec_resume_at - kSpecPauseTokens + (1 << std::min(seq->spec_num_pauses, 6)) &&
+      !long_match_.Propose(seq->token_ids, 1).empty()) {
     seq->spec_resume_at = seq->num_generated();
   }
   if (seq->spec_k == 0 && seq->spec_resume_at > 0 && seq->num_generated() >= seq->spec_resume_at) {
@@ -429,9 +433,11 @@ void Scheduler::RecordAcceptance(Sequence* seq, int proposed, int accepted) cons
   ++seq->spec_num_drafts;
   seq->spec_acceptance = (1 - kSpecEmaWeight) * seq->spec_acceptance +
                          kSpecEmaWeight * static_cast<double>(accepted) / proposed;
+  if (accepted > 0) seq->spec_num_pauses = 0;
   if (seq->spec_num_drafts >= kSpecMinDrafts && seq->spec_acceptance < kSpecOffBelow) {
     seq->spec_k = 0;
     seq->spec_resume_at = seq->num_generated() + kSpecPauseTokens;
+    ++seq->spec_num_pauses;
     return;
   }
   const int max_k = config_.speculative.num_speculative_tokens;
