@@ -43,7 +43,7 @@ struct SpeculativeConfig {
 // step cost flat up to N, then growing with the tokens), proposals are nearly free; past it a step costs about
 // its tokens, so k proposals cost (k + 1) plain steps and pay only if all are accepted: never worth it. So each
 // of B running sequences gets at most N / B - 1 proposals (integer division; 0 once B > N / 2), on top of its
-// own adapted k. On the 2-core avx512-bf16 machine N is about 10-16 (docs/PERFORMANCE.md, speculative
+// own adapted k. On the 2-core avx512-bf16 machine N is about 10 (docs/PERFORMANCE.md, speculative
 // decoding); a GPU's is in the hundreds. step_tokens 0: no cap (kMaxSpeculativeTokens).
 int MaxProposalsForBatch(const SpeculativeConfig& config, int batch_size);
 
