@@ -71,7 +71,9 @@ ABSL_FLAG(int, output_len, 128, "tokens to generate (max_new_tokens, ignore_eos)
 ABSL_FLAG(std::string, len_dist, "fixed", "input/output length distribution: fixed, uniform or normal");
 ABSL_FLAG(double, len_range, 0.0, "uniform: lengths in [len*(1-r), len*(1+r)], r in [0, 1)");
 ABSL_FLAG(double, len_std, 0.0, "normal: standard deviation in tokens (0 = len/4)");
-ABSL_FLAG(std::string, dataset, "", "JSONL: {\"prompt\": ...} or {\"messages\": [...]}, optional \"output_len\"");
+ABSL_FLAG(std::string, dataset, "", "JSONL: {\"prompt\": ...} or {\"messages\": [...]}, optional \"output_len\"; "
+          "or `grounded`: the built-in workload whose answers copy spans of a long input (extraction, repetition, "
+          "code edit; documents of about --input-len tokens from --corpus-dir; for a real model, docs/BENCHMARKS.md)");
 ABSL_FLAG(std::string, corpus_dir, TPSERVE_BENCH_CORPUS_DIR, "*.txt files synthetic prompts are cut from");
 ABSL_FLAG(int, prefix_len, 0, "shared-prefix workload: tokens of shared system prefix per prompt");
 ABSL_FLAG(int, num_prefixes, 1, "shared-prefix workload: distinct prefixes");

@@ -63,6 +63,10 @@ ABSL_FLAG(std::string, draft_model, "",
 ABSL_FLAG(int, num_speculative_tokens, 4, "with --speculative-method: most tokens proposed per step, in [1, 16]");
 ABSL_FLAG(int, ngram_max, 4, "with --speculative-method ngram: longest n-gram matched (tried first)");
 ABSL_FLAG(int, ngram_min, 1, "with --speculative-method ngram: shortest n-gram matched");
+ABSL_FLAG(int, speculative_step_tokens, 0,
+          "with --speculative-method: query tokens a step can run at about a plain decode step's cost (measure "
+          "with engine-bench --verify-tokens); with B running sequences each gets at most N / B - 1 proposals, "
+          "so large batches speculate less or not at all (0 = no batch-size cap; docs/SPECULATIVE.md)");
 ABSL_FLAG(std::string, comm_backend, "auto", "collectives between workers: auto (nccl on GPU, gloo on CPU), gloo, nccl");
 ABSL_FLAG(int, drain_timeout, 30, "seconds to let in-flight requests finish after SIGTERM");
 ABSL_FLAG(int, recovery_timeout, 60, "seconds to hold in-flight requests for a lost worker to return");
@@ -187,6 +191,11 @@ absl::StatusOr<coordinator::CoordinatorOptions> CoordinatorOptionsFromFlags() {
                                                      " must be in [1, ", tpserve::kMaxSpeculativeTokens, "]"));
     }
     spec.method = method == "draft" ? coordinator::SpeculativeMethod::kDraft : coordinator::SpeculativeMethod::kNgram;
+    spec.step_tokens = absl::GetFlag(FLAGS_speculative_step_tokens);
+    if (spec.step_tokens < 0) {
+      return absl::InvalidArgumentError(absl::StrCat("--speculative-step-tokens = ", spec.step_tokens,
+                                                     " must be >= 0 (0 = no batch-size cap)"));
+    }
     spec.ngram = {absl::GetFlag(FLAGS_ngram_min), absl::GetFlag(FLAGS_ngram_max)};
     if (absl::Status s = coordinator::ValidateNgramProposerOptions(spec.ngram); !s.ok()) return s;
     g.draft_model_path = draft_model;

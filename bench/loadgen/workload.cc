@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "bench/loadgen/grounded_workload.h"
 #include "bench/loadgen/prompt_tokenizer.h"
 #include "nlohmann/json.hpp"
 
@@ -153,7 +154,9 @@ absl::StatusOr<std::vector<RequestSpec>> BuildWorkload(const WorkloadOptions& o,
   };
 
   if (!o.dataset.empty()) {
-    auto rows = ReadDataset(o.dataset);
+    auto rows = o.dataset == kGroundedDataset
+                    ? GroundedRows({o.corpus_dir, o.input.mean, known_ctx, o.seed}, count, tokenizer)
+                    : ReadDataset(o.dataset);
     if (!rows.ok()) return rows.status();
     // Tokenize each distinct line once so input lengths are known and checked against the context.
     std::vector<int> input_lens;

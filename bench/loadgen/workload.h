@@ -27,6 +27,9 @@ struct LenSpec {
 };
 int DrawLen(const LenSpec& spec, int max, std::mt19937_64* rng);
 
+// --dataset grounded: the built-in workload of answers that copy spans of their input (grounded_workload.h).
+inline constexpr char kGroundedDataset[] = "grounded";
+
 struct WorkloadOptions {
   // Synthetic: prompts of `input` tokens (BOS included) cut from `corpus_dir`/*.txt.
   LenSpec input;
@@ -34,6 +37,8 @@ struct WorkloadOptions {
   std::string corpus_dir;
   // Non-empty: one request per line, {"prompt": "..."} or {"messages": [{"role","content"}...]}, optional
   // "output_len" (else drawn from `output`). Lines are reused round-robin when more requests are asked for.
+  // kGroundedDataset: the built-in grounded workload (grounded_workload.h), documents of about `input` tokens
+  // cut from `corpus_dir`.
   std::string dataset;
   // > 0: every prompt starts with one of `num_prefixes` shared prefixes of `prefix_len` tokens (after BOS).
   int prefix_len = 0;

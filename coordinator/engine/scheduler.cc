@@ -17,6 +17,11 @@ namespace {
 // then probes again with k = 1. A verify step with k proposals costs a decode step plus k rows
 // (docs/PERFORMANCE.md), so a sequence accepting under a tenth of its proposals cannot win and only spends
 // the batch's token budget; text often starts repeating itself later, hence a pause rather than an end.
+// The probe alone decides what follows: its acceptance is weighed against kSpecOffBelow as if
+// kSpecMinDrafts proposals had been seen, so a rejected probe pauses again at once (a draft that keeps
+// disagreeing costs one verify row and one draft step per pause, not kSpecMinDrafts of them: the issue's
+// floor) and an accepted one resumes speculation. With ngram a pause also ends as soon as the last ngram_max
+// tokens match an earlier occurrence (ProposeFor): a copy has begun, and a rejected probe pauses again.
 constexpr double kSpecEmaWeight = 0.3;
 constexpr double kSpecOffBelow = 0.1;
 constexpr int kSpecMinDrafts = 8;
@@ -40,14 +45,24 @@ absl::Status ValidateSchedulerConfig(const SchedulerConfig& c) {
     return absl::InvalidArgumentError(absl::StrCat("--num-speculative-tokens = ", k, " must be in [0, ",
                                                    kMaxSpeculativeTokens, "]"));
   }
+  if (c.speculative.step_tokens < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("--speculative-step-tokens = ", c.speculative.step_tokens,
+                                                   " must be >= 0 (0 = no batch-size cap)"));
+  }
   if (k > 0) return ValidateNgramProposerOptions(c.speculative.ngram);
   return absl::OkStatus();
+}
+
+int MaxProposalsForBatch(const SpeculativeConfig& config, int batch_size) {
+  if (config.step_tokens == 0) return kMaxSpeculativeTokens;
+  return std::clamp(config.step_tokens / std::max(batch_size, 1) - 1, 0, kMaxSpeculativeTokens);
 }
 
 Scheduler::Scheduler(const SchedulerConfig& config)
     : config_(config),
       blocks_(BlockManagerOptions{config.num_blocks, config.block_size, config.enable_prefix_caching}),
-      proposer_(config.speculative.ngram) {
+      proposer_(config.speculative.ngram),
+      long_match_(NgramProposerOptions{config.speculative.ngram.ngram_max, config.speculative.ngram.ngram_max}) {
   const absl::Status s = ValidateSchedulerConfig(config);
   TP_CHECK(s.ok()) << s;
 }
@@ -194,7 +209,7 @@ void Scheduler::Emit(Sequence* seq, int num_tokens, StepState* step, SchedulerOu
   s.start_position = start;
   s.block_table = seq->block_table;
   s.sample = start + num_tokens - num_drafts == seq->num_tokens();
-  if (s.sample) s.num_proposals = DraftProposalsWanted(*seq);
+  if (s.sample) s.num_proposals = std::min(DraftProposalsWanted(*seq), step->max_proposals);
   s.is_new = seq->needs_start;
   s.num_cached_tokens = seq->num_cached_tokens;
   seq->needs_start = false;
@@ -250,6 +265,7 @@ SchedulerOutput Scheduler::Schedule() {
   finished_since_schedule_.clear();
   StepState step;
   step.token_budget = config_.max_num_batched_tokens;
+  step.max_proposals = MaxProposalsForBatch(config_.speculative, num_running());
   // Snapshot: Preempt() edits running_ while we walk it.
   const std::vector<Sequence*> order(running_.begin(), running_.end());
 
@@ -261,7 +277,7 @@ SchedulerOutput Scheduler::Schedule() {
     if (pending <= 0) continue;  // no sampled token arrived for it; nothing to run
     const int n = std::min(pending, step.token_budget);
     std::vector<int32_t> drafts;
-    if (n == pending) drafts = ProposeFor(seq, step.token_budget - n);
+    if (n == pending) drafts = ProposeFor(seq, std::min(step.token_budget - n, step.max_proposals));
     if (!drafts.empty()) {
       // Proposals take only blocks that are free now: they never preempt anyone.
       const int need = blocks_.BlocksFor(seq->num_computed_tokens + n + static_cast<int>(drafts.size())) -
@@ -354,10 +370,21 @@ void Scheduler::OnStepComplete(const SchedulerOutput& out,
 }
 
 std::vector<int32_t> Scheduler::ProposeFor(Sequence* seq, int budget) const {
+  // A paused ngram sequence probes at the end of its pause, or as soon as its last ngram_max tokens occurred
+  // before: the text has started repeating itself (a loop, a quote), what the pause was waiting for.
+  // Early probes back off: after p pauses without an accepted proposal, one comes no sooner than 2^p tokens
+  // into the pause, so text that repeats but keeps being mispredicted costs O(log) probes per pause.
+  const bool paused = seq->spec_k == 0 && seq->spec_resume_at > 0;
+  if (paused && config_.speculative.method == SpeculativeMethod::kNgram &&
+      seq->num_generated() < seq->spec_resume_at &&
+      seq->num_generated() >= seq->spec_resume_at - kSpecPauseTokens + (1 << std::min(seq->spec_num_pauses, 6)) &&
+      !long_match_.Propose(seq->token_ids, 1).empty()) {
+    seq->spec_resume_at = seq->num_generated();
+  }
   if (seq->spec_k == 0 && seq->spec_resume_at > 0 && seq->num_generated() >= seq->spec_resume_at) {
     seq->spec_k = 1;  // probe again after a pause
-    seq->spec_acceptance = 2 * kSpecOffBelow;
-    seq->spec_num_drafts = 0;
+    seq->spec_acceptance = kSpecOffBelow;
+    seq->spec_num_drafts = kSpecMinDrafts - 1;
     seq->spec_resume_at = 0;
   }
   // Every kept proposal becomes a generated token, and the model adds one more: stay within max_new_tokens.
@@ -406,9 +433,11 @@ void Scheduler::RecordAcceptance(Sequence* seq, int proposed, int accepted) cons
   ++seq->spec_num_drafts;
   seq->spec_acceptance = (1 - kSpecEmaWeight) * seq->spec_acceptance +
                          kSpecEmaWeight * static_cast<double>(accepted) / proposed;
+  if (accepted > 0) seq->spec_num_pauses = 0;
   if (seq->spec_num_drafts >= kSpecMinDrafts && seq->spec_acceptance < kSpecOffBelow) {
     seq->spec_k = 0;
     seq->spec_resume_at = seq->num_generated() + kSpecPauseTokens;
+    ++seq->spec_num_pauses;
     return;
   }
   const int max_k = config_.speculative.num_speculative_tokens;

@@ -33,7 +33,19 @@ struct SpeculativeConfig {
   int num_speculative_tokens = 0;  // --num-speculative-tokens K; 0 = off
   SpeculativeMethod method = SpeculativeMethod::kNgram;  // --speculative-method
   NgramProposerOptions ngram;      // --speculative-method ngram
+  // --speculative-step-tokens N: query tokens a step can run at about the cost of a plain decode step (0 = no
+  // batch-size cap). See MaxProposalsForBatch.
+  int step_tokens = 0;
 };
+
+// Choosing k from the batch size. A step verifying k proposals for each of B sequences runs B x (k + 1) query
+// tokens. While that stays within what the weight read hides (N tokens: engine-bench --verify-tokens shows the
+// step cost flat up to N, then growing with the tokens), proposals are nearly free; past it a step costs about
+// its tokens, so k proposals cost (k + 1) plain steps and pay only if all are accepted: never worth it. So each
+// of B running sequences gets at most N / B - 1 proposals (integer division; 0 once B > N / 2), on top of its
+// own adapted k. On the 2-core avx512-bf16 machine N is about 10 (docs/PERFORMANCE.md, speculative
+// decoding); a GPU's is in the hundreds. step_tokens 0: no cap (kMaxSpeculativeTokens).
+int MaxProposalsForBatch(const SpeculativeConfig& config, int batch_size);
 
 struct SchedulerConfig {
   int num_blocks = 0;  // KV pool size (the minimum any worker can afford)
@@ -149,6 +161,7 @@ class Scheduler {
   // Per-Schedule() bookkeeping.
   struct StepState {
     int token_budget = 0;
+    int max_proposals = 0;  // MaxProposalsForBatch of the running batch, per sequence
     bool preempted_any = false;
     absl::flat_hash_set<uint64_t> scheduled;  // seq ids in the output already: never victims
   };
@@ -181,6 +194,9 @@ class Scheduler {
   SchedulerConfig config_;
   BlockManager blocks_;
   NgramProposer proposer_;
+  // ngram: matches of the longest n-gram only (ngram_min = ngram_max): the sign that the text has started
+  // repeating itself, which ends a pause early (ProposeFor).
+  NgramProposer long_match_;
   absl::flat_hash_map<uint64_t, std::unique_ptr<Sequence>> seqs_;
   SeqSet waiting_;  // front = next to admit
   SeqSet running_;

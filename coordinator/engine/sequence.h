@@ -41,6 +41,7 @@ struct Sequence {
   double spec_acceptance = 1.0;  // moving average of accepted / proposed
   int spec_num_drafts = 0;       // verify steps that carried proposals
   int spec_resume_at = 0;        // with spec_k == 0: num_generated() at which speculation probes again
+  int spec_num_pauses = 0;       // pauses since a proposal was last accepted (backs off early probes)
   std::vector<int32_t> draft_proposals;  // SpeculativeMethod::kDraft: the draft model's, for the next decode
 
   int num_tokens() const { return static_cast<int>(token_ids.size()); }

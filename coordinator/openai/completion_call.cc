@@ -152,9 +152,18 @@ json CompletionCall::Envelope(bool chunk) const {
 json CompletionCall::UsageLocked() const {
   // The prompt is counted once, as OpenAI does for n > 1; cached_tokens is what choice 0 found in the prefix
   // cache (the other choices read choice 0's blocks: tpserve:prefix_cache_hits_total counts those).
+  // Speculative counts are the sums over the choices, like completion_tokens.
   int completion = 0;
-  for (const Choice& c : choices_) completion += c.usage.completion_tokens();
-  return UsageJson(choices_[0].usage.prompt_tokens(), completion, choices_[0].usage.cached_prompt_tokens());
+  v1::SpeculativeUsage speculative;
+  for (const Choice& c : choices_) {
+    completion += c.usage.completion_tokens();
+    const v1::SpeculativeUsage& s = c.usage.speculative();
+    speculative.set_num_drafts(speculative.num_drafts() + s.num_drafts());
+    speculative.set_num_draft_tokens(speculative.num_draft_tokens() + s.num_draft_tokens());
+    speculative.set_num_accepted_tokens(speculative.num_accepted_tokens() + s.num_accepted_tokens());
+  }
+  return UsageJson(choices_[0].usage.prompt_tokens(), completion, choices_[0].usage.cached_prompt_tokens(),
+                   speculative);
 }
 
 void CompletionCall::SendEvent(const json& j) { exchange_->Write(absl::StrCat("data: ", Dump(j), "\n\n")); }

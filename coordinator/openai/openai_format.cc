@@ -21,11 +21,17 @@ json FinishReasonJson(v1::FinishReason reason) {
   }
 }
 
-json UsageJson(int prompt_tokens, int completion_tokens, int cached_tokens) {
-  return {{"prompt_tokens", prompt_tokens},
-          {"completion_tokens", completion_tokens},
-          {"total_tokens", prompt_tokens + completion_tokens},
-          {"prompt_tokens_details", {{"cached_tokens", cached_tokens}}}};
+json UsageJson(int prompt_tokens, int completion_tokens, int cached_tokens, const v1::SpeculativeUsage& speculative) {
+  json usage = {{"prompt_tokens", prompt_tokens},
+                {"completion_tokens", completion_tokens},
+                {"total_tokens", prompt_tokens + completion_tokens},
+                {"prompt_tokens_details", {{"cached_tokens", cached_tokens}}}};
+  if (speculative.num_drafts() > 0) {
+    usage["speculative"] = {{"num_drafts", speculative.num_drafts()},
+                            {"num_draft_tokens", speculative.num_draft_tokens()},
+                            {"num_accepted_tokens", speculative.num_accepted_tokens()}};
+  }
+  return usage;
 }
 
 std::string TokenText(const Tokenizer& tokenizer, int32_t id) {

@@ -14,8 +14,11 @@ namespace tpserve::coordinator::openai {
 // "stop" (EOS, a stop string or a stop token id) or "length"; nullptr JSON while running.
 nlohmann::json FinishReasonJson(tpserve::v1::FinishReason reason);
 
-// {"prompt_tokens", "completion_tokens", "total_tokens", "prompt_tokens_details": {"cached_tokens"}}
-nlohmann::json UsageJson(int prompt_tokens, int completion_tokens, int cached_tokens);
+// {"prompt_tokens", "completion_tokens", "total_tokens", "prompt_tokens_details": {"cached_tokens"}}, plus
+// tpserve's "speculative": {"num_drafts", "num_draft_tokens", "num_accepted_tokens"} (gRPC Usage.speculative)
+// when `speculative` had proposals verified (num_drafts > 0); absent otherwise, as in the gRPC message.
+nlohmann::json UsageJson(int prompt_tokens, int completion_tokens, int cached_tokens,
+                         const tpserve::v1::SpeculativeUsage& speculative = {});
 
 // The text a token stands for on its own (SentencePiece's "▁" as a space, a byte-fallback piece as its byte,
 // control tokens as their piece, e.g. "</s>"). May be an incomplete UTF-8 sequence.

@@ -888,9 +888,15 @@ TEST(SchedulerTest, SpeculationPausesForASequenceThatRejectsEverything) {
     }
     s.OnStepComplete(out, {{1, {answer}}});
   }
-  ASSERT_GT(draft_at.size(), 9u);
-  EXPECT_GE(draft_at[8] - draft_at[7], 64) << "proposals went on after 8 rejected ones";
-  EXPECT_EQ(draft_len[8], 1) << "the probe after a pause proposes one token";
+  // 8 rejected proposals, then a pause. The text repeats (3 4 3 4), so its last 4 tokens always occurred before
+  // and a paused sequence may probe early, but each rejected probe pauses again at once and the next early probe
+  // waits twice as long (2, 4, 8, ... up to the full 64-token pause): O(log) probes per pause, one token each.
+  ASSERT_GT(draft_at.size(), 10u);
+  for (size_t i = 8; i < draft_at.size(); ++i) {
+    EXPECT_GE(draft_at[i] - draft_at[i - 1], std::min(64, 1 << (i - 7))) << "probe " << i;
+    EXPECT_EQ(draft_len[i], 1) << "a probe after a pause proposes one token";
+  }
+  EXPECT_LE(draft_at.size(), 8u + 8u) << "early probes did not back off";
   EXPECT_TRUE(s.block_manager().CheckConsistency(s.BlockOwnerCounts()).ok());
 }
 
@@ -905,6 +911,64 @@ TEST(SchedulerTest, SpeculativeConfigIsValidated) {
   EXPECT_EQ(Scheduler::Create(cfg).status().code(), StatusCode::kInvalidArgument);
   cfg.speculative.ngram = {1, 2};
   EXPECT_TRUE(Scheduler::Create(cfg).ok());
+}
+
+// Choosing k from the batch size (--speculative-step-tokens N): B running sequences get at most N / B - 1
+// proposals each, so a step's decode + proposal tokens stay within N; 0 = no cap.
+TEST(SchedulerTest, MaxProposalsShrinkWithTheBatch) {
+  SpeculativeConfig c;
+  c.num_speculative_tokens = 4;
+  for (int b : {0, 1, 16, 256}) EXPECT_EQ(MaxProposalsForBatch(c, b), kMaxSpeculativeTokens) << "no cap, B " << b;
+  c.step_tokens = 12;
+  const std::vector<std::pair<int, int>> table = {{0, 11}, {1, 11}, {2, 5}, {3, 3}, {4, 2}, {5, 1},
+                                                  {6, 1},  {7, 0},  {12, 0}, {13, 0}, {64, 0}};
+  for (const auto& [b, want] : table) EXPECT_EQ(MaxProposalsForBatch(c, b), want) << "B " << b;
+  c.step_tokens = 1000;
+  EXPECT_EQ(MaxProposalsForBatch(c, 1), kMaxSpeculativeTokens);  // never past the proposal limit
+  SchedulerConfig cfg = Config(8, 4, 4, 64, 64);
+  cfg.speculative = c;
+  cfg.speculative.step_tokens = -1;
+  EXPECT_EQ(Scheduler::Create(cfg).status().code(), StatusCode::kInvalidArgument);
+}
+
+// The cap in a real schedule: one sequence alone proposes its full k; the same history with two more running
+// sequences (step_tokens 6, B = 3: 6 / 3 - 1 = 1) proposes one token, and the draft model is asked for one; with
+// four running (6 / 4 - 1 = 0) nothing is proposed, and the sequences still decode.
+TEST(SchedulerTest, SpeculationShortensProposalsAtLargeBatch) {
+  for (SpeculativeMethod method : {SpeculativeMethod::kNgram, SpeculativeMethod::kDraft}) {
+    for (const auto& [num_seqs, want] : std::vector<std::pair<int, int>>{{1, 4}, {3, 1}, {4, 0}}) {
+      SchedulerConfig cfg = Config(/*num_blocks=*/32, /*block_size=*/4, /*max_num_seqs=*/4, /*budget=*/64, 64);
+      cfg.speculative.num_speculative_tokens = 4;
+      cfg.speculative.method = method;
+      cfg.speculative.ngram = {1, 2};
+      cfg.speculative.step_tokens = 6;
+      Scheduler s(cfg);
+      absl::flat_hash_map<uint64_t, std::vector<int32_t>> sampled;
+      for (int i = 1; i <= num_seqs; ++i) {
+        ASSERT_TRUE(s.AddSequence(i, {5, 6, 7, 5, 6}, 20, 0).ok());
+        sampled[i] = {7};
+      }
+      SchedulerOutput out = s.Schedule();  // prefills
+      ASSERT_EQ(static_cast<int>(out.seqs.size()), num_seqs);
+      s.OnStepComplete(out, sampled);  // 5 6 7 5 6 | 7
+      for (int i = 1; i <= num_seqs; ++i) s.SetDraftProposals(i, 6, {5, 6, 7, 5});
+
+      out = s.Schedule();
+      ASSERT_EQ(static_cast<int>(out.seqs.size()), num_seqs);
+      for (const ScheduledSeq& v : out.seqs) {
+        const std::string where = absl::StrCat(method == SpeculativeMethod::kDraft ? "draft" : "ngram", " B ",
+                                               num_seqs, " seq ", v.seq_id);
+        EXPECT_EQ(v.num_draft_tokens, want) << where;
+        // The last token, then what followed the earlier "6 7" (the copy continues from its own output).
+        const std::vector<int32_t> all = {7, 5, 6, 7, 5};
+        EXPECT_EQ(v.token_ids, std::vector<int32_t>(all.begin(), all.begin() + 1 + want)) << where;
+        EXPECT_TRUE(v.sample) << where;
+        if (method == SpeculativeMethod::kDraft) EXPECT_LE(v.num_proposals, want) << where;
+      }
+      EXPECT_EQ(out.num_batched_tokens, num_seqs * (1 + want));
+      EXPECT_TRUE(s.block_manager().CheckConsistency(s.BlockOwnerCounts()).ok());
+    }
+  }
 }
 
 // After a worker loss every running sequence restarts from its own token history, seniority kept, and the

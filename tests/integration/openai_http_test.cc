@@ -231,6 +231,74 @@ TEST(OpenAiHttpTest, NoSpeculationOptsOneRequestOut) {
   EXPECT_EQ(server.Stop(), 0) << server.ReadLog();
 }
 
+// usage.speculative (gRPC Usage.speculative) in the OpenAI responses: the final usage of a non-streamed
+// completion and of a streamed chat (include_usage) carries the request's own verify counts, equal to what
+// the tpserve:spec_decode_* counters gained for it (the server serves nothing else meanwhile); a request that
+// had no proposal verified (opted out) has no "speculative" object, as the gRPC message has none.
+TEST(OpenAiHttpTest, UsageCarriesSpeculativeCounts) {
+  TP_REQUIRE_SHARED(model_dir, "models/stories260K");
+  ServerProcess server({model_dir, 1, {"--speculative-method=ngram", "--num-speculative-tokens=4"}});
+  ASSERT_TRUE(server.Start().ok()) << server.ReadLog();
+  const int port = server.http_port();
+  auto counters = [&] {
+    const std::string m = server.HttpGet("/metrics");
+    auto get = [&](const std::string& name) {
+      return static_cast<int>(MetricValue(m, "tpserve:spec_decode_" + name + "_total{model_name=\"stories260K\"}"));
+    };
+    return json{{"num_drafts", get("num_drafts")},
+                {"num_draft_tokens", get("num_draft_tokens")},
+                {"num_accepted_tokens", get("num_accepted_tokens")}};
+  };
+  auto gained = [](const json& before, const json& after) {
+    json d;
+    for (const auto& [k, v] : after.items()) d[k] = v.get<int>() - before[k].get<int>();
+    return d;
+  };
+  auto check_counts = [](const json& usage, const json& expected, const std::string& what) {
+    ASSERT_TRUE(usage.contains("speculative")) << what << ": no usage.speculative in " << usage.dump();
+    const json& sp = usage["speculative"];
+    EXPECT_EQ(sp, expected) << what;
+    EXPECT_GT(sp["num_drafts"].get<int>(), 0) << what;
+    EXPECT_LE(sp["num_accepted_tokens"].get<int>(), sp["num_draft_tokens"].get<int>()) << what;
+    EXPECT_LT(sp["num_accepted_tokens"].get<int>(), usage["completion_tokens"].get<int>()) << what;
+  };
+
+  // Non-streamed completion.
+  json before = counters();
+  json body = {{"prompt", "Once upon a time"}, {"max_tokens", 150}, {"temperature", 0}, {"ignore_eos", true}};
+  HttpResult r = Post(port, "/v1/completions", body.dump());
+  ASSERT_EQ(r.status, 200) << r.body;
+  json j = json::parse(r.body, nullptr, false);
+  ASSERT_FALSE(j.is_discarded()) << r.body;
+  check_counts(j["usage"], gained(before, counters()), "completion");
+
+  // Streamed chat: the usage chunk (empty choices) at the end.
+  before = counters();
+  body = {{"messages", json::array({{{"role", "user"}, {"content", "Tell me a story about a cat."}}})},
+          {"max_tokens", 150}, {"temperature", 0}, {"ignore_eos", true}, {"stream", true},
+          {"stream_options", {{"include_usage", true}}}};
+  r = Post(port, "/v1/chat/completions", body.dump());
+  ASSERT_EQ(r.status, 200) << r.body;
+  json usage;
+  for (size_t at = r.body.find("data: {"); at != std::string::npos; at = r.body.find("data: {", at + 1)) {
+    json chunk = json::parse(r.body.substr(at + 6, r.body.find('\n', at) - at - 6), nullptr, false);
+    ASSERT_FALSE(chunk.is_discarded()) << r.body;
+    if (chunk["choices"].empty()) usage = chunk["usage"];
+  }
+  ASSERT_TRUE(usage.is_object()) << "no usage chunk in " << r.body;
+  check_counts(usage, gained(before, counters()), "streamed chat");
+
+  // Opted out: nothing verified, no speculative object.
+  body = {{"prompt", "Once upon a time"}, {"max_tokens", 150}, {"temperature", 0}, {"ignore_eos", true},
+          {"no_speculation", true}};
+  r = Post(port, "/v1/completions", body.dump());
+  ASSERT_EQ(r.status, 200) << r.body;
+  j = json::parse(r.body, nullptr, false);
+  ASSERT_FALSE(j.is_discarded()) << r.body;
+  EXPECT_FALSE(j["usage"].contains("speculative")) << j["usage"].dump();
+  EXPECT_EQ(server.Stop(), 0) << server.ReadLog();
+}
+
 // The gRPC API's greedy answer to a request, as {text, prompt_tokens}.
 json GrpcAnswer(ServerProcess& server, const v1::GenerateRequest& req, const std::string& key) {
   auto stub = server.NewStub();
@@ -263,7 +331,9 @@ TEST(OpenAiSdkTest, OfficialJavaScriptClient) {
   std::ofstream(dir.path + "/key") << key << "\n";
   ServerOptions o{model_dir, 1,
                   {"--api_key_file=" + dir.path + "/key", "--served_model_name=tiny-stories", "--max_num_seqs=4",
-                   "--max_queued_requests=2", "--drain_timeout=60"}};
+                   "--max_queued_requests=2", "--drain_timeout=60",
+                   // the SDK script checks usage.speculative; output is the same with speculation
+                   "--speculative-method=ngram"}};
   ServerProcess server(o);
   ASSERT_TRUE(server.Start().ok()) << server.ReadLog();
 

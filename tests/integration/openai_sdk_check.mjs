@@ -91,6 +91,17 @@ check("completions, greedy: the gRPC API's text", async () => {
   assert.equal(r.usage.prompt_tokens, expected.completion.prompt_tokens);
 });
 
+// The server speculates (--speculative-method ngram): a long greedy story repeats itself, so proposals are
+// verified and the final usage carries tpserve's usage.speculative counts through the SDK's response object.
+check("completions, greedy, long: usage.speculative", async () => {
+  const r = await client.completions.create({ model: MODEL, prompt: PROMPT, max_tokens: 150, temperature: 0, ignore_eos: true });
+  const sp = r.usage.speculative;
+  assert.ok(sp, `no usage.speculative in ${JSON.stringify(r.usage)}`);
+  assert.ok(sp.num_drafts > 0, "proposals verified");
+  assert.ok(sp.num_accepted_tokens <= sp.num_draft_tokens, "accepted <= proposed");
+  assert.ok(sp.num_accepted_tokens < r.usage.completion_tokens, "the model adds a token to every verify step");
+});
+
 check("chat, streaming with include_usage: same text, then usage, then [DONE]", async () => {
   const stream = await client.chat.completions.create({
     model: MODEL, messages: CHAT_MESSAGES, max_tokens: MAX_TOKENS, temperature: 0, stream: true,

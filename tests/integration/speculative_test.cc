@@ -336,6 +336,7 @@ TEST(SpeculativeFlagsTest, BadValuesAreRefusedNamingTheFlag) {
       {{"--speculative-method=draft", "--draft-model=/nonexistent-draft"}, "--draft-model /nonexistent-draft"},
       {{"--speculative-method=ngram", "--num-speculative-tokens=0"}, "--num-speculative-tokens = 0"},
       {{"--speculative-method=ngram", "--ngram-min=3", "--ngram-max=2"}, "--ngram-max = 2 must be >= --ngram-min"},
+      {{"--speculative-method=ngram", "--speculative-step-tokens=-1"}, "--speculative-step-tokens = -1 must be >= 0"},
   };
   for (const auto& [flags, message] : cases) {
     ServerProcess server({model_dir, 1, flags, absl::Seconds(60)});

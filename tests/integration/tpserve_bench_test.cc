@@ -163,6 +163,26 @@ TEST_F(TpserveBenchTest, SharedPrefixReportsCachedTokens) {
   EXPECT_DOUBLE_EQ(Metric(kPrefixHits) - hits_before, s["cached_prompt_tokens"].get<double>());
 }
 
+// The built-in grounded workload (--dataset grounded): chat requests that each ask for a copy of part of their
+// input, sized to --input-len and to the served model's 512-token context, generate the lengths the rows
+// carry, and the server counts exactly those tokens.
+TEST_F(TpserveBenchTest, GroundedDatasetRuns) {
+  const double gen_before = Metric(kGenTokens);
+  BenchRun run = RunBench(server_->address(), "--num-requests 6 --concurrency 2 --dataset grounded --input-len 120");
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  EXPECT_EQ(run.report["summary"]["completed"], 6) << run.output;
+  int64_t generated = 0;
+  for (const auto& r : run.report["requests"]) {
+    EXPECT_EQ(r["status"], "OK") << r.dump();
+    EXPECT_GT(r["prompt_tokens"].get<int>(), 60) << r.dump();
+    EXPECT_LE(r["prompt_tokens"].get<int>() + r["output_len_asked"].get<int>(), 512) << r.dump();
+    EXPECT_EQ(r["completion_tokens"], r["output_len_asked"]) << r.dump();  // ignore_eos
+    generated += r["completion_tokens"].get<int64_t>();
+  }
+  EXPECT_GT(generated, 6 * 8);
+  EXPECT_DOUBLE_EQ(Metric(kGenTokens) - gen_before, static_cast<double>(generated));
+}
+
 // Open loop over the sample dataset (prompt and chat lines), plus --compare against the first run.
 TEST_F(TpserveBenchTest, DatasetOpenLoopAndCompare) {
   const std::string dataset = SourceDir() + "/data/bench/sample_chat.jsonl";
