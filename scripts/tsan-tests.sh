@@ -19,7 +19,9 @@
 #                         what the serving tests run
 #   CoordinatorRestartTest  under TSan the standalone coordinator loaded its worker and never turned SERVING
 #                         within the test's 60 s (no race reported; not yet diagnosed: a TSan-only stall or a
-#                         real ordering bug the slowdown exposes). Runs in the plain and ASan builds.
+#                         real ordering bug the slowdown exposes). Runs in the plain and ASan builds. Its own
+#                         waits (60 s to SERVING, 10 s per Generate) did not scale with
+#                         TPSERVE_TEST_TIMEOUT_SCALE then; they do now, not yet rerun under TSan.
 #   Auth/WorkerAuthTest.*/Token  under TSan the server did not turn NOT_SERVING within 30 s of rank 0's kill (once,
 #                         no race printed; not yet diagnosed); the /Mtls variant runs the same kill and rejoin
 #   WorkerLossTest.RestartedWorkerGroup..., SecurityTest.ControlPlane..., SpeculativeSamplingTest  cost (50-90 s

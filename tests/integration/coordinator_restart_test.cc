@@ -38,9 +38,11 @@ int FreePort() {
   return port;
 }
 
+// `timeout` scales with $TPSERVE_TEST_TIMEOUT_SCALE like the test utilities' waits: under the sanitizers the
+// coordinator and its worker start several times slower (TSan: 5-15x).
 bool WaitServing(const std::string& addr, absl::Duration timeout) {
   auto stub = grpc::health::v1::Health::NewStub(grpc::CreateChannel(addr, grpc::InsecureChannelCredentials()));
-  absl::Time deadline = absl::Now() + timeout;
+  absl::Time deadline = absl::Now() + ScaledTimeout(timeout);
   while (absl::Now() < deadline) {
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(1));
@@ -70,7 +72,8 @@ TEST(CoordinatorRestartTest, WorkerRegistersAgainAndClientsGetUnavailableMeanwhi
   auto stub = v1::Generation::NewStub(grpc::CreateChannel(addr, grpc::InsecureChannelCredentials()));
   auto generate = [&](grpc::Status* s) {
     grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    ctx.set_deadline(std::chrono::system_clock::now() +
+                     std::chrono::milliseconds(absl::ToInt64Milliseconds(ScaledTimeout(absl::Seconds(10)))));
     v1::GenerateResponse resp;
     *s = stub->Generate(&ctx, GreedyRequest("Once upon a time", 6), &resp);
     return std::vector<int32_t>(resp.token_ids().begin(), resp.token_ids().end());
@@ -82,7 +85,7 @@ TEST(CoordinatorRestartTest, WorkerRegistersAgainAndClientsGetUnavailableMeanwhi
   kill(c, SIGKILL);
   waitpid(c, nullptr, 0);
   generate(&s);
-  // Not hanging is the status, not a time: a hang would end DEADLINE_EXCEEDED at the call's 10 s deadline.
+  // Not hanging is the status, not a time: a hang would end DEADLINE_EXCEEDED at the call's (scaled) 10 s deadline.
   EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE) << s.error_message();
 
   c = SpawnLogged(coord, dir + "/coordinator.log");
