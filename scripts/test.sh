@@ -46,8 +46,9 @@ elif [ -z "$NVCC" ]; then
   echo "== CUDA build skipped: nvcc not found (install the CUDA toolkit to check it)"
 else
   echo "== CUDA build (compile and link; GPU tests skip without a GPU)"
-  # integration_tests is not rebuilt with CUDA (the CUDA flags reach every file that links the worker, so it
-  # would all compile again): the CPU build's test binary starts the CUDA build's tpserve instead.
+  # The CUDA build compiles every C++ file outside kernels/cuda/ with the CPU build's command line (CUDA headers
+  # only where used, kernels/CMakeLists.txt), so ccache serves them. integration_tests is not built again at all:
+  # the CPU build's test binary starts the CUDA build's tpserve instead.
   BUILD_DIR=build-cuda TARGETS="tpserve kernels_tests worker_tests" stage "CUDA build" \
     bash scripts/build.sh -DTPSERVE_CUDA=ON -DCMAKE_CUDA_COMPILER="$NVCC" -DTPSERVE_BUILD_BENCH=OFF
   stage "CUDA tests (CPU side)" bash -c 'cd build-cuda &&

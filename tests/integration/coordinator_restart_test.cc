@@ -38,6 +38,8 @@ int FreePort() {
   return port;
 }
 
+// `timeout` scales with $TPSERVE_TEST_TIMEOUT_SCALE like the test utilities' waits: under the sanitizers the
+// coordinator and its worker start several times slower (TSan: 5-15x).
 bool WaitServing(const std::string& addr, absl::Duration timeout) {
   auto stub = grpc::health::v1::Health::NewStub(grpc::CreateChannel(addr, grpc::InsecureChannelCredentials()));
   absl::Time deadline = absl::Now() + ScaledTimeout(timeout);

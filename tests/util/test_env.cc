@@ -10,6 +10,7 @@
 #include <stdexcept>
 
 #include "nlohmann/json.hpp"
+#include "tests/util/build_paths.h"
 
 namespace tpserve::testing {
 
@@ -20,7 +21,7 @@ static bool Exists(const std::string& p) {
 
 std::string SharedDir() {
   const char* env = std::getenv("TPSERVE_SHARED_DIR");
-  std::string dir = env ? env : TPSERVE_SHARED_DIR;
+  std::string dir = env ? env : BuildSharedDir();
   return Exists(dir) ? dir : "";
 }
 
@@ -33,7 +34,7 @@ std::string SharedPath(const std::string& rel) {
 
 std::string BinDir() {
   const char* env = std::getenv("TPSERVE_BIN_DIR");  // another build's binaries (scripts/test.sh, CUDA stage)
-  return env && *env ? env : TPSERVE_BIN_DIR;
+  return env && *env ? env : BuildBinDir();
 }
 
 absl::Duration ScaledTimeout(absl::Duration d) {
@@ -44,7 +45,7 @@ absl::Duration ScaledTimeout(absl::Duration d) {
   }();
   return d * scale;
 }
-std::string SourceDir() { return TPSERVE_SOURCE_DIR; }
+std::string SourceDir() { return BuildSourceDir(); }
 
 std::string MakeTempDir(const std::string& tag) {
   const char* tmp = std::getenv("TMPDIR");
