@@ -70,7 +70,7 @@ built=$(date +%s)
 export TPSERVE_TEST_TIMEOUT_SCALE="${TPSERVE_TEST_TIMEOUT_SCALE:-4}"
 export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:history_size=4:suppressions=${ROOT}/scripts/tsan-suppressions.txt"
 
-INTEGRATION='^(Tp/ConcurrencyTest\..*/tp1|CancellationTest|BackpressureTest|StoppingTest|ValidationTest|MetricsTest|DrainTest|SecurityTest\.TlsApi|OpenAiHttpTest|GrpcStatusTest\.(InvalidArgument|DrainTimeout)|Stories260K/SpeculativeServeTest\..*/tp2_k4|Shared/ServeReferenceTest\..*/stories260K_tp2)'
+INTEGRATION='^(Tp/ConcurrencyTest\..*/tp1|CancellationTest|BackpressureTest|StoppingTest|ValidationTest|MetricsTest|DrainTest|SecurityTest\.TlsApi|OpenAiHttpTest|GrpcStatusTest\.(InvalidArgument|DrainTimeout)|Stories260K/SpeculativeServeTest\..*/ngram_tp2_k4|Shared/ServeReferenceTest\..*/stories260K_tp2)'
 
 cd "${BUILD_DIR}"
 # coordinator.chat_template_vectors_fresh carries the label but is python3 + jinja2, no project code.
