@@ -193,10 +193,6 @@ class Scheduler {
 
   SchedulerConfig config_;
   BlockManager blocks_;
-  NgramProposer proposer_;
-  // ngram: matches of the longest n-gram only (ngram_min = ngram_max): the sign that the text has started
-  // repeating itself, which ends a pause early (ProposeFor).
-  NgramProposer long_match_;
   absl::flat_hash_map<uint64_t, std::unique_ptr<Sequence>> seqs_;
   SeqSet waiting_;  // front = next to admit
   SeqSet running_;
