@@ -41,16 +41,20 @@ absl::Status ValidateSchedulerConfig(const SchedulerConfig& c) {
     return bad("max_num_batched_tokens", c.max_num_batched_tokens, "must be > 0");
   }
   if (c.max_model_len <= 0) return bad("max_model_len", c.max_model_len, "must be > 0");
-  const int k = c.speculative.num_speculative_tokens;
-  if (k < 0 || k > kMaxSpeculativeTokens) {
-    return absl::InvalidArgumentError(absl::StrCat("--num-speculative-tokens = ", k, " must be in [0, ",
-                                                   kMaxSpeculativeTokens, "]"));
+  return ValidateSpeculativeConfig(c.speculative, /*min_tokens=*/0);
+}
+
+absl::Status ValidateSpeculativeConfig(const SpeculativeConfig& c, int min_tokens) {
+  const int k = c.num_speculative_tokens;
+  if (k < min_tokens || k > kMaxSpeculativeTokens) {
+    return absl::InvalidArgumentError(absl::StrCat("--num-speculative-tokens = ", k, " must be in [", min_tokens,
+                                                   ", ", kMaxSpeculativeTokens, "]"));
   }
-  if (c.speculative.step_tokens < 0) {
-    return absl::InvalidArgumentError(absl::StrCat("--speculative-step-tokens = ", c.speculative.step_tokens,
-                                                   " must be >= 0 (0 = no batch-size cap)"));
+  if (c.step_tokens < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--speculative-step-tokens = ", c.step_tokens, " must be >= 0 (0 = no batch-size cap)"));
   }
-  if (k > 0) return ValidateNgramProposerOptions(c.speculative.ngram);
+  if (k > 0) return ValidateNgramProposerOptions(c.ngram);
   return absl::OkStatus();
 }
 

@@ -932,6 +932,27 @@ TEST(SchedulerTest, SpeculativeConfigIsValidated) {
   EXPECT_TRUE(Scheduler::Create(cfg).ok());
 }
 
+// One function owns the speculative flags' rules and messages; the CLI asks it with min_tokens 1 (a method was
+// named), a SchedulerConfig with 0 (off).
+TEST(SchedulerTest, SpeculativeFlagRulesHaveOneOwner) {
+  SpeculativeConfig c;
+  c.num_speculative_tokens = 0;
+  EXPECT_TRUE(ValidateSpeculativeConfig(c, 0).ok());
+  EXPECT_EQ(ValidateSpeculativeConfig(c, 1).message(), "--num-speculative-tokens = 0 must be in [1, 16]");
+  c.num_speculative_tokens = 17;
+  EXPECT_EQ(ValidateSpeculativeConfig(c, 0).message(), "--num-speculative-tokens = 17 must be in [0, 16]");
+  c.num_speculative_tokens = 4;
+  c.step_tokens = -1;
+  EXPECT_EQ(ValidateSpeculativeConfig(c, 1).message(),
+            "--speculative-step-tokens = -1 must be >= 0 (0 = no batch-size cap)");
+  SchedulerConfig cfg = Config(8, 4, 4, 64, 64);
+  cfg.speculative = c;
+  EXPECT_EQ(Scheduler::Create(cfg).status().message(), ValidateSpeculativeConfig(c, 0).message());
+  c.step_tokens = 0;
+  c.ngram = {2, 1};
+  EXPECT_EQ(ValidateSpeculativeConfig(c, 1).message(), "--ngram-max = 1 must be >= --ngram-min = 2");
+}
+
 // Choosing k from the batch size (--speculative-step-tokens N): B running sequences get at most N / B - 1
 // proposals each, so a step's decode + proposal tokens stay within N; 0 = no cap.
 TEST(SchedulerTest, MaxProposalsShrinkWithTheBatch) {
