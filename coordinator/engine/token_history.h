@@ -23,7 +23,9 @@ class TokenHistory {
   int size() const { return static_cast<int>(tokens_.size()); }
 
   void Append(absl::Span<const int32_t> tokens);
-  // Keeps the first `len` tokens (len <= size()).
+  // Keeps the first `len` tokens (len <= size()), the index with them. The scheduler never shortens a history
+  // today (rejected proposals never enter it; preemption and replay keep it whole); a history that is cut
+  // back keeps proposing exactly what a scan of the remaining tokens would.
   void Truncate(int len);
   // No n-gram index from now on (the sequence will never speculate with it again); frees its memory.
   void DropNgramIndex();
