@@ -1,5 +1,6 @@
 // `tpserve generate`: a client of the public API. Streams tokens to stdout as they arrive (GenerateStream);
-// --json prints one object at the end instead: {"text", "token_ids", "prompt_token_ids", "finish_reason", "usage"}.
+// --json prints one object at the end instead: {"text", "token_ids", "prompt_token_ids", "finish_reason", "usage"}
+// (usage.speculative as on the OpenAI API, when the server speculated for the request).
 #include <cstdio>
 
 #include "absl/flags/flag.h"
@@ -23,6 +24,8 @@ ABSL_FLAG(double, temperature, 1.0, "sampling temperature; 0 = greedy");
 ABSL_FLAG(int, top_k, 0, "top-k (0 = off)");
 ABSL_FLAG(double, top_p, 1.0, "nucleus sampling, (0, 1]");
 ABSL_FLAG(bool, ignore_eos, false, "keep generating past EOS");
+ABSL_FLAG(bool, no_speculation, false,
+          "opt this request out of the server's speculative decoding (GenerateRequest.no_speculation; same output)");
 ABSL_FLAG(std::vector<std::string>, stop, {}, "stop strings, comma-separated");
 ABSL_FLAG(std::string, request_id, "", "request id echoed by the server");
 ABSL_FLAG(std::string, tls_ca, "", "connect with TLS, verifying the server against this CA bundle (PEM)");
@@ -47,6 +50,7 @@ int GenerateCommand() {
   }
   v1::GenerateRequest req;
   req.set_request_id(absl::GetFlag(FLAGS_request_id));
+  req.set_no_speculation(absl::GetFlag(FLAGS_no_speculation));
   if (!prompt.empty()) {
     req.set_prompt(prompt);
   } else {
@@ -131,6 +135,12 @@ int GenerateCommand() {
     j["usage"] = {{"prompt_tokens", usage.prompt_tokens()},
                   {"completion_tokens", usage.completion_tokens()},
                   {"cached_prompt_tokens", usage.cached_prompt_tokens()}};
+    if (usage.has_speculative()) {
+      const v1::SpeculativeUsage& sp = usage.speculative();
+      j["usage"]["speculative"] = {{"num_drafts", sp.num_drafts()},
+                                   {"num_draft_tokens", sp.num_draft_tokens()},
+                                   {"num_accepted_tokens", sp.num_accepted_tokens()}};
+    }
     std::printf("%s\n", j.dump().c_str());
   } else {
     std::printf("\n");

@@ -186,18 +186,10 @@ absl::StatusOr<coordinator::CoordinatorOptions> CoordinatorOptionsFromFlags() {
   if (!method.empty()) {
     auto& spec = o.engine.scheduler.speculative;
     spec.num_speculative_tokens = absl::GetFlag(FLAGS_num_speculative_tokens);
-    if (spec.num_speculative_tokens < 1 || spec.num_speculative_tokens > tpserve::kMaxSpeculativeTokens) {
-      return absl::InvalidArgumentError(absl::StrCat("--num-speculative-tokens = ", spec.num_speculative_tokens,
-                                                     " must be in [1, ", tpserve::kMaxSpeculativeTokens, "]"));
-    }
     spec.method = method == "draft" ? coordinator::SpeculativeMethod::kDraft : coordinator::SpeculativeMethod::kNgram;
     spec.step_tokens = absl::GetFlag(FLAGS_speculative_step_tokens);
-    if (spec.step_tokens < 0) {
-      return absl::InvalidArgumentError(absl::StrCat("--speculative-step-tokens = ", spec.step_tokens,
-                                                     " must be >= 0 (0 = no batch-size cap)"));
-    }
     spec.ngram = {absl::GetFlag(FLAGS_ngram_min), absl::GetFlag(FLAGS_ngram_max)};
-    if (absl::Status s = coordinator::ValidateNgramProposerOptions(spec.ngram); !s.ok()) return s;
+    if (absl::Status s = coordinator::ValidateSpeculativeConfig(spec, /*min_tokens=*/1); !s.ok()) return s;
     g.draft_model_path = draft_model;
   }
   o.engine.recovery_timeout = absl::Seconds(absl::GetFlag(FLAGS_recovery_timeout));

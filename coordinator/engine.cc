@@ -186,7 +186,7 @@ bool Engine::RunOneStep() {
       *st->mutable_sampling() = r.spec().sampling;
       // The token history's one owner is the scheduler's Sequence.
       const Sequence& seq = *scheduler_->sequence(s.seq_id);
-      st->mutable_history()->Assign(seq.token_ids.begin(), seq.token_ids.end());
+      st->mutable_history()->Assign(seq.history.tokens().begin(), seq.history.tokens().end());
       st->set_num_generated(seq.num_generated());
       st->set_prompt_len(seq.prompt_len);
       const bool first_schedule = r.first_scheduled == absl::InfinitePast();

@@ -54,7 +54,7 @@ class RequestState {
   uint64_t seq_id() const { return seq_id_; }
   const RequestSpec& spec() const { return spec_; }
   RequestSink& sink() { return *sink_; }
-  // Generated tokens delivered so far. The token history itself is the scheduler's Sequence::token_ids (one
+  // Generated tokens delivered so far. The token history itself is the scheduler's Sequence::history (one
   // owner); it can run ahead of this by tokens a verify step accepted after the request stopped.
   int num_generated() const { return num_generated_; }
 

@@ -2,6 +2,7 @@
 #include "coordinator/engine/scheduler.h"
 
 #include <algorithm>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -40,16 +41,20 @@ absl::Status ValidateSchedulerConfig(const SchedulerConfig& c) {
     return bad("max_num_batched_tokens", c.max_num_batched_tokens, "must be > 0");
   }
   if (c.max_model_len <= 0) return bad("max_model_len", c.max_model_len, "must be > 0");
-  const int k = c.speculative.num_speculative_tokens;
-  if (k < 0 || k > kMaxSpeculativeTokens) {
-    return absl::InvalidArgumentError(absl::StrCat("--num-speculative-tokens = ", k, " must be in [0, ",
-                                                   kMaxSpeculativeTokens, "]"));
+  return ValidateSpeculativeConfig(c.speculative, /*min_tokens=*/0);
+}
+
+absl::Status ValidateSpeculativeConfig(const SpeculativeConfig& c, int min_tokens) {
+  const int k = c.num_speculative_tokens;
+  if (k < min_tokens || k > kMaxSpeculativeTokens) {
+    return absl::InvalidArgumentError(absl::StrCat("--num-speculative-tokens = ", k, " must be in [", min_tokens,
+                                                   ", ", kMaxSpeculativeTokens, "]"));
   }
-  if (c.speculative.step_tokens < 0) {
-    return absl::InvalidArgumentError(absl::StrCat("--speculative-step-tokens = ", c.speculative.step_tokens,
-                                                   " must be >= 0 (0 = no batch-size cap)"));
+  if (c.step_tokens < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--speculative-step-tokens = ", c.step_tokens, " must be >= 0 (0 = no batch-size cap)"));
   }
-  if (k > 0) return ValidateNgramProposerOptions(c.speculative.ngram);
+  if (k > 0) return ValidateNgramProposerOptions(c.ngram);
   return absl::OkStatus();
 }
 
@@ -60,9 +65,7 @@ int MaxProposalsForBatch(const SpeculativeConfig& config, int batch_size) {
 
 Scheduler::Scheduler(const SchedulerConfig& config)
     : config_(config),
-      blocks_(BlockManagerOptions{config.num_blocks, config.block_size, config.enable_prefix_caching}),
-      proposer_(config.speculative.ngram),
-      long_match_(NgramProposerOptions{config.speculative.ngram.ngram_max, config.speculative.ngram.ngram_max}) {
+      blocks_(BlockManagerOptions{config.num_blocks, config.block_size, config.enable_prefix_caching}) {
   const absl::Status s = ValidateSchedulerConfig(config);
   TP_CHECK(s.ok()) << s;
 }
@@ -119,7 +122,11 @@ absl::Status Scheduler::AddSequence(uint64_t seq_id, std::vector<int32_t> prompt
   seq->arrival = next_arrival_++;
   seq->prompt_len = static_cast<int>(prompt_len);
   seq->max_new_tokens = max_new_tokens;
-  seq->token_ids = std::move(prompt_ids);
+  std::optional<NgramProposerOptions> ngram;
+  if (config_.speculative.num_speculative_tokens > 0 && config_.speculative.method == SpeculativeMethod::kNgram) {
+    ngram = config_.speculative.ngram;
+  }
+  seq->history = TokenHistory(std::move(prompt_ids), ngram);
   seq->spec_k = config_.speculative.num_speculative_tokens;
   seq->status = SequenceStatus::kWaiting;
   waiting_.insert(seq.get());
@@ -202,7 +209,8 @@ void Scheduler::Emit(Sequence* seq, int num_tokens, StepState* step, SchedulerOu
       << start + num_tokens + num_drafts << " tokens";
   ScheduledSeq s;
   s.seq_id = seq->seq_id;
-  s.token_ids.assign(seq->token_ids.begin() + start, seq->token_ids.begin() + start + num_tokens);
+  const std::vector<int32_t>& history = seq->history.tokens();
+  s.token_ids.assign(history.begin() + start, history.begin() + start + num_tokens);
   s.token_ids.insert(s.token_ids.end(), drafts.begin(), drafts.end());
   s.num_draft_tokens = num_drafts;
   num_tokens += num_drafts;
@@ -227,9 +235,9 @@ void Scheduler::AdmitWaiting(StepState* step, SchedulerOutput* out) {
     const int n_tokens = seq->num_tokens();
     std::vector<int32_t> hits;
     if (blocks_.prefix_caching_enabled()) {
-      ExtendBlockHashes(seq->token_ids, bs, &seq->block_hashes);
+      ExtendBlockHashes(seq->history.tokens(), bs, &seq->block_hashes);
       // Keep at least the last known token to run: the model needs it to produce logits.
-      hits = blocks_.MatchPrefix(seq->block_hashes, seq->token_ids, (n_tokens - 1) / bs);
+      hits = blocks_.MatchPrefix(seq->block_hashes, seq->history.tokens(), (n_tokens - 1) / bs);
     }
     const int cached = static_cast<int>(hits.size()) * bs;
     const int remaining = n_tokens - cached;
@@ -325,11 +333,11 @@ void Scheduler::CacheComputedBlocks(Sequence* seq) {
   const int bs = config_.block_size;
   const int full = seq->num_computed_tokens / bs;
   if (full <= seq->num_registered_blocks) return;
-  ExtendBlockHashes(seq->token_ids, bs, &seq->block_hashes);
+  ExtendBlockHashes(seq->history.tokens(), bs, &seq->block_hashes);
   for (int b = seq->num_registered_blocks; b < full; ++b) {
     const BlockHash parent = b == 0 ? kRootBlockHash : seq->block_hashes[b - 1];
     blocks_.CacheFullBlock(seq->block_table[b], seq->block_hashes[b], parent,
-                           absl::MakeConstSpan(seq->token_ids).subspan(static_cast<size_t>(b) * bs, bs));
+                           absl::MakeConstSpan(seq->history.tokens()).subspan(static_cast<size_t>(b) * bs, bs));
   }
   seq->num_registered_blocks = full;
 }
@@ -359,7 +367,7 @@ void Scheduler::OnStepComplete(const SchedulerOutput& out,
                got[accepted] == s.token_ids[known + accepted]) {
           ++accepted;
         }
-        seq->token_ids.insert(seq->token_ids.end(), got.begin(), got.begin() + accepted + 1);
+        seq->history.Append(absl::MakeConstSpan(got).first(accepted + 1));
         seq->num_computed_tokens += accepted;
         if (s.num_draft_tokens > 0) RecordAcceptance(seq, s.num_draft_tokens, accepted);
       }
@@ -378,7 +386,7 @@ std::vector<int32_t> Scheduler::ProposeFor(Sequence* seq, int budget) const {
   if (paused && config_.speculative.method == SpeculativeMethod::kNgram &&
       seq->num_generated() < seq->spec_resume_at &&
       seq->num_generated() >= seq->spec_resume_at - kSpecPauseTokens + (1 << std::min(seq->spec_num_pauses, 6)) &&
-      !long_match_.Propose(seq->token_ids, 1).empty()) {
+      seq->history.LongestNgramRecurs()) {
     seq->spec_resume_at = seq->num_generated();
   }
   if (seq->spec_k == 0 && seq->spec_resume_at > 0 && seq->num_generated() >= seq->spec_resume_at) {
@@ -396,7 +404,7 @@ std::vector<int32_t> Scheduler::ProposeFor(Sequence* seq, int budget) const {
     return drafts;
   }
   if (k <= 0) return {};
-  return proposer_.Propose(seq->token_ids, k);
+  return seq->history.ProposeNgram(k);
 }
 
 int Scheduler::DraftProposalsWanted(const Sequence& seq) const {
@@ -418,6 +426,7 @@ void Scheduler::DisableSpeculation(uint64_t seq_id) {
   it->second->spec_k = 0;
   it->second->spec_resume_at = 0;
   it->second->draft_proposals.clear();
+  it->second->history.DropNgramIndex();
 }
 
 void Scheduler::SetDraftProposals(uint64_t seq_id, int num_tokens, std::vector<int32_t> tokens) {

@@ -47,6 +47,12 @@ struct SpeculativeConfig {
 // decoding); a GPU's is in the hundreds. step_tokens 0: no cap (kMaxSpeculativeTokens).
 int MaxProposalsForBatch(const SpeculativeConfig& config, int batch_size);
 
+// The speculative flags' rules, owned here: ValidateSchedulerConfig applies them, and the CLI calls this at
+// startup (cli/server_flags.cc) so a bad flag is refused before any worker starts. INVALID_ARGUMENT naming the
+// flag. `min_tokens`: the least --num-speculative-tokens allowed; 0 in a SchedulerConfig (0 = off), 1 where a
+// --speculative-method was asked for (speculation without proposals is a mistake worth reporting).
+absl::Status ValidateSpeculativeConfig(const SpeculativeConfig& config, int min_tokens);
+
 struct SchedulerConfig {
   int num_blocks = 0;  // KV pool size (the minimum any worker can afford)
   int block_size = 16;
@@ -193,10 +199,6 @@ class Scheduler {
 
   SchedulerConfig config_;
   BlockManager blocks_;
-  NgramProposer proposer_;
-  // ngram: matches of the longest n-gram only (ngram_min = ngram_max): the sign that the text has started
-  // repeating itself, which ends a pause early (ProposeFor).
-  NgramProposer long_match_;
   absl::flat_hash_map<uint64_t, std::unique_ptr<Sequence>> seqs_;
   SeqSet waiting_;  // front = next to admit
   SeqSet running_;

@@ -1,18 +1,25 @@
-// NgramProposer: the search order (longest n first, latest occurrence first), limits, and validation, against
-// hand-worked token lists.
+// Prompt-lookup proposals: the search order (longest n first, latest occurrence first), limits, and validation,
+// against hand-worked token lists, for the index (TokenHistory) and for the plain scan the index is
+// property-tested against (token_history_test.cc), so that reference is itself pinned by hand.
 #include "coordinator/engine/ngram_proposer.h"
 
 #include <vector>
 
+#include "coordinator/engine/token_history.h"
 #include "gtest/gtest.h"
+#include "tests/coordinator/ngram_scan_reference.h"
 
 namespace tpserve::coordinator {
 namespace {
 
 using V = std::vector<int32_t>;
 
+// The index's proposal, after checking that the scan gives the same.
 V Propose(int ngram_min, int ngram_max, const V& tokens, int k) {
-  return NgramProposer({ngram_min, ngram_max}).Propose(tokens, k);
+  const NgramProposerOptions options{ngram_min, ngram_max};
+  V indexed = TokenHistory(tokens, options).ProposeNgram(k);
+  EXPECT_EQ(indexed, ngram_reference::ScanNgramProposal(options, tokens, k));
+  return indexed;
 }
 
 TEST(NgramProposerTest, ProposesWhatFollowedTheLatestEarlierOccurrence) {

@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
+#include "tests/coordinator/ngram_scan_reference.h"
 
 namespace tpserve::coordinator {
 namespace {
@@ -487,6 +488,7 @@ struct SoakCase {
   bool expect_preemptions;
   int max_waiting = 1024;  // the engine's queue limit for new requests (EngineOptions.max_queued_requests)
   int vocab = 500;  // random tokens in [0, vocab); small ones make n-grams recur (speculation)
+  int replay_one_in = 0;  // > 0: before a step, with probability 1 / replay_one_in, the worker group is lost
 };
 
 // FNV-1a over the prefix, independent of the scheduler's block hash.
@@ -546,6 +548,11 @@ void RunSoak(const SoakCase& c) {
       ++resolved;
     }
 
+    if (c.replay_one_in > 0 && uniform(1, c.replay_one_in) == 1) {
+      s.RequeueAllForReplay();  // every KV is gone: each sequence recomputes from its history
+      for (auto& [id, q] : live) q.computed = 0;
+    }
+
     const SchedulerOutput out = s.Schedule();
     ASSERT_LE(static_cast<int>(out.seqs.size()), c.config.max_num_seqs);
     ASSERT_LE(out.num_batched_tokens, c.config.max_num_batched_tokens);
@@ -567,7 +574,7 @@ void RunSoak(const SoakCase& c) {
         ASSERT_TRUE(r.sample);
         ASSERT_LE(d, c.config.speculative.num_speculative_tokens);
         ASSERT_LE(static_cast<int>(q.tokens.size()) - q.prompt_len + d + 1, q.max_new);
-        const std::vector<int32_t> want = NgramProposer(c.config.speculative.ngram).Propose(q.tokens, d);
+        const std::vector<int32_t> want = ngram_reference::ScanNgramProposal(c.config.speculative.ngram, q.tokens, d);
         ASSERT_EQ(std::vector<int32_t>(r.token_ids.end() - d, r.token_ids.end()), want);
         drafts_this_step += d;
       }
@@ -623,7 +630,7 @@ void RunSoak(const SoakCase& c) {
       q.tokens.insert(q.tokens.end(), got.begin(), got.end());
       const int generated = static_cast<int>(q.tokens.size()) - q.prompt_len;
       const Sequence* seq = s.sequence(id);
-      ASSERT_EQ(seq->token_ids, q.tokens);
+      ASSERT_EQ(seq->history.tokens(), q.tokens);
       ASSERT_EQ(seq->num_computed_tokens, q.computed);
       // Rollback: no block is held past the computed tokens.
       ASSERT_EQ(static_cast<int>(seq->block_table.size()), (q.computed + bs - 1) / bs);
@@ -632,6 +639,16 @@ void RunSoak(const SoakCase& c) {
         s.Finish(id);
         live.erase(id);
         ++resolved;
+      }
+    }
+    if (c.config.speculative.num_speculative_tokens > 0) {
+      // Each sequence's n-gram index, kept across rollback, preemption and replay, answers as the scan does
+      // (a step without proposals does not show it: blocks or the budget may have dropped them).
+      for (const auto& [id, q] : live) {
+        const TokenHistory& h = s.sequence(id)->history;
+        ASSERT_EQ(h.ProposeNgram(8), ngram_reference::ScanNgramProposal(c.config.speculative.ngram, q.tokens, 8));
+        const int n = c.config.speculative.ngram.ngram_max;
+        ASSERT_EQ(h.LongestNgramRecurs(), !ngram_reference::ScanNgramProposal({n, n}, q.tokens, 1).empty());
       }
     }
     const BlockManager& bm = s.block_manager();
@@ -684,8 +701,9 @@ namespace tpserve::coordinator {
 namespace {
 
 // Speculation under the same soak: proposals (the scheduler's n-gram proposer over a 12-token vocabulary, so
-// n-grams recur), random acceptance, rollback of the rejected positions' blocks, preemption and prefix reuse
-// together. The KV fingerprints catch a rejected proposal's KV that is kept, and a block released while a
+// n-grams recur), random acceptance, rollback of the rejected positions' blocks, preemption, prefix reuse and
+// (first case) replays after a lost worker group together; every sequence's n-gram index is checked against
+// the plain scan after each step. The KV fingerprints catch a rejected proposal's KV that is kept, and a block released while a
 // prefix still needs it; the consistency check catches refcounts that drift.
 TEST(SchedulerSoakTest, SpeculationKeepsInvariantsAndRollsBackRejectedKv) {
   for (int k : {1, 4, 8}) {
@@ -694,7 +712,8 @@ TEST(SchedulerSoakTest, SpeculationKeepsInvariantsAndRollsBackRejectedKv) {
       SchedulerConfig cfg = Config(/*num_blocks=*/40, /*block_size=*/8, /*max_num_seqs=*/16, 64, 160);
       cfg.speculative.num_speculative_tokens = k;
       cfg.speculative.ngram = {1, 3};
-      RunSoak({static_cast<uint32_t>(10 + k), cfg, 200, 60, 60, true, /*max_waiting=*/1024, /*vocab=*/12});
+      RunSoak({static_cast<uint32_t>(10 + k), cfg, 200, 60, 60, true, /*max_waiting=*/1024, /*vocab=*/12,
+               /*replay_one_in=*/150});
     }
     {
       SchedulerConfig cfg = Config(50, 3, 4, 16, 120);  // odd block size, tiny budget
@@ -739,7 +758,7 @@ TEST(SchedulerTest, SpeculativeStepVerifiesProposalsAndRollsBackTheRest) {
   // The model agrees with "5", then says 9 where "6" was proposed.
   s.OnStepComplete(out, {{1, {5, 9}}});
   const Sequence* seq = s.sequence(1);
-  EXPECT_EQ(seq->token_ids, (std::vector<int32_t>{5, 6, 7, 5, 6, 7, 5, 9}));
+  EXPECT_EQ(seq->history.tokens(), (std::vector<int32_t>{5, 6, 7, 5, 6, 7, 5, 9}));
   EXPECT_EQ(seq->num_computed_tokens, 7);
   EXPECT_EQ(seq->block_table.size(), 2u);
   EXPECT_EQ(s.block_manager().num_free_blocks(), 6);
@@ -777,7 +796,7 @@ TEST(SchedulerTest, SpeculativeDraftProposalsComeFromTheStepResult) {
   // One token generated, at most 3 more after this step, minus the model's own: 6 - 1 - 2 = 3.
   EXPECT_EQ(out.seqs[0].num_proposals, 3);
   s.OnStepComplete(out, {{1, {9, 4}}});  // 9 accepted, 4 instead of 10
-  EXPECT_EQ(s.sequence(1)->token_ids, (std::vector<int32_t>{5, 6, 7, 8, 9, 4}));
+  EXPECT_EQ(s.sequence(1)->history.tokens(), (std::vector<int32_t>{5, 6, 7, 8, 9, 4}));
   EXPECT_TRUE(s.block_manager().CheckConsistency(s.BlockOwnerCounts()).ok());
 
   // No proposals arrived: a plain decode, which asks again within max_new_tokens (6 - 3 - 2 = 1).
@@ -911,6 +930,27 @@ TEST(SchedulerTest, SpeculativeConfigIsValidated) {
   EXPECT_EQ(Scheduler::Create(cfg).status().code(), StatusCode::kInvalidArgument);
   cfg.speculative.ngram = {1, 2};
   EXPECT_TRUE(Scheduler::Create(cfg).ok());
+}
+
+// One function owns the speculative flags' rules and messages; the CLI asks it with min_tokens 1 (a method was
+// named), a SchedulerConfig with 0 (off).
+TEST(SchedulerTest, SpeculativeFlagRulesHaveOneOwner) {
+  SpeculativeConfig c;
+  c.num_speculative_tokens = 0;
+  EXPECT_TRUE(ValidateSpeculativeConfig(c, 0).ok());
+  EXPECT_EQ(ValidateSpeculativeConfig(c, 1).message(), "--num-speculative-tokens = 0 must be in [1, 16]");
+  c.num_speculative_tokens = 17;
+  EXPECT_EQ(ValidateSpeculativeConfig(c, 0).message(), "--num-speculative-tokens = 17 must be in [0, 16]");
+  c.num_speculative_tokens = 4;
+  c.step_tokens = -1;
+  EXPECT_EQ(ValidateSpeculativeConfig(c, 1).message(),
+            "--speculative-step-tokens = -1 must be >= 0 (0 = no batch-size cap)");
+  SchedulerConfig cfg = Config(8, 4, 4, 64, 64);
+  cfg.speculative = c;
+  EXPECT_EQ(Scheduler::Create(cfg).status().message(), ValidateSpeculativeConfig(c, 0).message());
+  c.step_tokens = 0;
+  c.ngram = {2, 1};
+  EXPECT_EQ(ValidateSpeculativeConfig(c, 1).message(), "--ngram-max = 1 must be >= --ngram-min = 2");
 }
 
 // Choosing k from the batch size (--speculative-step-tokens N): B running sequences get at most N / B - 1
