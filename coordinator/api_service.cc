@@ -66,7 +66,11 @@ class UnaryGenerateReactor final : public grpc::ServerUnaryReactor, public Reque
   void OnError(const absl::Status& s, const v1::GenerateStreamResponse* /*last*/) override {
     Finish(ToGrpcStatus(s));
   }
-  void OnCancel() override { latch_.Cancel(); }
+  void OnCancel() override {
+    TsanAcquire(static_cast<grpc::internal::ServerReactor*>(this));  // see common/tsan_annotations.h
+    latch_.Cancel();
+    TsanRelease(static_cast<grpc::internal::ServerReactor*>(this));
+  }
   void OnDone() override {
     TsanAcquire(static_cast<grpc::internal::ServerReactor*>(this));
     delete this;
@@ -125,7 +129,11 @@ class StreamGenerateReactor final : public grpc::ServerWriteReactor<v1::Generate
     }
     if (finish) Finish(final_status_);
   }
-  void OnCancel() override { latch_.Cancel(); }
+  void OnCancel() override {
+    TsanAcquire(static_cast<grpc::internal::ServerReactor*>(this));  // see common/tsan_annotations.h
+    latch_.Cancel();
+    TsanRelease(static_cast<grpc::internal::ServerReactor*>(this));
+  }
   void OnDone() override {
     TsanAcquire(static_cast<grpc::internal::ServerReactor*>(this));
     delete this;

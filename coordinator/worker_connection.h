@@ -51,7 +51,7 @@ class WorkerConnection final
     TsanAcquire(static_cast<grpc::internal::ServerReactor*>(this));  // see common/tsan_annotations.h
     delete this;
   }
-  void OnCancel() override {}
+  void OnCancel() override {}  // touches nothing, so needs no TsanAcquire/TsanRelease (common/tsan_annotations.h)
 
  private:
   // Marks the stream closed; true when the caller must call Finish(final_status_) (after unlocking: OnDone may

@@ -63,7 +63,10 @@ TEST(CoordinatorRestartTest, WorkerRegistersAgainAndClientsGetUnavailableMeanwhi
   const std::vector<std::string> coord = {BinDir() + "/tpserve", "coordinator", "--model=" + model_dir, "--tp=1",
                                           "--host=127.0.0.1", "--port=" + std::to_string(port),
                                           "--worker_host=127.0.0.1", "--worker_port=" + std::to_string(wport),
-                                          "--metrics_port=-1", "--http_port=-1"};
+                                          "--metrics_port=-1", "--http_port=-1",
+                                          // The serving tests' KV size (tests/util/server_process.cc): the 1 GiB
+                                          // default took the worker ~2 min to allocate under TSan, twice.
+                                          "--kv_cache_memory=64MiB"};
   pid_t c = SpawnLogged(coord, dir + "/coordinator.log");
   pid_t w = SpawnLogged({BinDir() + "/tpserve", "worker", "--coordinator=127.0.0.1:" + std::to_string(wport), "--rank=0",
                    "--world_size=1"},

@@ -20,6 +20,21 @@
 // executor. That function is defined here too: it does __tsan_release(reactor) before forwarding, and each of
 // our reactors' OnDone starts with TsanAcquire(this) (common/tsan_annotations.h), which orders OnDone and the
 // teardown after it behind everything that happened on the call.
+// For those two libgrpc++ functions to be the shim's, the shim must come before libgrpc++ in the dynamic
+// linker's search order (CMakeLists.txt puts it first on every link line); until 2026-12-05 it came after, so
+// the release above was never made, and the worker-kill tests failed on the teardown below. A constructor here
+// now aborts when any interposed function resolves elsewhere.
+// "The last callback" is the one whose Unref (an acq_rel fetch_sub on ServerCallbackCall::callbacks_outstanding_)
+// took the count to zero, and that Unref is not always in instrumented code: after a cancellation (the peer died
+// or cancelled), libgrpc++ runs the reactor's OnCancel on its executor and then MaybeDone() inside libgrpc++
+// (src/cpp/server/server_callback.cc, ServerCallbackCall::CallOnCancel's closure:
+// `arg->reactor->OnCancel(); arg->call->MaybeDone();`). When that hidden fetch_sub is the last one, TSan never
+// sees it acquire the other callbacks' releases, and OnDone's `delete this` and CallOnDone's teardown (the tags'
+// std::function, the CallOpSets) read as races with the other callbacks (OnReadDone(false) after a worker's
+// kill, the Finish batch). So ScheduleOnDone first acquires the count itself, as that fetch_sub does. And
+// CallOnCancel, which hands OnCancel to the executor, releases the reactor first; a reactor whose OnCancel
+// touches state starts it with TsanAcquire(this) and ends it with TsanRelease(this), because its hidden Unref
+// follows OnCancel.
 // Only edges gRPC guarantees are added: the batch's completion follows its start. Anything our code does
 // between two batches is still checked.
 #include <dlfcn.h>
@@ -34,7 +49,7 @@
 #include <utility>
 
 #include <grpc/grpc.h>
-#include <grpcpp/support/server_callback.h>  // ServerCallbackCall: private reactor() (see ScheduleOnDone below)
+#include <grpcpp/support/server_callback.h>  // ServerCallbackCall (see ScheduleOnDone below)
 
 namespace {
 
@@ -131,6 +146,30 @@ bool IsFunctor(void* tag) {
   return IsCode(first);
 }
 
+// Aborts unless `name` resolves to this library's definition: a shim placed after the library it wraps in the
+// search order is silently never called (see the header).
+void CheckInterposed(const char* name) {
+  Dl_info self{}, found{};
+  void* f = dlsym(RTLD_DEFAULT, name);
+  const bool ok = dladdr(reinterpret_cast<void*>(&CheckInterposed), &self) != 0 && f != nullptr &&
+                  dladdr(f, &found) != 0 && found.dli_fbase == self.dli_fbase;
+  if (!ok) {
+    std::fprintf(stderr,
+                 "tsan grpc shim: %s resolves to %s, not to this shim: libtpserve_tsan_shim.so must come before "
+                 "libgrpc++/libgrpc on the link line (CMakeLists.txt)\n",
+                 name, f == nullptr ? "nothing" : (found.dli_fname != nullptr ? found.dli_fname : "?"));
+    std::abort();
+  }
+}
+
+__attribute__((constructor)) void CheckAllInterposed() {
+  for (const char* name : {"grpc_call_start_batch", "grpc_completion_queue_next", "grpc_completion_queue_pluck",
+                           "_ZN4grpc8internal18ServerCallbackCall14ScheduleOnDoneEb",
+                           "_ZN4grpc8internal18ServerCallbackCall12CallOnCancelEPNS0_13ServerReactorE"}) {
+    CheckInterposed(name);
+  }
+}
+
 }  // namespace
 
 extern "C" {
@@ -168,22 +207,41 @@ grpc_event grpc_completion_queue_pluck(grpc_completion_queue* cq, void* tag, gpr
 
 namespace grpc::internal {
 
-// ServerCallbackCall::reactor() is private (the real ScheduleOnDone calls it too); an explicit instantiation may
-// name a private member, which is how this reads it.
+// ServerCallbackCall::reactor() and callbacks_outstanding_ are private (the real ScheduleOnDone uses both); an
+// explicit instantiation may name a private member, which is how this reads them.
 struct ReactorMember {
   using type = ServerReactor* (ServerCallbackCall::*)();
   friend type Get(ReactorMember);
+};
+struct RefcountMember {
+  using type = std::atomic_int ServerCallbackCall::*;
+  friend type Get(RefcountMember);
 };
 template <typename Tag, typename Tag::type M>
 struct Expose {
   friend typename Tag::type Get(Tag) { return M; }
 };
 template struct Expose<ReactorMember, &ServerCallbackCall::reactor>;
+template struct Expose<RefcountMember, &ServerCallbackCall::callbacks_outstanding_>;
 
+// Called once, by whoever's Unref() took callbacks_outstanding_ to zero (grpcpp/support/server_callback.h,
+// MaybeDone: `if (Unref() == 1) ScheduleOnDone(...)`).
 void ServerCallbackCall::ScheduleOnDone(bool inline_ondone) {
   static auto real = Next<void (*)(ServerCallbackCall*, bool)>("_ZN4grpc8internal18ServerCallbackCall14ScheduleOnDoneEb");
+  // The acquire half of that last acq_rel Unref, which TSan misses when it ran inside libgrpc++ (CallOnCancel's
+  // closure): every earlier callback's Unref released the count.
+  __tsan_acquire(&(this->*Get(RefcountMember{})));
   __tsan_release((this->*Get(ReactorMember{}))());
   real(this, inline_ondone);
+}
+
+// Runs OnCancel inline (an inlineable reactor) or hands it to gRPC's executor (ours), after Ref() so that the
+// call outlives it (src/cpp/server/server_callback.cc, ServerCallbackCall::CallOnCancel).
+void ServerCallbackCall::CallOnCancel(ServerReactor* reactor) {
+  static auto real = Next<void (*)(ServerCallbackCall*, ServerReactor*)>(
+      "_ZN4grpc8internal18ServerCallbackCall12CallOnCancelEPNS0_13ServerReactorE");
+  __tsan_release(reactor);
+  real(this, reactor);
 }
 
 }  // namespace grpc::internal
