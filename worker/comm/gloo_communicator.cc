@@ -3,8 +3,23 @@
 // order by one rank and then copied to the others, so every rank gets bitwise-identical results.
 // Gloo reports failures by throwing; every call catches them here and returns a Status (timeouts become
 // DEADLINE_EXCEEDED), and a failed communicator refuses further calls (its pairs are in an unknown state).
+// Bounds: rendezvous and connecting wait GlooOptions::timeout; each collective waits at most op_timeout (the
+// coordinator's --step-timeout). A peer process that dies closes its sockets: Gloo's event loop reads EOF
+// and fails every operation queued on that pair at once (UNAVAILABLE). Abort() does the same from another
+// thread for a peer that hangs (the constructor says how). One gap is Gloo's (0.5, and upstream as of 2025): the segment a pair is in
+// the middle of receiving when the connection closes is not among the operations it fails, so a wait on
+// it lasts until op_timeout. A segment is only cut like that when its sender died between two writes of it,
+// i.e. when it did not fit in the socket buffers at once.
+#include <dirent.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
+#include <cstring>
 #include <chrono>
 #include <exception>
 #include <memory>
@@ -14,13 +29,17 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 #include "common/log.h"
+#include "common/status_macros.h"
 #include "gloo/allgather.h"
 #include "gloo/allreduce.h"
 #include "gloo/common/error.h"
 #include "gloo/rendezvous/context.h"
 #include "gloo/rendezvous/prefix_store.h"
 #include "gloo/rendezvous/store.h"
+#include "gloo/transport/tcp/address.h"
 #include "gloo/transport/tcp/device.h"
 #include "worker/comm/communicator.h"
 
@@ -95,62 +114,175 @@ void SumFloat(void* c, const void* a, const void* b, size_t n) {
   for (size_t i = 0; i < n; ++i) out[i] = x[i] + y[i];
 }
 
+bool SameAddress(const sockaddr_storage& a, const sockaddr_storage& b) {
+  if (a.ss_family != b.ss_family) return false;
+  if (a.ss_family == AF_INET) {
+    const auto& x = reinterpret_cast<const sockaddr_in&>(a);
+    const auto& y = reinterpret_cast<const sockaddr_in&>(b);
+    return x.sin_port == y.sin_port && x.sin_addr.s_addr == y.sin_addr.s_addr;
+  }
+  if (a.ss_family == AF_INET6) {
+    const auto& x = reinterpret_cast<const sockaddr_in6&>(a);
+    const auto& y = reinterpret_cast<const sockaddr_in6&>(b);
+    return x.sin6_port == y.sin6_port && std::memcmp(&x.sin6_addr, &y.sin6_addr, sizeof(x.sin6_addr)) == 0;
+  }
+  return false;
+}
+
+// A duplicate of this process's socket whose local address is `self`, or -1. Each connected pair's socket has
+// its own local address (the pair's listener, which it closed after accepting, or an ephemeral port).
+int DupSocketBoundTo(const sockaddr_storage& self) {
+  DIR* dir = opendir("/proc/self/fd");
+  if (dir == nullptr) return -1;
+  int found = -1;
+  const int dir_fd = dirfd(dir);
+  while (dirent* e = readdir(dir)) {
+    char* end = nullptr;
+    const long fd = std::strtol(e->d_name, &end, 10);
+    if (end == e->d_name || *end != '\0' || fd == dir_fd) continue;
+    sockaddr_storage ss{};
+    socklen_t len = sizeof(ss);
+    if (getsockname(static_cast<int>(fd), reinterpret_cast<sockaddr*>(&ss), &len) != 0) continue;
+    if (SameAddress(ss, self)) {
+      found = fcntl(static_cast<int>(fd), F_DUPFD_CLOEXEC, 0);
+      break;
+    }
+  }
+  closedir(dir);
+  return found;
+}
+
 class GlooCommunicator : public Communicator {
  public:
-  GlooCommunicator(int rank, int world_size, std::shared_ptr<gloo::transport::Device> device,
-                   std::shared_ptr<gloo::Context> context, absl::Duration timeout)
-      : rank_(rank),
-        world_size_(world_size),
+  GlooCommunicator(const GlooOptions& options, std::shared_ptr<gloo::transport::Device> device,
+                   std::shared_ptr<gloo::Context> context)
+      : rank_(options.rank),
+        world_size_(options.world_size),
         device_(std::move(device)),
         context_(std::move(context)),
-        timeout_(absl::ToChronoMilliseconds(timeout)) {}
+        op_timeout_(absl::ToChronoMilliseconds(options.op_timeout)) {
+    // Gloo 0.5 has no public way to fail a pair from outside (tcp::Pair::signalExceptionExternal sits in a
+    // header Debian does not ship whole), so Abort() shuts down each pair's socket through a duplicate of it:
+    // Gloo's event loop then reads end-of-stream, exactly as when a peer dies, and fails every operation
+    // queued on the pair; the peer reads it too. The duplicate keeps the socket open after Gloo closes its
+    // own descriptor, so a failed collective shuts the sockets down as well (the peers learn of it at once)
+    // and the destructor closes them after Gloo's teardown.
+    for (int i = 0; i < world_size_; ++i) {
+      if (i == rank_) continue;
+      const auto* self = dynamic_cast<const gloo::transport::tcp::Address*>(&context_->getPair(i)->address());
+      const int fd = self != nullptr ? DupSocketBoundTo(self->getSockaddr()) : -1;
+      if (fd < 0) {
+        TP_LOG(WARNING) << "gloo rank " << rank_ << ": no socket found for the pair with rank " << i
+                        << "; Abort() cannot end a collective waiting on it before op_timeout";
+        continue;
+      }
+      sockets_.push_back(fd);
+    }
+  }
+
+  ~GlooCommunicator() override {
+    context_.reset();  // Gloo's pairs and event loop first: nothing reads the sockets after this
+    device_.reset();
+    for (int fd : sockets_) ::close(fd);
+  }
 
   int rank() const override { return rank_; }
   int world_size() const override { return world_size_; }
   std::string name() const override { return "gloo"; }
 
   absl::Status AllReduceSum(float* data, size_t count) override {
-    if (!broken_.ok()) return Broken();
-    if (world_size_ == 1 || count == 0) return absl::OkStatus();
+    if (world_size_ == 1 || count == 0) return CheckUsable();
+    TP_RETURN_IF_ERROR(Begin("all-reduce", count));
     try {
       gloo::AllreduceOptions opts(context_);
       opts.setAlgorithm(gloo::AllreduceOptions::Algorithm::RING);
       opts.setOutput(data, count);
       opts.setReduceFunction(&SumFloat);
-      opts.setTag(next_tag_++);
-      opts.setTimeout(timeout_);
+      opts.setTag(next_tag_);
+      opts.setTimeout(op_timeout_);
       gloo::allreduce(opts);
     } catch (...) {
-      broken_ = StatusFromException("all-reduce", std::current_exception());
-      return broken_;
+      return End("all-reduce", std::current_exception());
     }
-    return absl::OkStatus();
+    return End("all-reduce", nullptr);
   }
 
   absl::Status AllGather(const float* send, size_t count, float* recv) override {
-    if (!broken_.ok()) return Broken();
     if (world_size_ == 1) {
       if (send != recv) std::copy(send, send + count, recv);
-      return absl::OkStatus();
+      return CheckUsable();
     }
-    if (count == 0) return absl::OkStatus();
+    if (count == 0) return CheckUsable();
+    TP_RETURN_IF_ERROR(Begin("all-gather", count));
     try {
       gloo::AllgatherOptions opts(context_);
       // Gloo reads the input only; the cast is for its non-const buffer type.
       opts.setInput(const_cast<float*>(send), count);
       opts.setOutput(recv, count * world_size_);
-      opts.setTag(next_tag_++);
-      opts.setTimeout(timeout_);
+      opts.setTag(next_tag_);
+      opts.setTimeout(op_timeout_);
       gloo::allgather(opts);
     } catch (...) {
-      broken_ = StatusFromException("all-gather", std::current_exception());
-      return broken_;
+      return End("all-gather", std::current_exception());
     }
-    return absl::OkStatus();
+    return End("all-gather", nullptr);
+  }
+
+  void Abort(const std::string& why) override {
+    {
+      absl::MutexLock lock(&mu_);
+      if (!abort_reason_.empty()) return;
+      abort_reason_ = why.empty() ? "aborted" : why;
+      if (broken_.ok()) broken_ = absl::UnavailableError(abort_reason_);
+    }
+    ShutdownSockets();
+  }
+
+  std::string InFlight() const override {
+    absl::MutexLock lock(&mu_);
+    if (in_flight_op_ == nullptr) return "";
+    return absl::StrCat(in_flight_op_, " #", next_tag_, " of ", in_flight_count_, " floats for ",
+                        absl::FormatDuration(absl::Trunc(absl::Now() - in_flight_since_, absl::Milliseconds(100))));
   }
 
  private:
-  absl::Status Broken() const {
+  // OK while no collective has failed and Abort() was not called.
+  absl::Status CheckUsable() const {
+    absl::MutexLock lock(&mu_);
+    return broken_.ok() ? absl::OkStatus() : BrokenLocked();
+  }
+
+  absl::Status Begin(const char* op, size_t count) {
+    absl::MutexLock lock(&mu_);
+    if (!broken_.ok()) return BrokenLocked();
+    in_flight_op_ = op;
+    in_flight_count_ = count;
+    in_flight_since_ = absl::Now();
+    return absl::OkStatus();
+  }
+
+  // Ends the collective Begin() started; `error` is what Gloo threw, or null. A collective that returns after
+  // Abort() fails even when Gloo did not notice (its result may be partial).
+  absl::Status End(const char* op, std::exception_ptr error) {
+    absl::MutexLock lock(&mu_);
+    in_flight_op_ = nullptr;
+    ++next_tag_;
+    if (!abort_reason_.empty()) {
+      broken_ = absl::UnavailableError(abort_reason_);
+      return absl::UnavailableError(absl::StrCat("gloo ", op, " (rank ", rank_, ") aborted: ", abort_reason_));
+    }
+    if (error == nullptr) return absl::OkStatus();
+    broken_ = StatusFromException(op, error);
+    ShutdownSockets();
+    return broken_;
+  }
+
+  // Both directions of every pair end: reads here and at the peer see end-of-stream. Thread-safe.
+  void ShutdownSockets() const {
+    for (int fd : sockets_) ::shutdown(fd, SHUT_RDWR);
+  }
+
+  absl::Status BrokenLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     return absl::UnavailableError(
         absl::StrCat("gloo communicator (rank ", rank_, ") is unusable after an earlier failure: ",
                      broken_.message()));
@@ -160,9 +292,18 @@ class GlooCommunicator : public Communicator {
   const int world_size_;
   std::shared_ptr<gloo::transport::Device> device_;
   std::shared_ptr<gloo::Context> context_;
-  const std::chrono::milliseconds timeout_;
-  uint32_t next_tag_ = 1;  // same sequence on every rank: collectives are issued in the same order
-  absl::Status broken_;
+  const std::chrono::milliseconds op_timeout_;
+  std::vector<int> sockets_;  // duplicates of the pairs' sockets (set in the constructor, then read-only)
+
+  mutable absl::Mutex mu_;
+  // Same sequence on every rank: collectives are issued in the same order. Written by the collective's
+  // thread under mu_ (InFlight() reads it).
+  uint32_t next_tag_ ABSL_GUARDED_BY(mu_) = 1;
+  absl::Status broken_ ABSL_GUARDED_BY(mu_);       // the first failure; the communicator refuses calls after it
+  std::string abort_reason_ ABSL_GUARDED_BY(mu_);  // non-empty once Abort() was called
+  const char* in_flight_op_ ABSL_GUARDED_BY(mu_) = nullptr;
+  size_t in_flight_count_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::Time in_flight_since_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace
@@ -176,8 +317,8 @@ absl::StatusOr<std::unique_ptr<Communicator>> CreateGlooCommunicator(const GlooO
     return absl::InvalidArgumentError(absl::StrCat("gloo rank ", options.rank, " is outside [0, world_size ",
                                                    options.world_size, ")"));
   }
-  if (options.timeout <= absl::ZeroDuration()) {
-    return absl::InvalidArgumentError("gloo timeout must be positive");
+  if (options.timeout <= absl::ZeroDuration() || options.op_timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("gloo timeout and op_timeout must be positive");
   }
   std::shared_ptr<gloo::transport::Device> device;
   try {
@@ -202,8 +343,8 @@ absl::StatusOr<std::unique_ptr<Communicator>> CreateGlooCommunicator(const GlooO
   }
   TP_LOG(DEBUG) << "gloo rank " << options.rank << "/" << options.world_size << " connected on "
                 << device->str();
-  return std::unique_ptr<Communicator>(std::make_unique<GlooCommunicator>(
-      options.rank, options.world_size, std::move(device), std::move(context), options.timeout));
+  return std::unique_ptr<Communicator>(
+      std::make_unique<GlooCommunicator>(options, std::move(device), std::move(context)));
 }
 
 }  // namespace tpserve::comm
