@@ -14,7 +14,18 @@ namespace {
 
 const absl::Time kT0 = absl::FromUnixSeconds(1000);
 
-enum class Ev { kRegister, kLoaded, kLoadFailed, kKvReady, kKvFailed, kDisconnect, kSeen, kStaleLoaded, kTick };
+enum class Ev {
+  kRegister,
+  kLoaded,
+  kLoadFailed,
+  kKvReady,
+  kKvFailed,
+  kDisconnect,
+  kSeen,
+  kStaleLoaded,
+  kTick,
+  kStepTimedOut
+};
 
 // One event and the state expected right after it.
 struct Row {
@@ -61,6 +72,9 @@ void RunTable(GroupMembership& g, int world_size, const std::vector<Row>& rows) 
         break;
       case Ev::kDisconnect:
         g.Disconnect(r.rank);
+        break;
+      case Ev::kStepTimedOut:
+        fx = g.StepTimedOut(kT0);
         break;
       case Ev::kSeen:
         g.Seen(r.rank, kT0 + absl::Seconds(r.value));
@@ -239,8 +253,34 @@ TEST(GroupMembershipTest, ASilentRankIsNotReadyUnlessItIsAnsweringAStep) {
   EXPECT_TRUE(g.IsReady(later, {false, true}));  // rank 1 is busy with a step it has not answered yet
   g.Seen(1, later);
   EXPECT_TRUE(g.IsReady(later));
-  g.MarkNotReady();  // a step timed out
+  EXPECT_TRUE(g.StepTimedOut(later).send_load);
   EXPECT_FALSE(g.IsReady(later));
+}
+
+// A step that times out with every rank still connected (a hung peer, or one stuck behind it in a collective):
+// every rank is sent a new generation's LoadCommand at once, and the group forms again. Before, it stayed
+// not-ready until --recovery-timeout ended the held requests. With a rank away, its return starts the load.
+TEST(GroupMembershipTest, AStepTimeoutReformsTheGroupUnderANewGeneration) {
+  GroupMembership g(Options(2));
+  RunTable(g, 2,
+           {
+               //  event            rank value  refuse send_load alloc ready gen
+               {Ev::kRegister, 0, 0, false, false, 0, false, 0},
+               {Ev::kRegister, 1, 0, false, true, 0, false, 1},
+               {Ev::kLoaded, 0, 10, false, false, 0, false, 1},
+               {Ev::kLoaded, 1, 10, false, false, 10, false, 1},
+               {Ev::kKvReady, 0, 0, false, false, 0, false, 1},
+               {Ev::kKvReady, 1, 0, false, false, 0, true, 1},
+               {Ev::kStepTimedOut, 0, 0, false, true, 0, false, 2},  // re-formed at once
+               {Ev::kStaleLoaded, 0, 10, false, false, 0, false, 2},  // generation 1's answer: ignored
+               {Ev::kLoaded, 0, 10, false, false, 0, false, 2},
+               {Ev::kLoaded, 1, 10, false, false, 10, false, 2},
+               {Ev::kKvReady, 0, 0, false, false, 0, false, 2},
+               {Ev::kKvReady, 1, 0, false, false, 0, true, 2},
+               {Ev::kDisconnect, 1, 0, false, false, 0, false, 2},
+               {Ev::kStepTimedOut, 0, 0, false, false, 0, false, 2},  // rank 1 away: no load yet
+               {Ev::kRegister, 1, 0, false, true, 0, false, 3},       // its return starts it
+           });
 }
 
 TEST(GroupMembershipTest, AnotherProtocolVersionIsRefusedNamingTheFix) {
