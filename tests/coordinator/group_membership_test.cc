@@ -177,8 +177,8 @@ TEST(GroupMembershipTest, LoadAndKvErrorsAreKeptAndNothingIsAllocated) {
   EXPECT_EQ(kv.load_error().code(), absl::StatusCode::kResourceExhausted);
 }
 
-// A group of 2 formed in generation 1, rank 0 lost and back: generation 2 is loading.
-std::vector<Row> ReformingGeneration2(std::vector<Row> then) {
+// A group of 2 formed in generation 1 with 10 KV blocks, then `then`.
+std::vector<Row> FormedGeneration1(std::vector<Row> then) {
   std::vector<Row> rows = {
       //  event            rank value  refuse send_load alloc ready gen
       {Ev::kRegister, 0, 0, false, false, 0, false, 0},
@@ -187,11 +187,19 @@ std::vector<Row> ReformingGeneration2(std::vector<Row> then) {
       {Ev::kLoaded, 1, 10, false, false, 10, false, 1},
       {Ev::kKvReady, 0, 0, false, false, 0, false, 1},
       {Ev::kKvReady, 1, 0, false, false, 0, true, 1},
+  };
+  rows.insert(rows.end(), then.begin(), then.end());
+  return rows;
+}
+
+// Formed in generation 1, rank 0 lost and back: generation 2 is loading.
+std::vector<Row> ReformingGeneration2(std::vector<Row> then) {
+  std::vector<Row> rows = {
       {Ev::kDisconnect, 0, 0, false, false, 0, false, 1},  // rank 0 killed
       {Ev::kRegister, 0, 0, false, true, 0, false, 2},     // its restart: generation 2
   };
   rows.insert(rows.end(), then.begin(), then.end());
-  return rows;
+  return FormedGeneration1(rows);
 }
 
 // Once the group has served, a failed re-formation is not final (CI saw a group never re-form after a worker
@@ -238,15 +246,7 @@ TEST(GroupMembershipTest, ARetryDueWhileARankIsAwayWaitsForItsReturn) {
 
 TEST(GroupMembershipTest, ASilentRankIsNotReadyUnlessItIsAnsweringAStep) {
   GroupMembership g(Options(2));
-  RunTable(g, 2,
-           {
-               {Ev::kRegister, 0, 0, false, false, 0, false, 0},
-               {Ev::kRegister, 1, 0, false, true, 0, false, 1},
-               {Ev::kLoaded, 0, 10, false, false, 0, false, 1},
-               {Ev::kLoaded, 1, 10, false, false, 10, false, 1},
-               {Ev::kKvReady, 0, 0, false, false, 0, false, 1},
-               {Ev::kKvReady, 1, 0, false, false, 0, true, 1},
-           });
+  RunTable(g, 2, FormedGeneration1({}));
   g.Seen(0, kT0 + absl::Seconds(10));
   const absl::Time later = kT0 + absl::Seconds(10);  // rank 1 last heard at kT0: past the 3 s timeout
   EXPECT_FALSE(g.IsReady(later));
@@ -263,14 +263,8 @@ TEST(GroupMembershipTest, ASilentRankIsNotReadyUnlessItIsAnsweringAStep) {
 TEST(GroupMembershipTest, AStepTimeoutReformsTheGroupUnderANewGeneration) {
   GroupMembership g(Options(2));
   RunTable(g, 2,
-           {
+           FormedGeneration1({
                //  event            rank value  refuse send_load alloc ready gen
-               {Ev::kRegister, 0, 0, false, false, 0, false, 0},
-               {Ev::kRegister, 1, 0, false, true, 0, false, 1},
-               {Ev::kLoaded, 0, 10, false, false, 0, false, 1},
-               {Ev::kLoaded, 1, 10, false, false, 10, false, 1},
-               {Ev::kKvReady, 0, 0, false, false, 0, false, 1},
-               {Ev::kKvReady, 1, 0, false, false, 0, true, 1},
                {Ev::kStepTimedOut, 0, 0, false, true, 0, false, 2},  // re-formed at once
                {Ev::kStaleLoaded, 0, 10, false, false, 0, false, 2},  // generation 1's answer: ignored
                {Ev::kLoaded, 0, 10, false, false, 0, false, 2},
@@ -280,7 +274,7 @@ TEST(GroupMembershipTest, AStepTimeoutReformsTheGroupUnderANewGeneration) {
                {Ev::kDisconnect, 1, 0, false, false, 0, false, 2},
                {Ev::kStepTimedOut, 0, 0, false, false, 0, false, 2},  // rank 1 away: no load yet
                {Ev::kRegister, 1, 0, false, true, 0, false, 3},       // its return starts it
-           });
+           }));
 }
 
 TEST(GroupMembershipTest, AnotherProtocolVersionIsRefusedNamingTheFix) {
