@@ -18,6 +18,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
 #include "gtest/gtest.h"
 #include "tests/util/server_process.h"
 #include "tests/util/test_env.h"
@@ -104,6 +105,42 @@ TEST(HungWorkerTest, TheSurvivorTakesTheNextGenerationWhileItsPeerHangsAndEveryR
   EXPECT_TRUE(LogHasLine(log, {"worker[1]", "load failed", "was abandoned", "'g3/'"})) << log;
   EXPECT_NE(log.find("replaying"), std::string::npos) << log;
   EXPECT_EQ(server.Stop(), 0) << server.LogTail();
+}
+
+// SIGPIPE bit of /proc/<pid>/status's SigIgn mask (hex), or false when unreadable.
+bool IgnoresSigpipe(pid_t pid) {
+  std::ifstream f(absl::StrCat("/proc/", pid, "/status"));
+  std::string line;
+  while (std::getline(f, line)) {
+    if (!absl::StartsWith(line, "SigIgn:")) continue;
+    const uint64_t mask = std::stoull(line.substr(7), nullptr, 16);
+    return (mask >> (SIGPIPE - 1)) & 1;
+  }
+  return false;
+}
+
+// Gloo writes to peers with writev(2): a standalone worker (Kubernetes, or the one Auth/WorkerAuthTest starts)
+// whose write to a dead peer won the race with the end-of-stream died of SIGPIPE, silently, instead of failing
+// the collective. `tpserve serve`'s workers inherit its SIG_IGN; a standalone one must set it itself.
+TEST(HungWorkerTest, AStandaloneWorkerIgnoresSigpipe) {
+  ScopedTempDir dir("sigpipe");
+  // The worker inherits the default action, whatever this test runner set (an ignored signal stays ignored
+  // across exec).
+  const auto previous = signal(SIGPIPE, SIG_DFL);
+  // Nothing listens on the port: the worker keeps trying to register until it is killed.
+  const pid_t worker = SpawnLogged({BinDir() + "/tpserve", "worker", "--coordinator=127.0.0.1:1", "--rank=0",
+                                    "--world_size=2", "--connect_timeout=120"},
+                                   dir.path + "/worker.log");
+  signal(SIGPIPE, previous);
+  ASSERT_GT(worker, 0);
+  const absl::Time deadline = absl::Now() + absl::Seconds(60);
+  bool ignores = false;
+  while (!(ignores = IgnoresSigpipe(worker)) && absl::Now() < deadline && kill(worker, 0) == 0) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  kill(worker, SIGKILL);
+  WaitExit(worker, absl::Seconds(10));
+  EXPECT_TRUE(ignores) << "tpserve worker never ignored SIGPIPE; its log:\n" << ReadFileOrDie(dir.path + "/worker.log");
 }
 
 }  // namespace
