@@ -6,10 +6,11 @@
 // Bounds: rendezvous and connecting wait GlooOptions::timeout; each collective waits at most op_timeout (the
 // coordinator's --step-timeout). A peer process that dies closes its sockets: Gloo's event loop reads EOF
 // and fails every operation queued on that pair at once (UNAVAILABLE). Abort() does the same from another
-// thread for a peer that hangs (the constructor says how). One gap is Gloo's (0.5, and upstream as of 2025): the segment a pair is in
-// the middle of receiving when the connection closes is not among the operations it fails, so a wait on
-// it lasts until op_timeout. A segment is only cut like that when its sender died between two writes of it,
-// i.e. when it did not fit in the socket buffers at once.
+// thread for a peer that hangs (the constructor says how). One gap is Gloo's (0.5, and upstream as of
+// 2025-05): the segment a pair is in the middle of receiving when the connection closes is not among the
+// operations it fails (Abort() does not reach it either), so a wait on it lasts until op_timeout. A segment
+// is only cut like that when its sender died between two writes of it, i.e. when it did not fit in the
+// socket buffers at once.
 #include <dirent.h>
 #include <fcntl.h>
 #include <netinet/in.h>
