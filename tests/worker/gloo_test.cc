@@ -1,5 +1,7 @@
 // Gloo communicator with ranks as threads over an in-memory store: sums and gathers match an
 // independent float64 computation, every rank gets the same bits, and failures return instead of hanging.
+#include <signal.h>
+
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -15,6 +17,13 @@
 
 namespace tpserve::comm {
 namespace {
+
+// Gloo's writev to a peer that just closed raises SIGPIPE; `tpserve worker` ignores it (cli/worker_command.cc
+// says why), and so must this process, whose ranks close on each other on purpose.
+const bool kSigpipeIgnored = [] {
+  signal(SIGPIPE, SIG_IGN);
+  return true;
+}();
 
 // Connects `world` ranks concurrently (rendezvous needs all of them at once).
 std::vector<std::unique_ptr<Communicator>> ConnectAll(int world, MemoryStore& store, const std::string& prefix) {
