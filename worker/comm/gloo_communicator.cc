@@ -1,6 +1,6 @@
 // Gloo over TCP: CPU collectives between tensor-parallel workers, rendezvous through our comm::Store.
-// All-reduce is Gloo's ring (reduce-scatter + all-gather): each chunk is summed along one fixed ring
-// order by one rank and then copied to the others, so every rank gets bitwise-identical results.
+// All-reduce is a ring (reduce-scatter + all-gather) over Gloo's unbound buffers: each chunk is summed along
+// one fixed ring order by one rank and then copied to the others, so every rank gets bitwise-identical results.
 // Gloo reports failures by throwing; every call catches them here and returns a Status (timeouts become
 // DEADLINE_EXCEEDED), and a failed communicator refuses further calls (its pairs are in an unknown state).
 // Bounds: rendezvous and connecting wait GlooOptions::timeout; each collective waits at most op_timeout (the
@@ -34,14 +34,14 @@
 #include "absl/time/clock.h"
 #include "common/log.h"
 #include "common/status_macros.h"
-#include "gloo/allgather.h"
-#include "gloo/allreduce.h"
+#include "gloo/context.h"
 #include "gloo/common/error.h"
 #include "gloo/rendezvous/context.h"
 #include "gloo/rendezvous/prefix_store.h"
 #include "gloo/rendezvous/store.h"
 #include "gloo/transport/tcp/address.h"
 #include "gloo/transport/tcp/device.h"
+#include "gloo/transport/unbound_buffer.h"
 #include "worker/comm/communicator.h"
 
 namespace tpserve::comm {
@@ -106,13 +106,6 @@ absl::Status StatusFromException(const std::string& what_op, std::exception_ptr 
   } catch (...) {
     return absl::InternalError(absl::StrCat("gloo ", what_op, " failed with an unknown exception"));
   }
-}
-
-void SumFloat(void* c, const void* a, const void* b, size_t n) {
-  float* out = static_cast<float*>(c);
-  const float* x = static_cast<const float*>(a);
-  const float* y = static_cast<const float*>(b);
-  for (size_t i = 0; i < n; ++i) out[i] = x[i] + y[i];
 }
 
 bool SameAddress(const sockaddr_storage& a, const sockaddr_storage& b) {
@@ -191,23 +184,54 @@ class GlooCommunicator : public Communicator {
   int world_size() const override { return world_size_; }
   std::string name() const override { return "gloo"; }
 
+  // Ring reduce-scatter then ring all-gather over unbound buffers this class owns. Chunk c of `data` is summed
+  // along the ring starting at rank c, in that one order, by rank c - 1, and then copied to every rank: all
+  // ranks end with the same bits. Owning every buffer a collective waits on is what lets Abort() wake it:
+  // gloo::allreduce waits on a scratch buffer of its own, and a segment half-received when its sender died
+  // is never failed by Gloo (see the top of this file), which left a survivor stuck until the op timeout.
   absl::Status AllReduceSum(float* data, size_t count) override {
     if (world_size_ == 1 || count == 0) return CheckUsable();
     TP_RETURN_IF_ERROR(Begin("all-reduce", count));
+    const int n = world_size_;
+    const size_t chunk = (count + n - 1) / n;
+    auto range = [&](int c) {  // [offset, length) of chunk c, in floats
+      const size_t begin = std::min(count, static_cast<size_t>(c) * chunk);
+      return std::pair<size_t, size_t>(begin, std::min(count, begin + chunk) - begin);
+    };
+    std::vector<float> scratch(chunk);
+    std::unique_ptr<gloo::transport::UnboundBuffer> out, tmp;
+    bool completed = false;
     try {
-      gloo::AllreduceOptions opts(context_);
-      opts.setAlgorithm(gloo::AllreduceOptions::Algorithm::RING);
-      opts.setOutput(data, count);
-      opts.setReduceFunction(&SumFloat);
-      opts.setTag(next_tag_);
-      opts.setTimeout(op_timeout_);
-      gloo::allreduce(opts);
+      out = context_->createUnboundBuffer(data, count * sizeof(float));
+      tmp = context_->createUnboundBuffer(scratch.data(), chunk * sizeof(float));
+      Waitable waitable(this, {out.get(), tmp.get()});
+      completed = true;
+      // Reduce-scatter: after step s this rank's chunk (rank - s - 1) holds the sum over s + 2 ranks.
+      for (int s = 0; s < n - 1 && completed; ++s) {
+        const auto [send_at, send_len] = range(Mod(rank_ - s));
+        const auto [recv_at, recv_len] = range(Mod(rank_ - s - 1));
+        const uint64_t slot = Slot(s);
+        if (recv_len > 0) tmp->recv(Mod(rank_ - 1), slot, 0, recv_len * sizeof(float));
+        if (send_len > 0) out->send(Mod(rank_ + 1), slot, send_at * sizeof(float), send_len * sizeof(float));
+        completed = (recv_len == 0 || WaitRecv(*tmp)) && (send_len == 0 || WaitSend(*out));
+        for (size_t i = 0; completed && i < recv_len; ++i) data[recv_at + i] = scratch[i] + data[recv_at + i];
+      }
+      // All-gather: this rank holds chunk rank + 1 complete; step s passes on the chunk it got at step s - 1.
+      for (int s = 0; s < n - 1 && completed; ++s) {
+        const auto [send_at, send_len] = range(Mod(rank_ + 1 - s));
+        const auto [recv_at, recv_len] = range(Mod(rank_ - s));
+        const uint64_t slot = Slot(n - 1 + s);
+        if (recv_len > 0) out->recv(Mod(rank_ - 1), slot, recv_at * sizeof(float), recv_len * sizeof(float));
+        if (send_len > 0) out->send(Mod(rank_ + 1), slot, send_at * sizeof(float), send_len * sizeof(float));
+        completed = (recv_len == 0 || WaitRecv(*out)) && (send_len == 0 || WaitSend(*out));
+      }
     } catch (...) {
-      return End("all-reduce", std::current_exception());
+      return End("all-reduce", std::current_exception(), true);
     }
-    return End("all-reduce", nullptr);
+    return End("all-reduce", nullptr, completed);
   }
 
+  // Ring all-gather straight into `recv`: step s passes on the block received at step s - 1.
   absl::Status AllGather(const float* send, size_t count, float* recv) override {
     if (world_size_ == 1) {
       if (send != recv) std::copy(send, send + count, recv);
@@ -215,18 +239,24 @@ class GlooCommunicator : public Communicator {
     }
     if (count == 0) return CheckUsable();
     TP_RETURN_IF_ERROR(Begin("all-gather", count));
+    if (send != recv + rank_ * count) std::memmove(recv + rank_ * count, send, count * sizeof(float));
+    const size_t block = count * sizeof(float);
+    std::unique_ptr<gloo::transport::UnboundBuffer> out;
+    bool completed = false;
     try {
-      gloo::AllgatherOptions opts(context_);
-      // Gloo reads the input only; the cast is for its non-const buffer type.
-      opts.setInput(const_cast<float*>(send), count);
-      opts.setOutput(recv, count * world_size_);
-      opts.setTag(next_tag_);
-      opts.setTimeout(op_timeout_);
-      gloo::allgather(opts);
+      out = context_->createUnboundBuffer(recv, world_size_ * block);
+      Waitable waitable(this, {out.get()});
+      completed = true;
+      for (int s = 0; s < world_size_ - 1 && completed; ++s) {
+        const uint64_t slot = Slot(s);
+        out->recv(Mod(rank_ - 1), slot, Mod(rank_ - s - 1) * block, block);
+        out->send(Mod(rank_ + 1), slot, Mod(rank_ - s) * block, block);
+        completed = WaitRecv(*out) && WaitSend(*out);
+      }
     } catch (...) {
-      return End("all-gather", std::current_exception());
+      return End("all-gather", std::current_exception(), true);
     }
-    return End("all-gather", nullptr);
+    return End("all-gather", nullptr, completed);
   }
 
   void Abort(const std::string& why) override {
@@ -235,6 +265,12 @@ class GlooCommunicator : public Communicator {
       if (!abort_reason_.empty()) return;
       abort_reason_ = why.empty() ? "aborted" : why;
       if (broken_.ok()) broken_ = absl::UnavailableError(abort_reason_);
+      // Under mu_: a collective unregisters its buffers (under mu_) before destroying them. A wait that has
+      // not started yet returns at once (the flags persist until a wait takes them).
+      for (gloo::transport::UnboundBuffer* b : waitable_) {
+        b->abortWaitRecv();
+        b->abortWaitSend();
+      }
     }
     ShutdownSockets();
   }
@@ -262,12 +298,52 @@ class GlooCommunicator : public Communicator {
     return absl::OkStatus();
   }
 
-  // Ends the collective Begin() started; `error` is what Gloo threw, or null. A collective that returns after
-  // Abort() fails even when Gloo did not notice (its result may be partial).
-  absl::Status End(const char* op, std::exception_ptr error) {
+  int Mod(int r) const { return ((r % world_size_) + world_size_) % world_size_; }
+  // The same on every rank: collectives run in the same order, and each step of one has its own slot.
+  uint64_t Slot(int step) const {
+    absl::MutexLock lock(&mu_);
+    return (static_cast<uint64_t>(next_tag_) << 16) | static_cast<uint64_t>(step);
+  }
+  // False when Abort() interrupted the wait; throws what Gloo throws (a closed pair, the op timeout).
+  bool WaitRecv(gloo::transport::UnboundBuffer& b) { return b.waitRecv(nullptr, op_timeout_) && !Aborted(); }
+  bool WaitSend(gloo::transport::UnboundBuffer& b) { return b.waitSend(nullptr, op_timeout_) && !Aborted(); }
+  bool Aborted() const {
+    absl::MutexLock lock(&mu_);
+    return !abort_reason_.empty();
+  }
+  // The buffers a collective may wait on, for Abort(), while it lasts.
+  class Waitable {
+   public:
+    Waitable(GlooCommunicator* c, std::vector<gloo::transport::UnboundBuffer*> buffers) : c_(c) {
+      absl::MutexLock lock(&c_->mu_);
+      c_->waitable_ = std::move(buffers);
+      // Aborted before the buffers were known: make their first wait return at once.
+      if (!c_->abort_reason_.empty()) {
+        for (auto* b : c_->waitable_) {
+          b->abortWaitRecv();
+          b->abortWaitSend();
+        }
+      }
+    }
+    ~Waitable() {
+      absl::MutexLock lock(&c_->mu_);
+      c_->waitable_.clear();
+    }
+
+   private:
+    GlooCommunicator* const c_;
+  };
+
+  // Ends the collective Begin() started; `error` is what Gloo threw, or null; `completed` false when a wait was
+  // interrupted. A collective that returns after Abort() fails even when Gloo did not notice (its result may
+  // be partial).
+  absl::Status End(const char* op, std::exception_ptr error, bool completed) {
     absl::MutexLock lock(&mu_);
     in_flight_op_ = nullptr;
     ++next_tag_;
+    if (!completed && error == nullptr && abort_reason_.empty()) {
+      abort_reason_ = "a wait ended without its data";  // not expected: only Abort() interrupts a wait
+    }
     if (!abort_reason_.empty()) {
       broken_ = absl::UnavailableError(abort_reason_);
       return absl::UnavailableError(absl::StrCat("gloo ", op, " (rank ", rank_, ") aborted: ", abort_reason_));
@@ -303,6 +379,7 @@ class GlooCommunicator : public Communicator {
   absl::Status broken_ ABSL_GUARDED_BY(mu_);       // the first failure; the communicator refuses calls after it
   std::string abort_reason_ ABSL_GUARDED_BY(mu_);  // non-empty once Abort() was called
   const char* in_flight_op_ ABSL_GUARDED_BY(mu_) = nullptr;
+  std::vector<gloo::transport::UnboundBuffer*> waitable_ ABSL_GUARDED_BY(mu_);  // see Waitable
   size_t in_flight_count_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Time in_flight_since_ ABSL_GUARDED_BY(mu_);
 };
