@@ -5,20 +5,21 @@
 // DEADLINE_EXCEEDED), and a failed communicator refuses further calls (its pairs are in an unknown state).
 // Bounds: rendezvous and connecting wait GlooOptions::timeout; each collective waits at most op_timeout (the
 // coordinator's --step-timeout). A peer process that dies closes its sockets: Gloo's event loop reads EOF
-// and fails every operation queued on that pair at once (UNAVAILABLE). Abort() does the same from another
-// thread for a peer that hangs (the constructor says how). One gap is Gloo's (0.5, and upstream as of
-// 2025-05): the segment a pair is in the middle of receiving when the connection closes is not among the
-// operations it fails (Abort() does not reach it either), so a wait on it lasts until op_timeout. A segment
-// is only cut like that when its sender died between two writes of it, i.e. when it did not fit in the
-// socket buffers at once.
+// and fails every operation queued on that pair at once (UNAVAILABLE). Gloo (0.5, and upstream as of 2025-05)
+// does not fail the segment a pair is in the middle of receiving when the connection closes, so a thread of
+// this class watches the pairs' sockets and aborts the communicator when a peer's end closes: Abort()
+// interrupts every wait of the collective in flight, since the collectives run on buffers this class owns.
+// Another thread may call Abort() too (a hung peer; the worker does on a new LoadCommand).
 #include <dirent.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <chrono>
@@ -26,6 +27,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -167,17 +169,27 @@ class GlooCommunicator : public Communicator {
       const int fd = self != nullptr ? DupSocketBoundTo(self->getSockaddr()) : -1;
       if (fd < 0) {
         TP_LOG(WARNING) << "gloo rank " << rank_ << ": no socket found for the pair with rank " << i
-                        << "; Abort() cannot end a collective waiting on it before op_timeout";
+                        << "; its death is noticed only through Gloo, and it does not learn of an abort here";
         continue;
       }
       sockets_.push_back(fd);
+      socket_peers_.push_back(i);
     }
+    if (!sockets_.empty() && pipe2(wake_, O_CLOEXEC) == 0) monitor_ = std::thread([this] { WatchPeers(); });
   }
 
   ~GlooCommunicator() override {
+    if (monitor_.joinable()) {
+      const char stop = 1;
+      (void)!::write(wake_[1], &stop, 1);
+      monitor_.join();
+    }
     context_.reset();  // Gloo's pairs and event loop first: nothing reads the sockets after this
     device_.reset();
     for (int fd : sockets_) ::close(fd);
+    for (int fd : wake_) {
+      if (fd >= 0) ::close(fd);
+    }
   }
 
   int rank() const override { return rank_; }
@@ -354,6 +366,30 @@ class GlooCommunicator : public Communicator {
     return broken_;
   }
 
+  // The monitor thread: aborts as soon as a peer's end of a pair closes (its process died, or it aborted).
+  // Gloo fails the operations it has queued on that pair by itself, but not a segment it is in the middle of
+  // receiving; this ends that wait too, without waiting for the next LoadCommand. Ends when the destructor
+  // writes to wake_, or after aborting.
+  void WatchPeers() {
+    std::vector<pollfd> fds;
+    for (int fd : sockets_) fds.push_back({fd, POLLRDHUP, 0});
+    fds.push_back({wake_[0], POLLIN, 0});
+    while (true) {
+      if (::poll(fds.data(), fds.size(), -1) < 0) {
+        if (errno == EINTR) continue;
+        return;
+      }
+      if (fds.back().revents != 0) return;
+      for (size_t i = 0; i + 1 < fds.size(); ++i) {
+        if ((fds[i].revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0) {
+          Abort(absl::StrCat("the connection to rank ", socket_peers_[i],
+                             " closed (its process died, or it gave up on this group)"));
+          return;
+        }
+      }
+    }
+  }
+
   // Both directions of every pair end: reads here and at the peer see end-of-stream. Thread-safe.
   void ShutdownSockets() const {
     for (int fd : sockets_) ::shutdown(fd, SHUT_RDWR);
@@ -371,6 +407,9 @@ class GlooCommunicator : public Communicator {
   std::shared_ptr<gloo::Context> context_;
   const std::chrono::milliseconds op_timeout_;
   std::vector<int> sockets_;  // duplicates of the pairs' sockets (set in the constructor, then read-only)
+  std::vector<int> socket_peers_;  // the peer rank of each of sockets_
+  int wake_[2] = {-1, -1};         // a pipe: the destructor stops the monitor through it
+  std::thread monitor_;            // WatchPeers(); joined by the destructor
 
   mutable absl::Mutex mu_;
   // Same sequence on every rank: collectives are issued in the same order. Written by the collective's
