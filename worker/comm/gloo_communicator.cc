@@ -158,11 +158,11 @@ class GlooCommunicator : public Communicator {
         context_(std::move(context)),
         op_timeout_(absl::ToChronoMilliseconds(options.op_timeout)) {
     // Gloo 0.5 has no public way to fail a pair from outside (tcp::Pair::signalExceptionExternal sits in a
-    // header Debian does not ship whole), so Abort() shuts down each pair's socket through a duplicate of it:
-    // Gloo's event loop then reads end-of-stream, exactly as when a peer dies, and fails every operation
-    // queued on the pair; the peer reads it too. The duplicate keeps the socket open after Gloo closes its
-    // own descriptor, so a failed collective shuts the sockets down as well (the peers learn of it at once)
-    // and the destructor closes them after Gloo's teardown.
+    // header Debian does not ship whole), so this class keeps a duplicate of each pair's socket: Abort() shuts
+    // them down (the peers read end-of-stream and fail, as when a process dies), the monitor thread polls them
+    // for the peer's end-of-stream, and a failed collective shuts them down too, so the peers learn of it at
+    // once although the duplicate keeps the socket open after Gloo closes its own descriptor. The destructor
+    // closes them after Gloo's teardown.
     for (int i = 0; i < world_size_; ++i) {
       if (i == rank_) continue;
       const auto* self = dynamic_cast<const gloo::transport::tcp::Address*>(&context_->getPair(i)->address());
