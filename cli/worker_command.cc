@@ -1,4 +1,5 @@
 // `tpserve worker`: one tensor-parallel worker process that registers with a coordinator.
+#include <csignal>
 #include <cstdio>
 
 #include "absl/flags/flag.h"
@@ -21,6 +22,11 @@ ABSL_FLAG(std::string, cluster_server_name, "",
 namespace tpserve::cli {
 
 int WorkerCommand() {
+  // Gloo writes to its peers with writev(2), which raises SIGPIPE when a peer has died: by default that kills
+  // this survivor too, silently, whenever its write wins the race with Gloo's event loop reading the peer's
+  // end-of-stream. Workers that `tpserve serve` starts inherit its SIG_IGN; standalone ones (Kubernetes,
+  // Auth/WorkerAuthTest) did not. Ignored, the write fails with EPIPE and the collective with UNAVAILABLE.
+  signal(SIGPIPE, SIG_IGN);
   worker::WorkerOptions o;
   o.coordinator = absl::GetFlag(FLAGS_coordinator);
   o.rank = absl::GetFlag(FLAGS_rank);

@@ -169,6 +169,18 @@ GroupMembership::Effects GroupMembership::Tick(absl::Time now) {
   return fx;
 }
 
+GroupMembership::Effects GroupMembership::StepTimedOut(absl::Time now) {
+  (void)now;
+  Effects fx;
+  if (shutdown_) return fx;
+  ready_ = false;
+  AbandonFormation();
+  fx.send_load = MaybeStartLoad();  // a rank away: its return starts the load
+  TP_LOG(WARNING) << "a step timed out; re-forming the group"
+                  << (fx.send_load ? absl::StrCat(" (generation ", generation_, ")") : " when every rank is back");
+  return fx;
+}
+
 void GroupMembership::RecordStep(int rank, double step_seconds, double allreduce_seconds) {
   ranks_[rank].status.last_step_seconds = step_seconds;
   ranks_[rank].status.last_allreduce_seconds = allreduce_seconds;

@@ -75,8 +75,11 @@ class GroupMembership {
   Effects Tick(absl::Time now);
   // A step's timings from a registered rank (for Status()).
   void RecordStep(int rank, double step_seconds, double allreduce_seconds);
-  // A step did not complete in time: the group is not ready until it is re-formed.
-  void MarkNotReady() { ready_ = false; }
+  // A step did not complete within --step-timeout: the group is not ready, and every connected rank is sent
+  // a LoadCommand of a new generation at once. A rank stuck in that step's collective (a hung peer) aborts
+  // it when the command arrives (worker/worker_service.cc) and rebuilds its communicator. Before, the group
+  // stayed not-ready with every rank connected, and nothing re-formed it until --recovery-timeout.
+  Effects StepTimedOut(absl::Time now);
   void Shutdown();
 
   // Every rank connected and KV-ready, the group formed, not shut down, and each rank heard from within the

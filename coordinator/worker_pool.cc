@@ -284,7 +284,7 @@ absl::StatusOr<StepOutcome> WorkerPool::RunStep(wv1::StepPlan plan, absl::Durati
     }
   }
   if (!finished) {
-    membership_.MarkNotReady();
+    ApplyLocked(membership_.StepTimedOut(absl::Now()));
     return absl::UnavailableError(absl::StrCat("step ", step_id_, " timed out after ",
                                                absl::FormatDuration(timeout), " waiting for workers"));
   }

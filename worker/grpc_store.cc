@@ -1,6 +1,7 @@
 // Implementation of worker/grpc_store.h.
 #include "worker/grpc_store.h"
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/cluster_auth.h"
 #include "grpcpp/client_context.h"
@@ -37,8 +38,26 @@ absl::StatusOr<std::string> GrpcStore::Get(const std::string& key, absl::Duratio
   req.add_keys(key);
   req.set_timeout_ms(absl::ToInt64Milliseconds(timeout));
   Sign(&ctx, "StoreGet", {key, std::to_string(req.timeout_ms())});
+  std::multimap<std::string, grpc::ClientContext*>::iterator registered;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!absl::StartsWith(key, current_prefix_)) {
+      return absl::UnavailableError(absl::StrCat("rendezvous store: '", key, "' belongs to a group generation that a ",
+                                                 "newer LoadCommand (store prefix '", current_prefix_,
+                                                 "') replaced"));
+    }
+    registered = waiting_.emplace(key, &ctx);
+  }
   wv1::StoreGetResponse resp;
   grpc::Status s = stub_->StoreGet(&ctx, req, &resp);
+  {
+    absl::MutexLock lock(&mu_);
+    waiting_.erase(registered);
+    if (s.error_code() == grpc::StatusCode::CANCELLED && !absl::StartsWith(key, current_prefix_)) {
+      return absl::UnavailableError(absl::StrCat("rendezvous store: the wait for '", key, "' was abandoned: a newer ",
+                                                 "LoadCommand (store prefix '", current_prefix_, "') replaced it"));
+    }
+  }
   if (s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
     return absl::DeadlineExceededError(absl::StrCat("rendezvous store: '", key, "' not set within ",
                                                     absl::FormatDuration(timeout), ": ", s.error_message()));
@@ -47,6 +66,14 @@ absl::StatusOr<std::string> GrpcStore::Get(const std::string& key, absl::Duratio
     return absl::UnavailableError(absl::StrCat("rendezvous store get '", key, "': ", s.error_message()));
   }
   return resp.values(0);
+}
+
+void GrpcStore::Supersede(const std::string& prefix) {
+  absl::MutexLock lock(&mu_);
+  current_prefix_ = prefix;
+  for (auto& [key, ctx] : waiting_) {
+    if (!absl::StartsWith(key, prefix)) ctx->TryCancel();
+  }
 }
 
 }  // namespace tpserve::worker

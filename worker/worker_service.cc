@@ -25,10 +25,12 @@
 #include "worker.grpc.pb.h"
 #include "worker/checkpoint/checkpoint.h"
 #include "worker/comm/communicator.h"
+#include "worker/communicator_reaper.h"
 #include "worker/draft_runner.h"
 #include "worker/grpc_store.h"
 #include "worker/model/llama_model.h"
 #include "worker/model/shard_spec.h"
+#include "worker/phase_watchdog.h"
 #include "worker/sampler/sampler.h"
 
 namespace tpserve::worker {
@@ -98,14 +100,32 @@ absl::StatusOr<kernels::CpuIsa> ParseIsa(const std::string& s) {
 }
 
 // Everything a worker keeps across control-stream reconnects.
+// Threads: the session thread runs every message in order (Load, AllocateKv, Step, ...); the stream's reader
+// thread may call AbortCollectives() while a step is in flight; the watchdog reads InFlightCollective().
 class Worker {
  public:
-  explicit Worker(const WorkerOptions& options) : options_(options) {}
+  explicit Worker(const WorkerOptions& options)
+      : options_(options), watchdog_(WatchdogOptions(options.watchdog_period, this)) {}
 
   // One Connect stream; returns when it ends. Sets *shutdown when told to exit.
   absl::Status Session(const std::shared_ptr<wv1::WorkerControl::Stub>& stub, bool* registered, bool* shutdown);
 
  private:
+  static PhaseWatchdog::Options WatchdogOptions(absl::Duration period, Worker* worker) {
+    PhaseWatchdog::Options o;
+    o.period = period;
+    o.detail = [worker] { return worker->InFlightCollective(); };
+    return o;
+  }
+  // Thread-safe. Ends a collective the session thread is blocked in (a hung or dead peer), and fails every
+  // later one: called when a message arrives that supersedes the current group generation (a LoadCommand,
+  // Shutdown) or when the control stream ends. Before, a survivor could sit in a collective for Gloo's
+  // 120 s while the next generation's LoadCommand waited behind it in the inbox.
+  void AbortCollectives(const std::string& why);
+  std::string InFlightCollective() const;  // thread-safe; "" when none
+  // Hands the communicator to the reaper (session thread). The model must not run until Load sets a new one.
+  void RetireCommunicator(int generation);
+
   absl::Status Load(const wv1::LoadCommand& cmd, GrpcStore& store, wv1::LoadResult* result);
   absl::Status AllocateKv(int num_blocks);
   void Step(const wv1::StepPlan& plan, wv1::StepResult* result);
@@ -118,7 +138,11 @@ class Worker {
   std::string loaded_key_;  // model path + rank + world + dtype of what is loaded
   ModelConfig config_;
   std::unique_ptr<kernels::Backend> backend_;
+  CommunicatorReaper reaper_;  // before comm_: the communicators it holds go after comm_ at exit
+  // Written by the session thread under comm_mu_ (which reads it without); other threads read it under comm_mu_.
+  mutable absl::Mutex comm_mu_;
   std::unique_ptr<comm::Communicator> comm_;
+  int comm_generation_ = 0;  // the generation comm_ was formed for; like comm_ (written under comm_mu_)
   std::unique_ptr<model::LlamaModel> model_;
   std::unique_ptr<sampler::Sampler> sampler_;
   std::string draft_key_;                // draft model path + device of what draft_ holds
@@ -126,7 +150,39 @@ class Worker {
   int block_size_ = 16;
   int64_t kv_budget_bytes_ = 0;
   float kv_fraction_ = 0.9f;
+  PhaseWatchdog watchdog_;  // last: its thread reads comm_ through InFlightCollective()
 };
+
+void Worker::AbortCollectives(const std::string& why) {
+  absl::MutexLock lock(&comm_mu_);
+  if (comm_ == nullptr) return;
+  const std::string in_flight = comm_->InFlight();
+  if (!in_flight.empty()) {
+    TP_LOG(WARNING) << "aborting the generation " << comm_generation_ << " communicator (" << why
+                    << ") while the control loop is in " << watchdog_.phase() << "; " << in_flight;
+  }
+  comm_->Abort(absl::StrCat(why, "; the generation ", comm_generation_, " communicator was aborted"));
+}
+
+std::string Worker::InFlightCollective() const {
+  absl::MutexLock lock(&comm_mu_);
+  if (comm_ == nullptr) return "";
+  const std::string in_flight = comm_->InFlight();
+  return in_flight.empty() ? "" : absl::StrCat("collective in flight: ", in_flight);
+}
+
+void Worker::RetireCommunicator(int generation) {
+  std::unique_ptr<comm::Communicator> old;
+  {
+    absl::MutexLock lock(&comm_mu_);
+    old = std::move(comm_);
+  }
+  if (model_ != nullptr) model_->SetCommunicator(nullptr);
+  if (old == nullptr) return;
+  // Already aborted when the LoadCommand arrived; again in case it came another way (harmless twice).
+  old->Abort(absl::StrCat("replaced by generation ", generation));
+  reaper_.Retire(std::move(old), absl::StrCat("generation ", comm_generation_, "'s"));
+}
 
 absl::Status Worker::Load(const wv1::LoadCommand& cmd, GrpcStore& store, wv1::LoadResult* result) {
   const absl::Time start = absl::Now();
@@ -143,14 +199,19 @@ absl::Status Worker::Load(const wv1::LoadCommand& cmd, GrpcStore& store, wv1::Lo
                                        "|", cmd.quantization(), cmd.quantize_lm_head() ? "+lm_head" : "",
                                        "|", options_.device);
 
-  // A survivor of a lost peer keeps its weights and only rebuilds its communicator.
-  comm_.reset();
+  // A survivor of a lost peer keeps its weights and only rebuilds its communicator. The old one is torn down
+  // off this thread (CommunicatorReaper says why).
+  const int generation = cmd.generation();
+  watchdog_.Enter(absl::StrCat("load generation ", generation, ": retiring the old communicator"));
+  RetireCommunicator(generation);
   if (model_ != nullptr && key != loaded_key_) {
     draft_.reset();  // it lives on the backend too
     model_.reset();
+    reaper_.Drain();  // a retired NCCL communicator may still use the backend's stream
     backend_.reset();
   }
   if (backend_ == nullptr) {
+    watchdog_.Enter(absl::StrCat("load generation ", generation, ": creating the backend"));
     if (cuda >= 0) {
       TP_ASSIGN_OR_RETURN(backend_, kernels::CreateCudaBackend(cuda));
     } else {
@@ -164,8 +225,14 @@ absl::Status Worker::Load(const wv1::LoadCommand& cmd, GrpcStore& store, wv1::Lo
   // Collectives first: a bad peer shows at startup, and the model holds the communicator.
   std::string backend_name = cmd.comm_backend();
   if (backend_name.empty() || backend_name == "auto") backend_name = cuda >= 0 ? "nccl" : "gloo";
+  watchdog_.Enter(absl::StrCat("load generation ", generation, ": ", backend_name, " rendezvous (store prefix '",
+                               cmd.store_prefix(), "')"));
+  // Every collective waits at most the coordinator's --step-timeout on its peers.
+  const absl::Duration op_timeout =
+      cmd.step_timeout_ms() > 0 ? absl::Milliseconds(cmd.step_timeout_ms()) : comm::GlooOptions().op_timeout;
+  std::unique_ptr<comm::Communicator> comm;
   if (options_.world_size == 1) {
-    comm_ = comm::CreateLocalCommunicator();
+    comm = comm::CreateLocalCommunicator();
   } else if (backend_name == "nccl") {
     comm::NcclOptions o;
     o.rank = options_.rank;
@@ -173,20 +240,27 @@ absl::Status Worker::Load(const wv1::LoadCommand& cmd, GrpcStore& store, wv1::Lo
     o.device = cuda < 0 ? 0 : cuda;
     o.prefix = cmd.store_prefix();
     o.stream = backend_->native_stream();
-    if (cmd.step_timeout_ms() > 0) o.op_timeout = absl::Milliseconds(cmd.step_timeout_ms());
-    TP_ASSIGN_OR_RETURN(comm_, comm::CreateNcclCommunicator(o, store));
+    o.op_timeout = op_timeout;
+    TP_ASSIGN_OR_RETURN(comm, comm::CreateNcclCommunicator(o, store));
   } else if (backend_name == "gloo") {
     comm::GlooOptions o;
     o.rank = options_.rank;
     o.world_size = options_.world_size;
     o.host = options_.comm_host;
     o.prefix = cmd.store_prefix();
-    TP_ASSIGN_OR_RETURN(comm_, comm::CreateGlooCommunicator(o, store));
+    o.op_timeout = op_timeout;
+    TP_ASSIGN_OR_RETURN(comm, comm::CreateGlooCommunicator(o, store));
   } else {
     return absl::InvalidArgumentError(absl::StrCat("--comm-backend '", backend_name, "': expected gloo or nccl"));
   }
+  {
+    absl::MutexLock lock(&comm_mu_);
+    comm_ = std::move(comm);
+    comm_generation_ = generation;
+  }
 
   if (model_ == nullptr) {
+    watchdog_.Enter(absl::StrCat("load generation ", generation, ": loading the weights of ", cmd.model_path()));
     TP_ASSIGN_OR_RETURN(config_, LoadModelConfig(cmd.model_path()));
     TP_ASSIGN_OR_RETURN(auto spec, model::ShardSpec::Create(config_, options_.rank, options_.world_size));
     TP_ASSIGN_OR_RETURN(auto ckpt, checkpoint::Checkpoint::Open(cmd.model_path()));
@@ -211,6 +285,7 @@ absl::Status Worker::Load(const wv1::LoadCommand& cmd, GrpcStore& store, wv1::Lo
   if (draft_path.empty()) {
     draft_.reset();
   } else if (draft_ == nullptr || draft_key != draft_key_) {
+    watchdog_.Enter(absl::StrCat("load generation ", generation, ": loading the draft model ", draft_path));
     draft_.reset();
     model::LlamaModelOptions mo;
     if (cmd.dtype() != "auto" && !cmd.dtype().empty()) {
@@ -255,8 +330,9 @@ void Worker::DumpLogits(uint64_t step_id, uint64_t seq_id, const float* logits, 
 void Worker::Step(const wv1::StepPlan& plan, wv1::StepResult* result) {
   const absl::Time start = absl::Now();
   result->set_step_id(plan.step_id());
-  if (model_ == nullptr) {
-    result->set_error("step before load");
+  if (model_ == nullptr || comm_ == nullptr) {
+    result->set_error(model_ == nullptr ? "step before load"
+                                        : "step before this rank's communicator was formed (its last load failed)");
     return;
   }
   for (uint64_t id : plan.finished()) {
@@ -418,10 +494,23 @@ absl::Status Worker::Session(const std::shared_ptr<wv1::WorkerControl::Stub>& st
   // weights. Reading only between messages let the 5 s keepalive watchdog drop the worker mid-step. The
   // session thread runs the messages in order and writes the replies (gRPC allows one reader and one writer
   // on a stream at once).
+  // A LoadCommand or Shutdown supersedes the current generation: the reader aborts its collectives (and a Load
+  // the rendezvous of an older one) at once, so a step blocked on a hung or dead peer, or a rendezvous with a
+  // peer that died again, returns and the session thread reaches the message. The end of
+  // the stream does the same (the coordinator is gone; a restarted one sends a LoadCommand anyway).
   Inbox inbox;
   std::thread reader([&] {
     wv1::CoordinatorMessage m;
-    while (stream->Read(&m)) inbox.Push(std::move(m));
+    while (stream->Read(&m)) {
+      if (m.has_load()) {
+        AbortCollectives(absl::StrCat("the generation ", m.load().generation(), " LoadCommand arrived"));
+        store.Supersede(m.load().store_prefix());  // an older generation's rendezvous gives up too
+      } else if (m.has_shutdown()) {
+        AbortCollectives("the coordinator said shut down");
+      }
+      inbox.Push(std::move(m));
+    }
+    AbortCollectives("the control stream to the coordinator ended");
     inbox.Close();
   });
   // Ends the call: waits for the reader (cancelling the call if the coordinator does not close it within
@@ -439,7 +528,9 @@ absl::Status Worker::Session(const std::shared_ptr<wv1::WorkerControl::Stub>& st
     end_call(absl::ZeroDuration());
     return absl::UnauthenticatedError(why);
   };
-  while (inbox.Pop(&msg)) {
+  while (true) {
+    watchdog_.Idle();
+    if (!inbox.Pop(&msg)) break;
     wv1::WorkerMessage reply;
     if (msg.has_auth_challenge()) {
       const auto& c = msg.auth_challenge();
@@ -469,6 +560,8 @@ absl::Status Worker::Session(const std::shared_ptr<wv1::WorkerControl::Stub>& st
     *registered = true;
     switch (msg.msg_case()) {
       case wv1::CoordinatorMessage::kLoad: {
+        TP_LOG(INFO) << "generation " << msg.load().generation() << " LoadCommand received (store prefix '"
+                     << msg.load().store_prefix() << "')";
         auto* r = reply.mutable_load_result();
         absl::Status s = Load(msg.load(), store, r);
         r->set_generation(msg.load().generation());
@@ -480,6 +573,8 @@ absl::Status Worker::Session(const std::shared_ptr<wv1::WorkerControl::Stub>& st
         break;
       }
       case wv1::CoordinatorMessage::kAllocateKv: {
+        watchdog_.Enter(absl::StrCat("allocating ", msg.allocate_kv().num_blocks(), " KV blocks (generation ",
+                                     msg.allocate_kv().generation(), ")"));
         absl::Status s = AllocateKv(msg.allocate_kv().num_blocks());
         reply.mutable_kv_ready()->set_ok(s.ok());
         reply.mutable_kv_ready()->set_generation(msg.allocate_kv().generation());
@@ -487,6 +582,7 @@ absl::Status Worker::Session(const std::shared_ptr<wv1::WorkerControl::Stub>& st
         break;
       }
       case wv1::CoordinatorMessage::kStep:
+        watchdog_.Enter(absl::StrCat("step ", msg.step().step_id(), " (generation ", comm_generation_, ")"));
         Step(msg.step(), reply.mutable_step_result());
         break;
       case wv1::CoordinatorMessage::kPing:
@@ -501,8 +597,10 @@ absl::Status Worker::Session(const std::shared_ptr<wv1::WorkerControl::Stub>& st
       default:
         continue;
     }
+    watchdog_.Enter("writing the reply to the coordinator");
     if (!stream->Write(reply)) break;
   }
+  watchdog_.Idle();
   grpc::Status s = end_call(absl::ZeroDuration());
   if (s.error_code() == grpc::StatusCode::UNAUTHENTICATED) {
     return absl::UnauthenticatedError(absl::StrCat("the coordinator refused this worker: ", s.error_message()));

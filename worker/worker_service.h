@@ -25,6 +25,9 @@ struct WorkerOptions {
                                     // coordinator is local, else this host's name)
   std::string dump_dir;             // debug: rank 0 writes each step's logits here
   absl::Duration connect_timeout = absl::Seconds(300);  // give up registering after this long
+  // The control loop logs what it is in (a step and its collective, a load's rendezvous, ...) every period
+  // once it has been in it longer than this (worker/phase_watchdog.h).
+  absl::Duration watchdog_period = absl::Seconds(5);
   TlsFiles cluster_tls;  // mutual TLS to the coordinator: this worker's cert/key + the cluster CA
   std::string cluster_server_name;  // name the coordinator's certificate must carry ("" => host of coordinator)
   std::string cluster_token;  // when set: mutual proof of the token (common/cluster_auth.h) before anything else

@@ -14,7 +14,18 @@ namespace {
 
 const absl::Time kT0 = absl::FromUnixSeconds(1000);
 
-enum class Ev { kRegister, kLoaded, kLoadFailed, kKvReady, kKvFailed, kDisconnect, kSeen, kStaleLoaded, kTick };
+enum class Ev {
+  kRegister,
+  kLoaded,
+  kLoadFailed,
+  kKvReady,
+  kKvFailed,
+  kDisconnect,
+  kSeen,
+  kStaleLoaded,
+  kTick,
+  kStepTimedOut
+};
 
 // One event and the state expected right after it.
 struct Row {
@@ -61,6 +72,9 @@ void RunTable(GroupMembership& g, int world_size, const std::vector<Row>& rows) 
         break;
       case Ev::kDisconnect:
         g.Disconnect(r.rank);
+        break;
+      case Ev::kStepTimedOut:
+        fx = g.StepTimedOut(kT0);
         break;
       case Ev::kSeen:
         g.Seen(r.rank, kT0 + absl::Seconds(r.value));
@@ -163,8 +177,8 @@ TEST(GroupMembershipTest, LoadAndKvErrorsAreKeptAndNothingIsAllocated) {
   EXPECT_EQ(kv.load_error().code(), absl::StatusCode::kResourceExhausted);
 }
 
-// A group of 2 formed in generation 1, rank 0 lost and back: generation 2 is loading.
-std::vector<Row> ReformingGeneration2(std::vector<Row> then) {
+// A group of 2 formed in generation 1 with 10 KV blocks, then `then`.
+std::vector<Row> FormedGeneration1(std::vector<Row> then) {
   std::vector<Row> rows = {
       //  event            rank value  refuse send_load alloc ready gen
       {Ev::kRegister, 0, 0, false, false, 0, false, 0},
@@ -173,11 +187,19 @@ std::vector<Row> ReformingGeneration2(std::vector<Row> then) {
       {Ev::kLoaded, 1, 10, false, false, 10, false, 1},
       {Ev::kKvReady, 0, 0, false, false, 0, false, 1},
       {Ev::kKvReady, 1, 0, false, false, 0, true, 1},
+  };
+  rows.insert(rows.end(), then.begin(), then.end());
+  return rows;
+}
+
+// Formed in generation 1, rank 0 lost and back: generation 2 is loading.
+std::vector<Row> ReformingGeneration2(std::vector<Row> then) {
+  std::vector<Row> rows = {
       {Ev::kDisconnect, 0, 0, false, false, 0, false, 1},  // rank 0 killed
       {Ev::kRegister, 0, 0, false, true, 0, false, 2},     // its restart: generation 2
   };
   rows.insert(rows.end(), then.begin(), then.end());
-  return rows;
+  return FormedGeneration1(rows);
 }
 
 // Once the group has served, a failed re-formation is not final (CI saw a group never re-form after a worker
@@ -224,23 +246,35 @@ TEST(GroupMembershipTest, ARetryDueWhileARankIsAwayWaitsForItsReturn) {
 
 TEST(GroupMembershipTest, ASilentRankIsNotReadyUnlessItIsAnsweringAStep) {
   GroupMembership g(Options(2));
-  RunTable(g, 2,
-           {
-               {Ev::kRegister, 0, 0, false, false, 0, false, 0},
-               {Ev::kRegister, 1, 0, false, true, 0, false, 1},
-               {Ev::kLoaded, 0, 10, false, false, 0, false, 1},
-               {Ev::kLoaded, 1, 10, false, false, 10, false, 1},
-               {Ev::kKvReady, 0, 0, false, false, 0, false, 1},
-               {Ev::kKvReady, 1, 0, false, false, 0, true, 1},
-           });
+  RunTable(g, 2, FormedGeneration1({}));
   g.Seen(0, kT0 + absl::Seconds(10));
   const absl::Time later = kT0 + absl::Seconds(10);  // rank 1 last heard at kT0: past the 3 s timeout
   EXPECT_FALSE(g.IsReady(later));
   EXPECT_TRUE(g.IsReady(later, {false, true}));  // rank 1 is busy with a step it has not answered yet
   g.Seen(1, later);
   EXPECT_TRUE(g.IsReady(later));
-  g.MarkNotReady();  // a step timed out
+  EXPECT_TRUE(g.StepTimedOut(later).send_load);
   EXPECT_FALSE(g.IsReady(later));
+}
+
+// A step that times out with every rank still connected (a hung peer, or one stuck behind it in a collective):
+// every rank is sent a new generation's LoadCommand at once, and the group forms again. Before, it stayed
+// not-ready until --recovery-timeout ended the held requests. With a rank away, its return starts the load.
+TEST(GroupMembershipTest, AStepTimeoutReformsTheGroupUnderANewGeneration) {
+  GroupMembership g(Options(2));
+  RunTable(g, 2,
+           FormedGeneration1({
+               //  event            rank value  refuse send_load alloc ready gen
+               {Ev::kStepTimedOut, 0, 0, false, true, 0, false, 2},  // re-formed at once
+               {Ev::kStaleLoaded, 0, 10, false, false, 0, false, 2},  // generation 1's answer: ignored
+               {Ev::kLoaded, 0, 10, false, false, 0, false, 2},
+               {Ev::kLoaded, 1, 10, false, false, 10, false, 2},
+               {Ev::kKvReady, 0, 0, false, false, 0, false, 2},
+               {Ev::kKvReady, 1, 0, false, false, 0, true, 2},
+               {Ev::kDisconnect, 1, 0, false, false, 0, false, 2},
+               {Ev::kStepTimedOut, 0, 0, false, false, 0, false, 2},  // rank 1 away: no load yet
+               {Ev::kRegister, 1, 0, false, true, 0, false, 3},       // its return starts it
+           }));
 }
 
 TEST(GroupMembershipTest, AnotherProtocolVersionIsRefusedNamingTheFix) {

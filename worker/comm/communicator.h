@@ -1,7 +1,7 @@
 // Collectives between the tensor-parallel workers of one group (NCCL on GPUs, Gloo TCP on CPUs).
 // Created and connected at load time so that failures show at startup. The reduction order is fixed, so
 // every rank ends each all-reduce with bitwise-identical results.
-// Thread-compatible: one forward pass at a time calls into it.
+// Thread-compatible: one forward pass at a time calls into it; Abort() and InFlight() are thread-safe.
 #pragma once
 
 #include <cstddef>
@@ -33,6 +33,16 @@ class Communicator {
   // aborted (a lost peer, or one that ran past its deadline). Results computed since are garbage; the
   // communicator stays broken (UNAVAILABLE) until it is re-created. Call after waiting on the stream.
   virtual absl::Status AsyncError() { return absl::OkStatus(); }
+
+  // Thread-safe; may be called while another thread is inside a collective. Breaks the communicator for
+  // good: the collective in flight fails at once with UNAVAILABLE naming `why` (it no longer waits for its
+  // op timeout), as does every later call, and the connections to the peers close, so their collectives
+  // fail too. The worker calls it when a newer group generation's LoadCommand supersedes this one, so a
+  // rank stuck behind a hung or dead peer gets back to its control loop.
+  virtual void Abort(const std::string& why) { (void)why; }
+  // Thread-safe: the collective in flight and how long it has waited, e.g. "all-reduce #37 of 640 floats
+  // for 6.2s"; empty when none is. For the worker's watchdog log.
+  virtual std::string InFlight() const { return ""; }
 };
 
 // Rendezvous key-value store (served by the coordinator's WorkerControl.StoreSet/StoreGet).
@@ -52,7 +62,11 @@ struct GlooOptions {
   int world_size = 1;
   std::string host;            // interface address to bind for pair connections ("" => hostname)
   std::string prefix;          // key namespace in the store, unique per group generation
-  absl::Duration timeout = absl::Seconds(120);
+  absl::Duration timeout = absl::Seconds(120);  // rendezvous and connection set-up
+  // How long one collective may wait on its peers before it fails with DEADLINE_EXCEEDED (the worker passes
+  // the coordinator's --step-timeout, as for NCCL). A peer whose process dies closes its connections and
+  // fails the collective at once (UNAVAILABLE); this bounds a peer that hangs.
+  absl::Duration op_timeout = absl::Seconds(600);
 };
 // Gloo over TCP, rendezvous through `store` (which must outlive the call only).
 absl::StatusOr<std::unique_ptr<Communicator>> CreateGlooCommunicator(const GlooOptions& options,

@@ -142,6 +142,20 @@ class NcclCommunicator : public Communicator {
     return aborted_ ? broken_ : absl::OkStatus();
   }
 
+  // The watchdog's abort, on request: the host's wait on the stream ends and AsyncError() is UNAVAILABLE.
+  void Abort(const std::string& why) override {
+    std::lock_guard<std::mutex> l(mu_);
+    AbortLocked(absl::UnavailableError(why));
+  }
+
+  std::string InFlight() const override {
+    std::lock_guard<std::mutex> l(mu_);
+    if (!pending_ || aborted_) return "";
+    const auto waited = std::chrono::steady_clock::now() - last_enqueue_;
+    return absl::StrCat("a collective enqueued ", absl::FormatDuration(absl::FromChrono(waited)),
+                        " ago, not finished on the GPU when the watchdog last looked");
+  }
+
  private:
   // Called with mu_ held, right after a blocking collective call returned.
   absl::Status Enqueued(const char* what, ncclResult_t r) {
@@ -221,7 +235,7 @@ class NcclCommunicator : public Communicator {
   const absl::Duration timeout_;
   const absl::Duration op_timeout_;
 
-  std::mutex mu_;
+  mutable std::mutex mu_;
   std::condition_variable cv_;
   ncclComm_t comm_;          // null once aborted
   cudaEvent_t done_;         // recorded after every collective
