@@ -9,6 +9,8 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "gtest/gtest.h"
 #include "tests/util/server_process.h"
 #include "tests/util/test_env.h"
@@ -80,7 +82,9 @@ TEST(WorkerLossTest, FullServerReplaysEveryRequestExactly) {
     for (int i = 0; i < kRequests; ++i) {
       threads.emplace_back([&, i] {
         grpc::ClientContext ctx;
-        ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+        // A bound on a hung server, not a speed assert: scaled for the sanitizer stages (440-470 tokens twice over,
+        // once before and once after the replay).
+        ctx.set_deadline(absl::ToChronoTime(absl::Now() + ScaledTimeout(absl::Seconds(120))));
         auto reader = stub->GenerateStream(&ctx, Greedy(kPrompts[i], 440 + 10 * i));
         v1::GenerateStreamResponse msg;
         while (reader->Read(&msg)) out[i].ids.insert(out[i].ids.end(), msg.token_ids().begin(), msg.token_ids().end());
