@@ -210,12 +210,15 @@ class GlooCommunicator : public Communicator {
       const size_t begin = std::min(count, static_cast<size_t>(c) * chunk);
       return std::pair<size_t, size_t>(begin, std::min(count, begin + chunk) - begin);
     };
-    std::vector<float> scratch(chunk);
+    // Grown once and reused: an all-reduce runs ~80 times per decode step, and a fresh vector here was a
+    // malloc + zero-fill of up to count / n floats each time.
+    if (scratch_.size() < chunk) scratch_.resize(chunk);
+    float* const scratch = scratch_.data();
     std::unique_ptr<gloo::transport::UnboundBuffer> out, tmp;
     bool completed = false;
     try {
       out = context_->createUnboundBuffer(data, count * sizeof(float));
-      tmp = context_->createUnboundBuffer(scratch.data(), chunk * sizeof(float));
+      tmp = context_->createUnboundBuffer(scratch, chunk * sizeof(float));
       Waitable waitable(this, {out.get(), tmp.get()});
       completed = true;
       // Reduce-scatter: after step s this rank's chunk (rank - s - 1) holds the sum over s + 2 ranks.
@@ -406,6 +409,7 @@ class GlooCommunicator : public Communicator {
   std::shared_ptr<gloo::transport::Device> device_;
   std::shared_ptr<gloo::Context> context_;
   const std::chrono::milliseconds op_timeout_;
+  std::vector<float> scratch_;  // AllReduceSum's receive chunk (one collective at a time uses it)
   std::vector<int> sockets_;  // duplicates of the pairs' sockets (set in the constructor, then read-only)
   std::vector<int> socket_peers_;  // the peer rank of each of sockets_
   int wake_[2] = {-1, -1};         // a pipe: the destructor stops the monitor through it
